@@ -1,0 +1,24 @@
+"""lalm-guardrail: SARSteer refusal steering for large audio-language models."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("lalm-guardrail")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
+
+from .adapter import Adapter, AdapterSpec, Request, get_adapter, resolve_adapter, supported_families
+from .artifact import SteeringArtifact
+from .audio import load_audio
+from .calibration import calibrate
+from .errors import (ArtifactError, ArtifactMismatchError, AudioInputError, GuardrailError, PolicyError,
+                     RequestError, UnsupportedModelError)
+from .guard import Decision, Guard, GuardResult
+from .policy import Policy
+
+__all__ = [
+    "Adapter", "AdapterSpec", "ArtifactError", "ArtifactMismatchError", "AudioInputError", "Decision", "Guard",
+    "GuardResult", "GuardrailError", "Policy", "PolicyError", "Request", "RequestError", "SteeringArtifact",
+    "UnsupportedModelError", "__version__", "calibrate", "get_adapter", "load_audio", "resolve_adapter",
+    "supported_families",
+]

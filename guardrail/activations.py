@@ -1,0 +1,63 @@
+"""Last-prompt-token activations of every decoder layer, in batched forward passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapter import Adapter, Request
+from .hooks import HookState, hooks_for
+
+
+def model_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Move processor outputs to the model's device; floating features to its dtype."""
+    device, dtype = model.device, model.dtype
+    moved: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device=device, dtype=dtype if value.is_floating_point() else None)
+        moved[key] = value
+    return moved
+
+
+@torch.inference_mode()
+def last_token_activations(model: nn.Module, processor: Any, adapter: Adapter, requests: Sequence[Request],
+                           *, batch_size: int = 8, system_prompt: str | None = None,
+                           on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Activations h_l at the last prompt position, shaped (layers, requests, hidden), float32 on CPU.
+
+    Requests are batched by similar length (less padding), one forward pass per batch,
+    all layers captured in that pass; results come back in the caller's order.
+    """
+    layers = adapter.decoder_layers(model)
+    order = sorted(range(len(requests)), key=lambda i: _size(requests[i]))
+    rows: list[torch.Tensor] = [torch.empty(0)] * len(requests)
+    hooks = hooks_for(layers)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        inputs = model_inputs(model, adapter.build_inputs(processor, [requests[i] for i in chunk], system_prompt))
+        state = HookState(capture={i: [] for i in range(len(layers))})
+        with hooks.activate(state):
+            _forward(model, inputs)
+        stacked = torch.stack([state.capture[i][0] for i in range(len(layers))], dim=0).float().cpu()
+        for j, index in enumerate(chunk):
+            rows[index] = stacked[:, j]
+        if on_batch is not None:
+            on_batch(len(chunk))
+    return torch.stack(rows, dim=1)
+
+
+def _forward(model: nn.Module, inputs: dict[str, Any]) -> None:
+    # Only the hidden states matter: skip the KV cache, and the full-vocabulary logits where
+    # the model lets us (logits_to_keep), which dominate the cost of a small model's pass.
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    except TypeError:
+        model(**inputs, use_cache=False)
+
+
+def _size(request: Request) -> int:
+    return len(request.text) + (0 if request.audio is None else len(request.audio) // 160)

@@ -1,0 +1,268 @@
+"""Adapter runtime: turns a declarative family spec (adapters/*.yaml) into the few things
+the guard needs from a model: its decoder layers, its prompt inputs, and decoding.
+
+Adding a family is adding a YAML file; a family that needs code names a subclass of
+`Adapter` in its spec's `implementation` field.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from .errors import RequestError, UnsupportedModelError
+from .resources import data_dir
+
+
+@dataclass(frozen=True)
+class Request:
+    """One user turn: optional audio (mono float32 at the model's rate) then text."""
+
+    text: str
+    audio: np.ndarray | None = None
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatchSpec(_Spec):
+    model_types: tuple[str, ...] = ()
+    architectures: tuple[str, ...] = ()
+    any_causal_lm: bool = Field(False, description="fallback for any text-only causal LM")
+
+
+class InputSpec(_Spec):
+    # chat_blocks: processor.apply_chat_template with {"type": "audio", "audio": array} blocks
+    # placeholder: render "<placeholder>text" with the chat template, then processor(text, audio)
+    # text: tokenizer.apply_chat_template on a text-only turn
+    style: Literal["chat_blocks", "placeholder", "text"]
+    audio_placeholder: str | None = None
+
+
+class AdapterSpec(_Spec):
+    name: str
+    description: str
+    modality: Literal["audio", "text"]
+    match: MatchSpec
+    model_class: str
+    processor_class: str
+    decoder_layers: tuple[str, ...] = Field(min_length=1, description="candidate attribute paths")
+    input: InputSpec
+    sampling_rate: int = 16000
+    implementation: str | None = None
+
+
+class Adapter:
+    """Family-specific knowledge, driven by an `AdapterSpec`."""
+
+    def __init__(self, spec: AdapterSpec):
+        self.spec = spec
+        self._pad_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def takes_audio(self) -> bool:
+        return self.spec.modality == "audio"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec.name!r})"
+
+    # -- model structure -------------------------------------------------------------
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The language model's decoder-layer list (the residual stream SARSteer edits)."""
+        for path in self.spec.decoder_layers:
+            layers = _resolve(model, path)
+            if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+                return layers
+        raise UnsupportedModelError(
+            f"adapter {self.name!r} found no decoder layers on {type(model).__name__} at any of "
+            f"{list(self.spec.decoder_layers)}; the model's structure differs from the family's "
+            "spec: check the transformers version or add the path to the spec")
+
+    def sampling_rate(self, processor: Any) -> int:
+        extractor = getattr(processor, "feature_extractor", None)
+        return int(getattr(extractor, "sampling_rate", None) or self.spec.sampling_rate)
+
+    def tokenizer(self, processor: Any) -> Any:
+        return getattr(processor, "tokenizer", processor)
+
+    # -- inputs ----------------------------------------------------------------------
+    def build_inputs(self, processor: Any, requests: Sequence[Request],
+                     system_prompt: str | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded model inputs for a batch of one-turn conversations ending in the
+        assistant-generation prefix."""
+        if not requests:
+            raise RequestError("no requests given: pass at least one request")
+        for request in requests:
+            if request.audio is not None and not self.takes_audio:
+                raise RequestError(f"adapter {self.name!r} is text-only but a request carries audio; "
+                                   "drop the audio or wrap an audio-language model")
+        with self._left_padding(processor):
+            style = self.spec.input.style
+            if style == "text" or not any(r.audio is not None for r in requests) and style != "chat_blocks":
+                batch = self._text_inputs(processor, requests, system_prompt)
+            elif style == "chat_blocks":
+                batch = self._chat_block_inputs(processor, requests, system_prompt)
+            else:
+                batch = self._placeholder_inputs(processor, requests, system_prompt)
+        inputs = dict(batch)
+        mask = inputs.get("attention_mask")
+        if mask is not None and len(requests) > 1 and not bool(mask[:, -1].all()):
+            raise RequestError(f"the {type(processor).__name__} padded on the right; steering needs "
+                               "left padding so the last position is each prompt's last token")
+        return inputs
+
+    def _text_inputs(self, processor, requests, system_prompt):
+        tokenizer = self.tokenizer(processor)
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise RequestError(f"{type(tokenizer).__name__} has no chat template; set "
+                               "tokenizer.chat_template (the guard builds chat prompts)")
+        conversations = [_conversation(r.text, system_prompt) for r in requests]
+        return tokenizer.apply_chat_template(
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt", padding=True)
+
+    def _chat_block_inputs(self, processor, requests, system_prompt):
+        conversations = []
+        for r in requests:
+            blocks: list[dict[str, Any]] = []
+            if r.audio is not None:
+                blocks.append({"type": "audio", "audio": r.audio})
+            blocks.append({"type": "text", "text": r.text})
+            conversations.append(_conversation(blocks, system_prompt))
+        return processor.apply_chat_template(
+            conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt", padding=True, sampling_rate=self.sampling_rate(processor))
+
+    def _placeholder_inputs(self, processor, requests, system_prompt):
+        placeholder = self.spec.input.audio_placeholder or ""
+        prompts = []
+        for r in requests:
+            content = (placeholder if r.audio is not None else "") + r.text
+            prompts.append(_render(processor, _conversation(content, system_prompt)))
+        audios = [r.audio for r in requests if r.audio is not None]
+        return processor(text=prompts, audio=audios or None, sampling_rate=self.sampling_rate(processor),
+                         return_tensors="pt", padding=True)
+
+    @contextmanager
+    def _left_padding(self, processor: Any) -> Iterator[None]:
+        tokenizer = self.tokenizer(processor)
+        with self._pad_lock:
+            previous = getattr(tokenizer, "padding_side", "left")
+            tokenizer.padding_side = "left"
+            try:
+                yield
+            finally:
+                tokenizer.padding_side = previous
+
+    # -- outputs ---------------------------------------------------------------------
+    def eos_token_ids(self, model: nn.Module, processor: Any) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(model, "generation_config", None), self.tokenizer(processor)):
+            value = getattr(source, "eos_token_id", None)
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
+
+    def pad_token_id(self, model: nn.Module, processor: Any) -> int | None:
+        tokenizer = self.tokenizer(processor)
+        for value in (getattr(tokenizer, "pad_token_id", None),
+                      getattr(getattr(model, "generation_config", None), "pad_token_id", None)):
+            if isinstance(value, int):
+                return value
+        eos = sorted(self.eos_token_ids(model, processor))
+        return eos[0] if eos else None
+
+    def decode(self, processor: Any, token_ids: Sequence[int]) -> str:
+        return self.tokenizer(processor).decode(list(token_ids), skip_special_tokens=True)
+
+
+def _conversation(content: Any, system_prompt: str | None) -> list[dict[str, Any]]:
+    turns: list[dict[str, Any]] = []
+    if system_prompt:
+        turns.append({"role": "system", "content": system_prompt})
+    turns.append({"role": "user", "content": content})
+    return turns
+
+
+def _render(processor: Any, conversation: list[dict[str, Any]]) -> str:
+    owner = processor if getattr(processor, "chat_template", None) else getattr(processor, "tokenizer", processor)
+    return owner.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+
+def _resolve(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+# -- registry ----------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def load_specs(folder: Path | None = None) -> tuple[AdapterSpec, ...]:
+    """All adapter specs shipped with the package (or found in `folder`), specific first."""
+    folder = folder or data_dir("adapters")
+    specs = [AdapterSpec.model_validate(yaml.safe_load(p.read_text())) for p in sorted(folder.glob("*.yaml"))]
+    return tuple(sorted(specs, key=lambda s: (s.match.any_causal_lm, s.name)))
+
+
+def adapter_from_spec(spec: AdapterSpec) -> Adapter:
+    if spec.implementation is None:
+        return Adapter(spec)
+    module_name, _, class_name = spec.implementation.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(spec)
+
+
+def get_adapter(name: str) -> Adapter:
+    """The adapter named `name` (see `supported_families()`)."""
+    for spec in load_specs():
+        if spec.name == name:
+            return adapter_from_spec(spec)
+    raise UnsupportedModelError(f"no adapter named {name!r}; supported: {', '.join(supported_families())}")
+
+
+def supported_families() -> list[str]:
+    return [spec.name for spec in load_specs()]
+
+
+def resolve_adapter(model: nn.Module) -> Adapter:
+    """Pick the adapter whose spec matches the model's config; a clear error if none does."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    architectures = set(getattr(config, "architectures", None) or []) | {type(model).__name__}
+    for spec in load_specs():
+        if model_type in spec.match.model_types or architectures & set(spec.match.architectures):
+            return adapter_from_spec(spec)
+    for spec in load_specs():
+        if spec.match.any_causal_lm and _is_text_causal_lm(model):
+            adapter = adapter_from_spec(spec)
+            adapter.decoder_layers(model)  # raises when the layers are not where a causal LM keeps them
+            return adapter
+    raise UnsupportedModelError(
+        f"no adapter fits {type(model).__name__} (model_type={model_type!r}). Supported families: "
+        f"{', '.join(supported_families())}. Add a spec under adapters/ or pass adapter=<name>.")
+
+
+def _is_text_causal_lm(model: nn.Module) -> bool:
+    from transformers import GenerationMixin
+    return isinstance(model, GenerationMixin) and type(model).__name__.endswith("ForCausalLM")

@@ -1,0 +1,275 @@
+"""Audio input: turn a path, encoded bytes or an (array, sampling_rate) pair into
+a float32 mono waveform at the rate a model expects.
+
+Array layout rule: a 1-D array is mono. A 2-D array is (n, channels) or
+(channels, n); the smaller dimension is the channel axis and must be <= 8
+(a square array is read as (n, channels), soundfile's layout). Channels are
+averaged to mono. Integer PCM is scaled to [-1, 1]; float samples are kept as
+they are (not clipped).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from guardrail.errors import AudioInputError
+
+__all__ = ["AudioSource", "AudioTypeError", "MAX_CHANNELS", "describe_source", "load_audio"]
+
+AudioSource = Union[str, os.PathLike, bytes, tuple[np.ndarray, int]]
+"""A file path, an encoded file in memory, or (samples, sampling_rate).
+The samples may be a numpy array or a torch tensor."""
+
+MAX_CHANNELS = 8
+
+_ACCEPTED = "Pass a WAV/FLAC/OGG file path, encoded file bytes, or (np.ndarray, sampling_rate)."
+
+
+class AudioTypeError(AudioInputError, TypeError):
+    """An audio input has the wrong type (a bare array, a list, a file object...)."""
+
+
+def describe_source(source: Any) -> str:
+    """Short human description of an audio source for error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        return repr(os.fspath(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, tuple) and len(source) == 2 and _is_array(source[0]):
+        return f"<{_describe_array(source[0])} @ {source[1]} Hz>"
+    if _is_array(source):
+        return f"<{_describe_array(source)}>"
+    return f"<object of type {type(source).__name__}>"
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or _is_tensor(x)
+
+
+def _describe_array(x: Any) -> str:
+    kind = "tensor" if _is_tensor(x) else "array"
+    return f"{kind} {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+
+
+def load_audio(
+    source: AudioSource, *, target_sr: int, max_seconds: float | None = None
+) -> np.ndarray:
+    """Load `source` as a float32 mono 1-D waveform resampled to `target_sr` Hz.
+
+    Raises AudioInputError (a ValueError) for missing, undecodable, empty,
+    non-finite or too-long audio and bad sampling rates, and AudioTypeError
+    (also a TypeError) for unsupported input types.
+
+    >>> import numpy as np
+    >>> stereo = np.zeros((8000, 2), dtype=np.int16)
+    >>> wave = load_audio((stereo, 8000), target_sr=16000)
+    >>> wave.dtype, wave.shape
+    (dtype('float32'), (16000,))
+    """
+    target_sr = _check_rate(target_sr, "target_sr", source)
+    if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
+        raise AudioInputError(
+            f"max_seconds must be a positive finite number of seconds, got {max_seconds!r}. "
+            "Pass a positive limit, or None for no limit."
+        )
+    samples, sr = _decode(source, max_seconds)
+    mono = _to_mono(samples, source)
+    _check_content(mono, sr, source, max_seconds)
+    if sr != target_sr:
+        mono = soxr.resample(mono, sr, target_sr, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+# --- dispatch -----------------------------------------------------------------
+
+
+def _decode(source: Any, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Return (samples, sampling_rate); samples are 1-D or 2-D, any dtype."""
+    if isinstance(source, (str, os.PathLike)):
+        return _read_path(source, max_seconds)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _read_bytes(bytes(source), max_seconds)
+    if isinstance(source, tuple):
+        return _read_pair(source)
+    raise AudioTypeError(_type_message(source))
+
+
+def _type_message(source: Any) -> str:
+    desc = describe_source(source)
+    if _is_array(source):
+        return (
+            f"audio {desc} has no sampling rate. "
+            "Pass a tuple (array, sampling_rate), e.g. (wave, 16000)."
+        )
+    if hasattr(source, "read"):
+        return f"audio {desc} is a file object. Pass its contents (f.read()) as bytes, or a path."
+    return f"audio {desc} is not a supported input type. {_ACCEPTED}"
+
+
+# --- files and bytes ----------------------------------------------------------
+
+
+def _read_path(source: str | os.PathLike, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    desc = describe_source(source)
+    path = Path(os.fspath(source)).expanduser()
+    if path.is_dir():
+        raise AudioInputError(f"audio file {desc} is a directory. Pass the path of an audio file.")
+    if not path.exists():
+        hint = " URLs are not fetched: download the file first." if "://" in str(source) else ""
+        raise AudioInputError(
+            f"audio file {desc} does not exist.{hint} Check the path. {_ACCEPTED}"
+        )
+    return _read_soundfile(str(path), f"audio file {desc}", max_seconds)
+
+
+def _read_bytes(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    desc = describe_source(data)
+    if not data:
+        raise AudioInputError(
+            f"audio bytes {desc} are empty. Pass the bytes of a complete audio file."
+        )
+    return _read_soundfile(io.BytesIO(data), f"audio bytes {desc}", max_seconds)
+
+
+def _read_soundfile(
+    file: str | io.BytesIO, what: str, max_seconds: float | None
+) -> tuple[np.ndarray, int]:
+    """Decode with libsndfile; check the length from the header before reading."""
+    try:
+        with sf.SoundFile(file) as f:
+            sr = int(f.samplerate)
+            if f.frames > 0:  # header length is known: fail before decoding a huge file
+                _check_duration(f.frames, sr, what, max_seconds)
+            data = f.read(dtype="float32", always_2d=True)
+    except AudioInputError:
+        raise
+    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(getattr(exc, "error_string", None) or exc).rstrip(".")
+        raise AudioInputError(f"{what} could not be decoded: {reason}. {_ACCEPTED}") from exc
+    return data, sr
+
+
+# --- (array, sampling_rate) -----------------------------------------------------
+
+
+def _read_pair(source: tuple) -> tuple[np.ndarray, int]:
+    if len(source) != 2:
+        raise AudioTypeError(
+            f"audio tuple has {len(source)} items. Pass exactly (array, sampling_rate)."
+        )
+    samples, sr = source
+    if _is_rate_like(samples) and _is_array(sr):
+        raise AudioTypeError(
+            "audio tuple looks like (sampling_rate, array), the order scipy.io.wavfile.read "
+            "returns. Swap it to (array, sampling_rate)."
+        )
+    if _is_tensor(samples):
+        samples = _tensor_to_numpy(samples)
+    if not isinstance(samples, np.ndarray):
+        raise AudioTypeError(
+            f"audio samples of type {type(samples).__name__} are not supported. "
+            "Pass (np.ndarray, sampling_rate) or (torch.Tensor, sampling_rate)."
+        )
+    sr = _check_rate(sr, "sampling rate", source)
+    return _to_float(samples, source), sr
+
+
+def _is_tensor(x: Any) -> bool:
+    """True for a torch.Tensor, without importing torch."""
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach") and hasattr(x, "numpy")
+
+
+def _tensor_to_numpy(t: Any) -> np.ndarray:
+    t = t.detach().cpu()
+    if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+        t = t.float()
+    return t.numpy()
+
+
+def _is_rate_like(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_rate(sr: Any, name: str, source: Any) -> int:
+    """Accept a positive integer (Python or numpy, or an integral float) and return it as int."""
+    ok = _is_rate_like(sr) and math.isfinite(sr) and sr > 0 and float(sr).is_integer()
+    if not ok:
+        raise AudioInputError(
+            f"{name} {sr!r} for audio {describe_source(source)} is invalid. "
+            "Pass a positive integer number of Hz, e.g. 16000."
+        )
+    return int(sr)
+
+
+def _to_float(samples: np.ndarray, source: Any) -> np.ndarray:
+    """Convert PCM samples to float32; integers are scaled to [-1, 1]. Always copies."""
+    kind = samples.dtype.kind
+    if kind == "f":
+        return np.array(samples, dtype=np.float32)
+    if kind == "i":
+        scale = float(np.iinfo(samples.dtype).max) + 1.0
+        return (samples.astype(np.float64) / scale).astype(np.float32)
+    if kind == "u":
+        mid = (float(np.iinfo(samples.dtype).max) + 1.0) / 2.0
+        return ((samples.astype(np.float64) - mid) / mid).astype(np.float32)
+    raise AudioTypeError(
+        f"audio {describe_source(source)} has dtype {samples.dtype}, which is not PCM audio. "
+        "Pass float samples in [-1, 1] or int16/int32 PCM."
+    )
+
+
+# --- shape and content ----------------------------------------------------------
+
+
+def _to_mono(samples: np.ndarray, source: Any) -> np.ndarray:
+    """Average channels of a 1-D or 2-D array; see the module docstring for the layout rule."""
+    desc = describe_source(source)
+    if samples.ndim == 1:
+        return samples
+    if samples.ndim != 2:
+        raise AudioInputError(
+            f"audio {desc} has {samples.ndim} dimensions. "
+            "Pass a 1-D mono array or a 2-D (n, channels) or (channels, n) array."
+        )
+    if samples.size == 0:
+        return samples.reshape(-1)
+    n_rows, n_cols = samples.shape
+    if min(n_rows, n_cols) > MAX_CHANNELS:
+        raise AudioInputError(
+            f"audio {desc} has no axis of at most {MAX_CHANNELS} channels, so the channel axis "
+            "is ambiguous. Pass a 1-D mono array or a 2-D (n, channels) / (channels, n) array."
+        )
+    axis = 0 if n_rows < n_cols else 1
+    return samples.mean(axis=axis, dtype=np.float32)
+
+
+def _check_content(mono: np.ndarray, sr: int, source: Any, max_seconds: float | None) -> None:
+    desc = describe_source(source)
+    if mono.size == 0:
+        raise AudioInputError(f"audio {desc} contains no samples. Pass a non-empty clip.")
+    if not np.isfinite(mono).all():
+        raise AudioInputError(
+            f"audio {desc} contains NaN or infinite samples. "
+            "Fix or drop the corrupted samples (e.g. np.nan_to_num) before passing it."
+        )
+    _check_duration(mono.size, sr, f"audio {desc}", max_seconds)
+
+
+def _check_duration(n_samples: int, sr: int, what: str, max_seconds: float | None) -> None:
+    if max_seconds is None:
+        return
+    seconds = n_samples / sr
+    if seconds > max_seconds:
+        raise AudioInputError(
+            f"{what} is {seconds:.2f} s long, over the {max_seconds:g} s limit. "
+            "Raise the policy's audio length limit or split the clip into shorter pieces."
+        )

@@ -1,0 +1,94 @@
+"""Calibration: paired harmful/safe queries -> SARSteer artifact (DESIGN.md section 1).
+
+Cost: two forward passes per harmful query (with and without the refusal text) and one
+per safe query, batched, every layer captured in each pass; one SVD per layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .activations import last_token_activations
+from .adapter import Adapter, Request, resolve_adapter
+from .artifact import CalibrationSet, MethodParams, SteeringArtifact, identify, new_metadata
+from .audio import load_audio
+from .errors import RequestError
+from .policy import AUDIO_INSTRUCTION, TEXT_INSTRUCTION
+from .steering import DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH, refusal_vector, safe_basis
+
+# Directions kept per layer beyond k, so a policy can sweep k without recalibrating.
+MIN_STORED_RANK = 32
+
+CalibrationItem = Any  # audio path | bytes | (array, sampling_rate) | str (a text query)
+
+
+def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationItem],
+              safe: Sequence[CalibrationItem], instruction: str | None = None, *,
+              refusal_text: str = DEFAULT_REFUSAL_TEXT, rank: int = DEFAULT_RANK,
+              strength: float = DEFAULT_STRENGTH, batch_size: int = 8, adapter: Adapter | str | None = None,
+              max_audio_seconds: float | None = None,
+              on_batch: Callable[[int], None] | None = None) -> SteeringArtifact:
+    """Compute SARSteer vectors for `model` from harmful and safe calibration queries.
+
+    Items are audio (a path, encoded bytes or (array, sampling_rate)) for an audio model,
+    or text questions (str) for a text model; the instruction follows each item in the
+    user turn. Refusal vector: mean over harmful items of h(item, instruction + refusal)
+    - h(item, instruction). Safe basis: top directions of the centred safe activations.
+
+    >>> art = calibrate(model, tokenizer, harmful=["How do I pick a lock?"] * 2,
+    ...                 safe=["How do I bake bread?", "How do I tie a tie?"])  # doctest: +SKIP
+    >>> art.save("artifacts/my-model")  # doctest: +SKIP
+    """
+    from .adapter import get_adapter
+    adapter = get_adapter(adapter) if isinstance(adapter, str) else adapter or resolve_adapter(model)
+    if len(harmful) < 1 or len(safe) < 2:
+        raise RequestError("calibration needs at least 1 harmful and 2 safe queries (the paper uses 100 each; "
+                           "results were flat from 10 up)")
+    instruction = instruction or (AUDIO_INSTRUCTION if adapter.takes_audio else TEXT_INSTRUCTION)
+    sr = adapter.sampling_rate(processor)
+    harmful_q = [_query(item, instruction, adapter, sr, max_audio_seconds) for item in harmful]
+    safe_q = [_query(item, instruction, adapter, sr, max_audio_seconds) for item in safe]
+    with_refusal = [Request(text=f"{q.text} {refusal_text}", audio=q.audio) for q in harmful_q]
+
+    collect = lambda qs: last_token_activations(model, processor, adapter, qs, batch_size=batch_size,
+                                                on_batch=on_batch)
+    h_base, h_refuse, h_safe = collect(harmful_q), collect(with_refusal), collect(safe_q)
+    stored_rank = max(rank, MIN_STORED_RANK)
+    refusal = {layer: refusal_vector(h_refuse[layer], h_base[layer]) for layer in range(h_base.shape[0])}
+    basis = {layer: safe_basis(h_safe[layer], stored_rank) for layer in range(h_safe.shape[0])}
+
+    layers = adapter.decoder_layers(model)
+    method = MethodParams(refusal_text=refusal_text, instruction=instruction, safe_rank=min(rank, basis[0].shape[1]),
+                          basis_rank=basis[0].shape[1], safe_strength=strength)
+    calib = CalibrationSet(n_harmful=len(harmful_q), n_safe=len(safe_q), sha256=_hash(harmful_q, safe_q))
+    metadata = new_metadata(identify(model, layers, adapter.name), method, calib, refusal, basis)
+    return SteeringArtifact(refusal=refusal, basis=basis, metadata=metadata)
+
+
+def _query(item: CalibrationItem, instruction: str, adapter: Adapter, sr: int,
+           max_seconds: float | None) -> Request:
+    if isinstance(item, str) and not _looks_like_audio_path(item, adapter):
+        return Request(text=f"{item} {instruction}")
+    if not adapter.takes_audio:
+        raise RequestError(f"adapter {adapter.name!r} is text-only: calibration items must be text questions (str)")
+    return Request(text=instruction, audio=load_audio(item, target_sr=sr, max_seconds=max_seconds))
+
+
+def _looks_like_audio_path(item: str, adapter: Adapter) -> bool:
+    # For an audio model a str is a file path when it names an audio file, else a text query.
+    return adapter.takes_audio and item.lower().endswith((".wav", ".flac", ".ogg", ".mp3", ".opus"))
+
+
+def _hash(*groups: Sequence[Request]) -> str:
+    digest = hashlib.sha256()
+    for label, group in enumerate(groups):
+        for request in group:
+            digest.update(f"{label}:{request.text}".encode())
+            if request.audio is not None:
+                digest.update(np.ascontiguousarray(request.audio, dtype=np.float32).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,58 @@
+"""Identify a model so an artifact made for one model is never applied to another.
+
+Two checks: a hash of the architecture fields of the config (catches a different
+family or size), and a few weight values sampled at fixed positions, compared with a
+dtype-tolerant tolerance (catches a different checkpoint of the same architecture, while
+accepting the same weights in fp32, bf16 or fp16).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+_CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                  "intermediate_size", "vocab_size")
+_SAMPLES = 16
+
+
+def config_summary(model: nn.Module, layers: nn.ModuleList) -> dict[str, Any]:
+    """The architecture facts an artifact depends on."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    summary: dict[str, Any] = {"model_type": getattr(config, "model_type", None),
+                               "text_model_type": getattr(text, "model_type", None),
+                               "num_layers": len(layers)}
+    for name in _CONFIG_FIELDS:
+        summary[name] = getattr(text, name, None)
+    return summary
+
+
+def config_fingerprint(summary: dict[str, Any]) -> str:
+    blob = json.dumps(summary, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def weight_sample(model: nn.Module, layers: nn.ModuleList) -> list[float]:
+    """Values at fixed positions of the input embeddings and of the last decoder layer."""
+    tensors = [model.get_input_embeddings().weight, next(layers[-1].parameters())]
+    values: list[float] = []
+    for tensor in tensors:
+        if not tensor.is_floating_point() or tensor.device.type == "meta":
+            return []
+        flat = tensor.detach().reshape(-1)
+        index = torch.linspace(0, flat.numel() - 1, _SAMPLES, device=flat.device).long()
+        values.extend(flat[index].float().cpu().tolist())
+    return values
+
+
+def same_weights(expected: list[float], actual: list[float]) -> bool:
+    """True when the samples agree within bf16/fp16 rounding (or either is unavailable)."""
+    if not expected or not actual:
+        return True
+    a, b = torch.tensor(expected), torch.tensor(actual)
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-2, atol=1e-4))

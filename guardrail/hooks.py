@@ -1,0 +1,116 @@
+"""Forward hooks on decoder layers that add steering deltas and capture activations.
+
+One `LayerHooks` exists per decoder-layer list. Its hooks are installed while at least
+one call is active and removed when the last one ends, even if that call raised. What a
+hook does is read from a context variable, so each thread (and each asyncio task) only
+ever sees the steering state it set itself: two guards on one model, or one guard used
+from two threads, cannot leak steering into each other, and a plain `model.generate`
+running beside a guarded call is untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class HookState:
+    """What the hooks do during one call.
+
+    deltas: layer index -> tensor added at the last position, already on the model's
+        device and dtype, shaped (hidden,) or (batch, hidden) when a per-sample gate
+        scaled it (prepared once per call: the hook itself allocates nothing).
+    capture: layer index -> list receiving the last-position activation (batch, hidden)
+        of every forward pass, for calibration.
+    """
+
+    deltas: dict[int, torch.Tensor] = field(default_factory=dict)
+    capture: dict[int, list[torch.Tensor]] | None = None
+
+
+class LayerHooks:
+    """Reference-counted hook set over one model's decoder layers."""
+
+    def __init__(self, layers: Sequence[nn.Module]):
+        self._layers = list(layers)
+        self._state: ContextVar[HookState | None] = ContextVar(f"guardrail_hooks_{id(self)}", default=None)
+        self._lock = threading.Lock()
+        self._active = 0
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    @contextmanager
+    def activate(self, state: HookState) -> Iterator[HookState]:
+        """Make `state` drive the hooks for the current thread/task inside the block."""
+        self._acquire()
+        token = self._state.set(state)
+        try:
+            yield state
+        finally:
+            self._state.reset(token)
+            self._release()
+
+    def _acquire(self) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._handles = [layer.register_forward_hook(self._make_hook(i))
+                                 for i, layer in enumerate(self._layers)]
+            self._active += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                for handle in self._handles:
+                    handle.remove()
+                self._handles = []
+
+    def _make_hook(self, index: int):
+        def hook(module: nn.Module, args: tuple, output):
+            state = self._state.get()
+            if state is None:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            delta = state.deltas.get(index)
+            if delta is not None:
+                hidden = _add_last(hidden, delta)
+            if state.capture is not None and index in state.capture:
+                state.capture[index].append(hidden[:, -1, :].detach())
+            if delta is None:
+                return None
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+
+def _add_last(hidden: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Add delta at the last sequence position: the last prompt token during prefill
+    (prompts are left-padded) and the newest token at each decoding step."""
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        hidden = hidden.clone()
+    hidden[:, -1, :] += delta
+    return hidden
+
+
+_REGISTRY: "weakref.WeakKeyDictionary[nn.Module, LayerHooks]" = weakref.WeakKeyDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def hooks_for(layers: nn.ModuleList) -> LayerHooks:
+    """The shared `LayerHooks` of a decoder-layer list (created on first use)."""
+    with _REGISTRY_LOCK:
+        hooks = _REGISTRY.get(layers)
+        if hooks is None:
+            hooks = _REGISTRY[layers] = LayerHooks(layers)
+        return hooks
