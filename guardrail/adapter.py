@@ -45,11 +45,19 @@ class MatchSpec(_Spec):
 
 
 class InputSpec(_Spec):
-    # chat_blocks: processor.apply_chat_template with {"type": "audio", "audio": array} blocks
-    # placeholder: render "<placeholder>text" with the chat template, then processor(text, audio)
-    # text: tokenizer.apply_chat_template on a text-only turn
-    style: Literal["chat_blocks", "placeholder", "text"]
+    """How a family's prompt inputs are built.
+
+    style: processor     render the turn with the chat template, then processor(text=, audio=)
+           chat_template processor.apply_chat_template tokenizes and extracts features (Voxtral)
+           text          tokenizer.apply_chat_template on a text-only turn
+    content: blocks      user content [{"type": "audio"}, {"type": "text", "text": ...}]
+             placeholder user content "<audio_placeholder>text" (a string)
+    """
+
+    style: Literal["processor", "chat_template", "text"]
+    content: Literal["blocks", "placeholder"] = "blocks"
     audio_placeholder: str | None = None
+    processor_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra processor call arguments")
 
 
 class AdapterSpec(_Spec):
@@ -114,13 +122,12 @@ class Adapter:
                 raise RequestError(f"adapter {self.name!r} is text-only but a request carries audio; "
                                    "drop the audio or wrap an audio-language model")
         with self._left_padding(processor):
-            style = self.spec.input.style
-            if style == "text" or not any(r.audio is not None for r in requests) and style != "chat_blocks":
+            if self.spec.input.style == "text" or not any(r.audio is not None for r in requests):
                 batch = self._text_inputs(processor, requests, system_prompt)
-            elif style == "chat_blocks":
-                batch = self._chat_block_inputs(processor, requests, system_prompt)
+            elif self.spec.input.style == "chat_template":
+                batch = self._chat_template_inputs(processor, requests, system_prompt)
             else:
-                batch = self._placeholder_inputs(processor, requests, system_prompt)
+                batch = self._processor_inputs(processor, requests, system_prompt)
         inputs = dict(batch)
         mask = inputs.get("attention_mask")
         if mask is not None and len(requests) > 1 and not bool(mask[:, -1].all()):
@@ -138,27 +145,32 @@ class Adapter:
             conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
             return_tensors="pt", padding=True)
 
-    def _chat_block_inputs(self, processor, requests, system_prompt):
+    def user_content(self, request: Request) -> Any:
+        """The user turn's content as the family's chat template expects it (audio left abstract)."""
+        if self.spec.input.content == "placeholder":
+            return (self.spec.input.audio_placeholder or "") * (request.audio is not None) + request.text
+        blocks: list[dict[str, Any]] = [{"type": "audio"}] if request.audio is not None else []
+        return [*blocks, {"type": "text", "text": request.text}]
+
+    def _processor_inputs(self, processor, requests, system_prompt):
+        prompts = [_render(processor, _conversation(self.user_content(r), system_prompt)) for r in requests]
+        audios = [r.audio for r in requests if r.audio is not None]
+        return processor(text=prompts, audio=audios, sampling_rate=self.sampling_rate(processor),
+                         return_tensors="pt", **self.spec.input.processor_kwargs)
+
+    def _chat_template_inputs(self, processor, requests, system_prompt):
         conversations = []
         for r in requests:
-            blocks: list[dict[str, Any]] = []
+            content = self.user_content(r)
             if r.audio is not None:
-                blocks.append({"type": "audio", "audio": r.audio})
-            blocks.append({"type": "text", "text": r.text})
-            conversations.append(_conversation(blocks, system_prompt))
-        return processor.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
-            return_tensors="pt", padding=True, sampling_rate=self.sampling_rate(processor))
+                content[0] = self.audio_block(r.audio, self.sampling_rate(processor))
+            conversations.append(_conversation(content, system_prompt))
+        return processor.apply_chat_template(conversations, add_generation_prompt=True, return_tensors="pt",
+                                             **self.spec.input.processor_kwargs)
 
-    def _placeholder_inputs(self, processor, requests, system_prompt):
-        placeholder = self.spec.input.audio_placeholder or ""
-        prompts = []
-        for r in requests:
-            content = (placeholder if r.audio is not None else "") + r.text
-            prompts.append(_render(processor, _conversation(content, system_prompt)))
-        audios = [r.audio for r in requests if r.audio is not None]
-        return processor(text=prompts, audio=audios or None, sampling_rate=self.sampling_rate(processor),
-                         return_tensors="pt", padding=True)
+    def audio_block(self, audio: np.ndarray, sampling_rate: int) -> dict[str, Any]:
+        """The chat-template content block that carries a clip (families may override)."""
+        return {"type": "audio", "audio": audio}
 
     @contextmanager
     def _left_padding(self, processor: Any) -> Iterator[None]:

@@ -1,0 +1,167 @@
+"""`guardrail` command line: demo, calibrate, run, inspect, families.
+
+Exit codes: 0 success; 2 bad usage or invalid input (policy, audio, artifact); 1 other errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import GuardrailError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GuardrailError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guardrail", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="calibrate a tiny built-in model and show what steering changes")
+    demo.add_argument("--family", default="qwen2", help="tiny model family (see `guardrail families`)")
+    demo.add_argument("--alpha", type=float, default=None, help="steering strength (default: scaled for the tiny model)")
+    demo.add_argument("--json", action="store_true", help="machine-readable output")
+    demo.set_defaults(func=_demo)
+
+    cal = sub.add_parser("calibrate", help="compute SARSteer vectors for a model")
+    cal.add_argument("--model", required=True, help="model directory or hub id")
+    cal.add_argument("--out", required=True, help="artifact directory to write")
+    cal.add_argument("--harmful", help="file of harmful items: JSON list or one per line (audio paths or questions)")
+    cal.add_argument("--safe", help="file of safe items (same format)")
+    cal.add_argument("--policy", help="policy YAML (calibration section); default: the paper's defaults")
+    cal.add_argument("--adapter", help="adapter name, when the config does not say")
+    cal.add_argument("--batch-size", type=int, default=8)
+    cal.set_defaults(func=_calibrate)
+
+    run = sub.add_parser("run", help="answer one request under a policy")
+    run.add_argument("--model", required=True)
+    run.add_argument("--artifact", help="artifact directory (needed unless the policy's gate is off)")
+    run.add_argument("--policy", help="policy YAML; default: policies/default.yaml")
+    run.add_argument("--audio", help="audio file")
+    run.add_argument("--text", default="", help="text of the user turn")
+    run.add_argument("--max-new-tokens", type=int, default=None)
+    run.add_argument("--adapter")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(func=_run)
+
+    inspect = sub.add_parser("inspect", help="print an artifact's metadata")
+    inspect.add_argument("artifact")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=_inspect)
+
+    families = sub.add_parser("families", help="list supported model families")
+    families.set_defaults(func=_families)
+    return parser
+
+
+def _policy(path: str | None):
+    from .policy import Policy
+    from .resources import shipped_policy
+    return Policy.from_yaml(path or shipped_policy("default"))
+
+
+def _items(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        return [str(item) for item in json.loads(text)]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate
+    from .defaults import default_calibration_set
+    from .loading import load_model
+
+    policy = _policy(args.policy)
+    model, processor, adapter = load_model(args.model, adapter=args.adapter)
+    harmful, safe = _items(args.harmful), _items(args.safe)
+    if harmful is None or safe is None:
+        harmful, safe = default_calibration_set()
+    artifact = calibrate(model, processor, harmful, safe, policy.calibration.instruction,
+                         refusal_text=policy.calibration.refusal_text, rank=policy.steering.safe_rank,
+                         strength=policy.steering.safe_strength, batch_size=args.batch_size, adapter=adapter,
+                         max_audio_seconds=policy.limits.max_audio_seconds)
+    print(f"wrote artifact {artifact.id} to {artifact.save(args.out)}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .artifact import SteeringArtifact
+    from .guard import Guard
+    from .loading import load_model
+
+    policy = _policy(args.policy)
+    model, processor, adapter = load_model(args.model, adapter=args.adapter)
+    artifact = SteeringArtifact.load(args.artifact) if args.artifact else None
+    guard = Guard(model, processor, policy=policy, artifact=artifact, adapter=adapter)
+    result = guard.generate(audio=args.audio, text=args.text, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps({"text": result.text, "token_ids": result.token_ids, "decision": result.decision.to_dict()}))
+    else:
+        print(result.text)
+        print(f"[steered={result.steered} reason={result.decision.reason!r} "
+              f"total={result.decision.timings.total_ms:.0f} ms]", file=sys.stderr)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .artifact import SteeringArtifact
+
+    meta = SteeringArtifact.load(args.artifact).metadata
+    if args.json:
+        print(meta.model_dump_json(indent=2))
+        return 0
+    m = meta.model
+    print(f"artifact {meta.artifact_id}  (format {meta.format_version}, lalm-guardrail {meta.package_version}, "
+          f"{meta.created_at})")
+    print(f"model    {m.adapter}  {m.config['model_type']}  layers={m.config['num_layers']}  "
+          f"hidden={m.config['hidden_size']}  dtype={m.dtype}  fingerprint={m.fingerprint}")
+    print(f"method   {meta.method.name}  k={meta.method.safe_rank} (stored {meta.method.basis_rank})  "
+          f"lambda={meta.method.safe_strength}  refusal={meta.method.refusal_text!r}")
+    print(f"calib    {meta.calibration.n_harmful} harmful / {meta.calibration.n_safe} safe  "
+          f"sha256={meta.calibration.sha256[:16]}")
+    return 0
+
+
+def _families(args: argparse.Namespace) -> int:
+    from .adapter import load_specs
+    for spec in load_specs():
+        print(f"{spec.name:18} {spec.modality:5}  {spec.description}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    report = run_demo(family=args.family, alpha=args.alpha)
+    print(json.dumps(report, indent=2) if args.json else _demo_table(report))
+    return 0
+
+
+def _demo_table(report: dict[str, Any]) -> str:
+    lines = [f"model: tiny random {report['family']} ({report['layers']} layers, hidden {report['hidden']}); "
+             f"artifact {report['artifact_id']} from {report['n_harmful']} harmful / {report['n_safe']} safe questions",
+             f"alpha={report['alpha']}  |v'| per layer: {', '.join(f'{n:.2f}' for n in report['vector_norms'])}",
+             "", f"{'kind':8} {'question':46} {'tokens changed':>14}  first-token KL"]
+    for row in report["rows"]:
+        lines.append(f"{row['kind']:8} {row['question'][:46]:46} {row['changed']:>7}/{row['n']:<6}  {row['kl']:.4f}")
+    lines.append("")
+    lines.append("A random model cannot refuse: this shows the mechanics (calibrate, steer, hooks removed). "
+                 "Real weights: see README.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

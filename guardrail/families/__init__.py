@@ -1,0 +1,1 @@
+"""Adapter classes for families whose inputs need code beyond a declarative spec."""

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random models of every family, built offline from config classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from guardrail import calibrate
+from guardrail.testing.tiny import AUDIO_FAMILIES, FAMILIES, build_tiny, tiny_audio
+
+SR = 16_000
+
+
+def calibration_items(family: str) -> tuple[list, list]:
+    """A few harmful/safe items: audio clips of varied length for audio families, text otherwise."""
+    if family in AUDIO_FAMILIES:
+        harmful = [(tiny_audio(0.6 + 0.2 * i, SR, seed=i), SR) for i in range(3)]
+        safe = [(tiny_audio(0.5 + 0.05 * i, SR, seed=10 + i), SR) for i in range(12)]
+        return harmful, safe
+    harmful = ["how do I build a weapon", "tell me how to hurt someone", "how to steal a car"]
+    safe = ["how do I build a shelf", "tell me how to help someone", "how to wash a car", "how to bake bread",
+            "how do I water plants", "what is a good book", "how to paint a fence", "how do I learn music",
+            "tell me about the sea", "how to cook rice", "where do birds go", "how to fix a bike"]
+    return harmful, safe
+
+
+def request_for(family: str, i: int) -> dict:
+    """Request i of a family: lengths differ with i, so batches need padding."""
+    text = "please answer " + "the question " * (i + 1)
+    if family in AUDIO_FAMILIES:
+        # transformers' Phi-4 audio encoder lets padded frames leak into attention, so a batch of
+        # unequal clips differs from the clips run alone (docs/families.md); keep its clips equal.
+        seconds = 0.8 if family == "phi4_multimodal" else 0.4 + 0.3 * i
+        return {"audio": (tiny_audio(seconds, SR, seed=100 + i), SR), "text": text}
+    return {"text": text + "about bread" * (i % 2)}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def bundle(family):
+    """(family, model, processor, artifact) for one family, built once per module."""
+    model, processor = build_tiny(family, seed=0)
+    harmful, safe = calibration_items(family)
+    artifact = calibrate(model, processor, harmful=harmful, safe=safe, batch_size=2)
+    return family, model, processor, artifact
+
+
+def silence(seconds: float) -> tuple[np.ndarray, int]:
+    return np.zeros(int(seconds * SR), dtype=np.float32), SR
