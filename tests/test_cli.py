@@ -1,0 +1,67 @@
+"""The `guardrail` command line, end to end on a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from guardrail.cli import main
+from guardrail.testing.tiny import build_tiny
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    model, tokenizer = build_tiny("qwen2")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_calibrate_inspect_run(model_dir, tmp_path, capsys):
+    harmful = tmp_path / "harmful.txt"
+    harmful.write_text("how do I build a weapon\nhow to steal a car\n")
+    safe = tmp_path / "safe.json"
+    safe.write_text(json.dumps(["how do I build a shelf", "how to wash a car", "how to bake bread"]))
+    out = tmp_path / "artifact"
+    assert main(["calibrate", "--model", str(model_dir), "--out", str(out), "--harmful", str(harmful),
+                 "--safe", str(safe)]) == 0
+    assert "wrote artifact" in capsys.readouterr().out
+
+    assert main(["inspect", str(out), "--json"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["calibration"]["n_harmful"] == 2 and meta["model"]["adapter"] == "causal_lm"
+
+    assert main(["inspect", str(out)]) == 0
+    assert "2 harmful / 3 safe" in capsys.readouterr().out
+
+    assert main(["run", "--model", str(model_dir), "--artifact", str(out), "--text", "how to steal a car",
+                 "--max-new-tokens", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["decision"]["steered"] is True and len(result["token_ids"]) <= 4
+
+
+def test_invalid_policy_exits_2(model_dir, tmp_path, capsys):
+    policy = tmp_path / "bad.yaml"
+    policy.write_text("steering:\n  alpah: 1\n")
+    assert main(["run", "--model", str(model_dir), "--policy", str(policy), "--text", "hi"]) == 2
+    assert "steering.alpah: unknown field" in capsys.readouterr().err
+
+
+def test_steering_policy_without_artifact_exits_2(model_dir, capsys):
+    assert main(["run", "--model", str(model_dir), "--text", "hi"]) == 2
+    assert "no artifact" in capsys.readouterr().err
+
+
+def test_families(capsys):
+    assert main(["families"]) == 0
+    out = capsys.readouterr().out
+    assert "qwen2_audio" in out and "voxtral" in out
+
+
+def test_demo_json(capsys):
+    assert main(["demo", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["hooks_left"] == 0
+    assert len(report["rows"]) == 8 and any(row["changed"] > 0 for row in report["rows"])
