@@ -45,9 +45,14 @@ def weight_sample(model: nn.Module, layers: nn.ModuleList) -> list[float]:
         if not tensor.is_floating_point() or tensor.device.type == "meta":
             return []
         flat = tensor.detach().reshape(-1)
-        index = torch.linspace(0, flat.numel() - 1, _SAMPLES, device=flat.device).long()
-        values.extend(flat[index].float().cpu().tolist())
+        values.extend(flat[sample_positions(flat.numel()).to(flat.device)].float().cpu().tolist())
     return values
+
+
+def sample_positions(numel: int) -> torch.Tensor:
+    """Evenly spread positions, first and last included. Integer arithmetic: a float32
+    linspace rounds past the end of tensors over 2**24 elements."""
+    return torch.arange(_SAMPLES, dtype=torch.int64) * (numel - 1) // (_SAMPLES - 1)
 
 
 def same_weights(expected: list[float], actual: list[float]) -> bool:

@@ -72,3 +72,10 @@ def test_corrupt_vectors_file(artifact, tmp_path):
     (path / VECTORS_FILE).write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match="cannot be read"):
         SteeringArtifact.load(path)
+
+
+def test_weight_sample_positions_stay_in_bounds_for_large_tensors():
+    from guardrail.fingerprint import sample_positions
+    numel = 136_134_656  # Qwen2.5-0.5B's embedding matrix
+    positions = sample_positions(numel)
+    assert positions[0] == 0 and positions[-1] == numel - 1 and positions.unique().numel() == len(positions)

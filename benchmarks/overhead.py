@@ -1,4 +1,4 @@
-"""Wall-time overhead of the guard on a tiny random model (CPU), greedy generate.
+"""Wall-time overhead of the guard on a tiny random model or a real-weight testbed, greedy generate.
 
 Three arms run interleaved (A B C, A B C, ...) so that machine noise hits them alike:
   raw      model.generate on prepared inputs (the unguarded model)
@@ -7,7 +7,9 @@ Three arms run interleaved (A B C, A B C, ...) so that machine noise hits them a
 Every arm generates exactly --new-tokens tokens (min_new_tokens), so work is equal.
 Prints the median of the per-pair ratios and their spread, and writes JSON.
 
-    python benchmarks/overhead_tiny.py --pairs 7 --out benchmarks/results/overhead_tiny.json
+    python benchmarks/overhead.py --pairs 7 --out benchmarks/results/overhead_tiny_cpu.json
+    python benchmarks/overhead.py --testbed qwen2.5-coder-0.5b-instruct --pairs 5 \\
+        --out benchmarks/results/overhead_qwen05b_cpu.json
 """
 
 from __future__ import annotations
@@ -34,8 +36,15 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def bench(family: str, batch: int, pairs: int, new_tokens: int) -> dict:
-    model, tokenizer = build_tiny(family, seed=0)
+def load(family: str, testbed: str | None):
+    if testbed is None:
+        return build_tiny(family, seed=0)
+    from guardrail.testing.testbeds import load as load_testbed
+    return load_testbed(testbed)
+
+
+def bench(family: str, batch: int, pairs: int, new_tokens: int, testbed: str | None = None) -> dict:
+    model, tokenizer = load(family, testbed)
     harmful, safe = default_calibration_set()
     artifact = calibrate(model, tokenizer, harmful, safe)
     steered = Guard(model, tokenizer, policy=Policy(), artifact=artifact)
@@ -63,7 +72,7 @@ def bench(family: str, batch: int, pairs: int, new_tokens: int) -> dict:
         r = [x / y for x, y in zip(times[a], times[b])]
         return {"median": statistics.median(r), "min": min(r), "max": max(r)}
 
-    return {"family": family, "batch": batch, "pairs": pairs, "new_tokens": new_tokens,
+    return {"family": testbed or family, "batch": batch, "pairs": pairs, "new_tokens": new_tokens,
             "median_s": {k: statistics.median(v) for k, v in times.items()},
             "steered_over_raw": ratio("steered", "raw"), "wrapped_over_raw": ratio("wrapped", "raw"),
             "steered_over_wrapped": ratio("steered", "wrapped")}
@@ -75,9 +84,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--testbed", help="real weights from guardrail.testing.testbeds instead of a tiny model")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    results = [bench(args.family, b, args.pairs, args.new_tokens) for b in args.batches]
+    results = [bench(args.family, b, args.pairs, args.new_tokens, args.testbed) for b in args.batches]
     for r in results:
         print(f"{r['family']} batch {r['batch']:>2}: raw {r['median_s']['raw'] * 1e3:7.1f} ms | "
               f"steered/raw median {r['steered_over_raw']['median']:.3f} "
@@ -87,7 +97,7 @@ def main() -> None:
               f"[{r['steered_over_wrapped']['min']:.3f}..{r['steered_over_wrapped']['max']:.3f}]")
     if args.out:
         meta = {"machine": platform.machine(), "processor": platform.processor(), "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "command": "python benchmarks/overhead_tiny.py " +
+                "threads": torch.get_num_threads(), "command": "python benchmarks/overhead.py " +
                 " ".join(f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(map(str, v))}"
                          for k, v in vars(args).items() if k != "out" and v is not None)}
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
