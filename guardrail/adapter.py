@@ -26,6 +26,10 @@ from .errors import RequestError, UnsupportedModelError
 from .resources import data_dir
 
 
+# Guards may share one processor: padding_side is switched under a process-wide lock.
+_PAD_LOCK = threading.Lock()
+
+
 @dataclass(frozen=True)
 class Request:
     """One user turn: optional audio (mono float32 at the model's rate) then text."""
@@ -78,7 +82,6 @@ class Adapter:
 
     def __init__(self, spec: AdapterSpec):
         self.spec = spec
-        self._pad_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -175,7 +178,7 @@ class Adapter:
     @contextmanager
     def _left_padding(self, processor: Any) -> Iterator[None]:
         tokenizer = self.tokenizer(processor)
-        with self._pad_lock:
+        with _PAD_LOCK:
             previous = getattr(tokenizer, "padding_side", "left")
             tokenizer.padding_side = "left"
             try:
