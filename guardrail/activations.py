@@ -41,7 +41,7 @@ def last_token_activations(model: nn.Module, processor: Any, adapter: Adapter, r
         inputs = model_inputs(model, adapter.build_inputs(processor, [requests[i] for i in chunk], system_prompt))
         state = HookState(capture={i: [] for i in range(len(layers))})
         with hooks.activate(state):
-            _forward(model, inputs)
+            forward_last(model, inputs)
         stacked = torch.stack([state.capture[i][0] for i in range(len(layers))], dim=0).float().cpu()
         for j, index in enumerate(chunk):
             rows[index] = stacked[:, j]
@@ -50,13 +50,13 @@ def last_token_activations(model: nn.Module, processor: Any, adapter: Adapter, r
     return torch.stack(rows, dim=1)
 
 
-def _forward(model: nn.Module, inputs: dict[str, Any]) -> None:
-    # Only the hidden states matter: skip the KV cache, and the full-vocabulary logits where
-    # the model lets us (logits_to_keep), which dominate the cost of a small model's pass.
+def forward_last(model: nn.Module, inputs: dict[str, Any]) -> Any:
+    """One prefill pass without KV cache, computing logits for the last position only where
+    the model allows it (full-vocabulary logits dominate a small model's pass)."""
     try:
-        model(**inputs, use_cache=False, logits_to_keep=1)
+        return model(**inputs, use_cache=False, logits_to_keep=1)
     except TypeError:
-        model(**inputs, use_cache=False)
+        return model(**inputs, use_cache=False)
 
 
 def _size(request: Request) -> int:

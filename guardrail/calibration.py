@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from torch import nn
@@ -31,7 +31,7 @@ def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationIte
               safe: Sequence[CalibrationItem], instruction: str | None = None, *,
               refusal_text: str = DEFAULT_REFUSAL_TEXT, rank: int = DEFAULT_RANK,
               strength: float = DEFAULT_STRENGTH, batch_size: int = 8, adapter: Adapter | str | None = None,
-              max_audio_seconds: float | None = None,
+              max_audio_seconds: float | None = None, method: Literal["sarsteer", "diff_means"] = "sarsteer",
               on_batch: Callable[[int], None] | None = None) -> SteeringArtifact:
     """Compute SARSteer vectors for `model` from harmful and safe calibration queries.
 
@@ -40,11 +40,16 @@ def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationIte
     user turn. Refusal vector: mean over harmful items of h(item, instruction + refusal)
     - h(item, instruction). Safe basis: top directions of the centred safe activations.
 
+    method="diff_means" is the baseline the paper improves on: mean harmful minus mean safe
+    activation (no refusal text), which mostly measures the audio/text activation gap.
+
     >>> art = calibrate(model, tokenizer, harmful=["How do I pick a lock?"] * 2,
     ...                 safe=["How do I bake bread?", "How do I tie a tie?"])  # doctest: +SKIP
     >>> art.save("artifacts/my-model")  # doctest: +SKIP
     """
     from .adapter import get_adapter
+    if method not in ("sarsteer", "diff_means"):
+        raise ValueError(f"unknown calibration method {method!r}; use 'sarsteer' or 'diff_means'")
     adapter = get_adapter(adapter) if isinstance(adapter, str) else adapter or resolve_adapter(model)
     if len(harmful) < 1 or len(safe) < 2:
         raise RequestError("calibration needs at least 1 harmful and 2 safe queries (the paper uses 100 each; "
@@ -57,16 +62,21 @@ def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationIte
 
     collect = lambda qs: last_token_activations(model, processor, adapter, qs, batch_size=batch_size,
                                                 on_batch=on_batch)
-    h_base, h_refuse, h_safe = collect(harmful_q), collect(with_refusal), collect(safe_q)
+    h_base, h_safe = collect(harmful_q), collect(safe_q)
+    if method == "sarsteer":
+        h_refuse = collect(with_refusal)
+        refusal = {layer: refusal_vector(h_refuse[layer], h_base[layer]) for layer in range(h_base.shape[0])}
+    else:
+        refusal = {layer: h_base[layer].mean(0) - h_safe[layer].mean(0) for layer in range(h_base.shape[0])}
     stored_rank = max(rank, MIN_STORED_RANK)
-    refusal = {layer: refusal_vector(h_refuse[layer], h_base[layer]) for layer in range(h_base.shape[0])}
     basis = {layer: safe_basis(h_safe[layer], stored_rank) for layer in range(h_safe.shape[0])}
 
     layers = adapter.decoder_layers(model)
-    method = MethodParams(refusal_text=refusal_text, instruction=instruction, safe_rank=min(rank, basis[0].shape[1]),
-                          basis_rank=basis[0].shape[1], safe_strength=strength)
+    stored = basis[0].shape[1]
+    params = MethodParams(name=method, refusal_text=refusal_text, instruction=instruction,
+                          safe_rank=min(rank, stored), basis_rank=stored, safe_strength=strength)
     calib = CalibrationSet(n_harmful=len(harmful_q), n_safe=len(safe_q), sha256=_hash(harmful_q, safe_q))
-    metadata = new_metadata(identify(model, layers, adapter.name), method, calib, refusal, basis)
+    metadata = new_metadata(identify(model, layers, adapter.name), params, calib, refusal, basis)
     return SteeringArtifact(refusal=refusal, basis=basis, metadata=metadata)
 
 

@@ -1,4 +1,4 @@
-"""`guardrail` command line: demo, calibrate, run, inspect, families.
+"""`guardrail` command line: demo, calibrate, run, inspect, eval, families.
 
 Exit codes: 0 success; 2 bad usage or invalid input (policy, audio, artifact); 1 other errors.
 """
@@ -59,6 +59,24 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("artifact")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(func=_inspect)
+
+    ev = sub.add_parser("eval", help="compare defences on held-out harmful/safe pairs; write JSON, markdown, PNG")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="model directory or hub id")
+    source.add_argument("--testbed", help="a built real-weight testbed (python -m guardrail.testing.testbeds list)")
+    ev.add_argument("--harmful", required=True, help="harmful items (FigStep JSON, JSON list, or lines)")
+    ev.add_argument("--safe", required=True, help="safe twins, same order")
+    ev.add_argument("--calib", default="0:50", help="pairs used to calibrate, START:END (default 0:50)")
+    ev.add_argument("--eval", dest="eval_range", default="50:100", help="held-out pairs, START:END (default 50:100)")
+    ev.add_argument("--methods", default="none,system_prompt,refusal_steer,diff_means,sarsteer",
+                    help="comma-separated: none, system_prompt, refusal_steer, diff_means, sarsteer")
+    ev.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    ev.add_argument("--ranks", type=int, nargs="+", default=[10], help="safe-space ranks k for sarsteer")
+    ev.add_argument("--max-new-tokens", type=int, default=40)
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--out", required=True, help="report directory")
+    ev.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ev.set_defaults(func=_eval)
 
     families = sub.add_parser("families", help="list supported model families")
     families.set_defaults(func=_families)
@@ -133,6 +151,35 @@ def _inspect(args: argparse.Namespace) -> int:
           f"lambda={meta.method.safe_strength}  refusal={meta.method.refusal_text!r}")
     print(f"calib    {meta.calibration.n_harmful} harmful / {meta.calibration.n_safe} safe  "
           f"sha256={meta.calibration.sha256[:16]}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, load_pairs, write_report
+    from .evaluation.data import parse_slice
+    from .evaluation.harness import sweep
+
+    if args.testbed:
+        from .testing.testbeds import load
+        model, processor = load(args.testbed)
+        name = args.testbed
+    else:
+        from .loading import load_model
+        model, processor, _ = load_model(args.model)
+        name = args.model
+    pairs = load_pairs(args.harmful, args.safe)
+    calibration = pairs[parse_slice(args.calib, len(pairs))]
+    held_out = pairs[parse_slice(args.eval_range, len(pairs))]
+    settings = sweep(args.methods.split(","), args.alphas, args.ranks)
+    progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    report = evaluate(model, processor, calibration, held_out, settings, max_new_tokens=args.max_new_tokens,
+                      batch_size=args.batch_size, model_name=name, progress=progress)
+    paths = write_report(report, args.out, command="guardrail " + " ".join(sys.argv[1:]))
+    if args.json:
+        print(json.dumps(report.to_dict(answers=False), indent=2))
+    else:
+        print(paths["markdown"].read_text(encoding="utf-8"))
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
 

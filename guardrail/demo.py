@@ -5,14 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from .activations import model_inputs
-from .adapter import Request
 from .calibration import calibrate
 from .defaults import default_calibration_set
 from .guard import Guard
-from .hooks import HookState
 from .policy import Policy
 
 N_EVAL = 4
@@ -49,11 +44,9 @@ def run_demo(family: str = "qwen2", alpha: float | None = None, seed: int = 0) -
             "hooks_left": sum(len(layer._forward_hooks) for layer in guard.layers)}
 
 
-@torch.inference_mode()
 def first_token_kl(guard: Guard, text: str) -> float:
     """KL(unguarded || guarded) of the first answer token's distribution."""
-    inputs = model_inputs(guard.model, guard.adapter.build_inputs(guard.processor, [Request(text)]))
-    plain = guard.model(**inputs).logits[:, -1].float().log_softmax(-1)
-    with guard._hooks.activate(HookState(deltas=guard._deltas)):
-        steered = guard.model(**inputs).logits[:, -1].float().log_softmax(-1)
+    bare = Guard(guard.model, guard.processor, policy=Policy.from_dict({"gate": {"mode": "off"}}))
+    plain = bare.first_token_logprobs([{"text": text}])
+    steered = guard.first_token_logprobs([{"text": text}])
     return float((plain.exp() * (plain - steered)).sum())

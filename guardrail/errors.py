@@ -30,3 +30,11 @@ class PolicyError(GuardrailError, ValueError):
 
 class RequestError(GuardrailError, ValueError):
     """A generation request is malformed (missing text, audio for a text model, ...)."""
+
+
+class ProbeError(ArtifactError):
+    """A gate probe file is missing, corrupt or unusable (or a probe could not score its input)."""
+
+
+class ProbeMismatchError(ArtifactMismatchError, ProbeError):
+    """A gate probe was trained for another model (architecture, weights, hidden size or layers)."""

@@ -5,6 +5,7 @@ adapter, and generates with SARSteer steering on, per the policy.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from transformers.generation.streamers import BaseStreamer
 
-from .activations import model_inputs
+from .activations import forward_last, model_inputs
 from .adapter import Adapter, Request, get_adapter, resolve_adapter
 from .artifact import SteeringArtifact
 from .audio import AudioSource, load_audio
@@ -136,6 +137,20 @@ class Guard:
         prompt_tokens = _prompt_tokens(inputs)
         generated = sequences[:, inputs["input_ids"].shape[1]:].tolist()
         return self._results(generated, prompt_tokens, gates, clock, started)
+
+    def first_token_logprobs(self, requests: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        """Log-probabilities (batch, vocab) of the first answer token, steered as `generate`
+        steers prefill: for measuring how much a policy shifts the model (utility drift).
+
+        >>> guard.first_token_logprobs([{"text": "How do I bake bread?"}]).shape  # doctest: +SKIP
+        torch.Size([1, 151936])
+        """
+        batch = [self._request(r, i) for i, r in enumerate(requests)]
+        inputs = model_inputs(self.model, self.adapter.build_inputs(self.processor, batch, self.policy.system_prompt))
+        state = self._state([bool(self._deltas)] * len(batch))
+        with torch.inference_mode(), self._hooks.activate(state) if state else nullcontext():
+            logits = forward_last(self.model, inputs).logits[:, -1]
+        return logits.float().log_softmax(dim=-1).cpu()
 
     # -- internals -------------------------------------------------------------------
     def _request(self, raw: Mapping[str, Any], index: int) -> Request:

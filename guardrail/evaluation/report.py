@@ -1,0 +1,72 @@
+"""Write an evaluation report as JSON (everything, answers included), markdown and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from .harness import EvalReport
+
+
+def write_report(report: EvalReport, out_dir: str | Path, command: str = "") -> dict[str, Path]:
+    """Write report.json, report.md and tradeoff.png into `out_dir`; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "tradeoff.png"}
+    data = report.to_dict() | {"command": command}
+    paths["json"].write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(markdown(report, command), encoding="utf-8")
+    plot(report, paths["plot"])
+    return paths
+
+
+def markdown(report: EvalReport, command: str = "") -> str:
+    lines = [f"# Evaluation: {report.model}", "",
+             f"Judge: {report.judge}. {report.results[0].n_harmful if report.results else 0} held-out pairs, "
+             f"{report.n_calibration} calibration pairs, greedy, {report.max_new_tokens} new tokens. "
+             f"Instruction: \"{report.instruction}\". Brackets: 95% Wilson intervals.", ""]
+    if command:
+        lines += ["Command:", "", f"    {command}", ""]
+    lines += ["| setting | harmful refusal % | benign response % | first-token KL (benign) |", "|---|---|---|---|"]
+    for r in report.results:
+        lines.append(f"| {r.setting.label} | {_pct(r.harmful_refusal, r.harmful_refusal_ci)} | "
+                     f"{_pct(r.benign_response, r.benign_response_ci)} | {r.kl_benign:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: EvalReport, path: Path) -> None:
+    """Harmful refusal vs benign response: one line per method (and k) across alpha."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list] = defaultdict(list)
+    for r in report.results:
+        s = r.setting
+        key = s.method + (f" k={s.rank}" if s.method == "sarsteer" else "") + (
+            "" if s.layers == "all" else f" layers {s.layers[0]}-{s.layers[-1]}")
+        groups[key].append(r)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    for key, results in groups.items():
+        results.sort(key=lambda r: r.setting.alpha)
+        xs = [100 * r.benign_response for r in results]
+        ys = [100 * r.harmful_refusal for r in results]
+        ax.plot(xs, ys, marker="o", label=key, linestyle="-" if len(results) > 1 else "none")
+        for r, x, y in zip(results, xs, ys):
+            if r.setting.alpha:
+                ax.annotate(f"{r.setting.alpha:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("benign response rate % (higher is better)")
+    ax.set_ylabel("harmful refusal rate % (higher is better)")
+    ax.set_xlim(-3, 103)
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{report.model}: refusal vs over-refusal (labels: alpha)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pct(value: float, ci: tuple[float, float]) -> str:
+    return f"{100 * value:.0f} [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"

@@ -1,0 +1,346 @@
+"""The gate probe at inference: an ONNX logistic probe on the last-prompt-token hidden state.
+
+A probe directory holds `probe.onnx` (input `features` float32 [batch, n_features], output
+`score` float32 [batch] = probability harmful; standardisation folded into the weights) and
+`probe.json` (layers, hidden size, model identity, threshold, per-layer CV AUC, training-set
+hash, ...). Training lives in `guardrail.probe_train` (`train_probe`, `fit_probe`, also
+importable from here). Metrics are plain numpy: `roc_auc`, `recall_at_fpr`, `evaluate_probe`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from .artifact import ModelIdentity
+from .errors import ProbeError, ProbeMismatchError
+from .fingerprint import config_fingerprint, config_summary, same_weights, weight_sample
+
+FORMAT_VERSION = 1
+ONNX_FILE = "probe.onnx"
+METADATA_FILE = "probe.json"
+INPUT_NAME = "features"
+OUTPUT_NAME = "score"
+
+Array = np.ndarray | torch.Tensor
+
+
+# -- metadata ------------------------------------------------------------------------------
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Normalisation(_Meta):
+    kind: str = "standardise + Platt scaling, folded into the Gemm weights"
+    n_fitted: int
+    mean_abs_max: float
+    std_min: float
+    std_median: float
+    std_max: float
+    n_constant: int
+
+
+class TrainingSet(_Meta):
+    n_harmful: int
+    n_safe: int
+    activations_sha256: str
+    queries_sha256: str | None = None
+
+
+class CrossValidation(_Meta):
+    folds: int
+    seed: int
+    l2: float
+    l2_grid: list[float]
+    auc: float
+    platt: list[float]  # slope, intercept applied to the raw logit
+    fpr_at_threshold: float
+    recall_at_threshold: float
+
+
+class OnnxInfo(_Meta):
+    file: str = ONNX_FILE
+    sha256: str
+    opset: int
+    input: str = INPUT_NAME
+    output: str = OUTPUT_NAME
+
+
+class ProbeMetadata(_Meta):
+    format_version: int = FORMAT_VERSION
+    kind: str = "logistic"
+    package_version: str
+    created_at: str
+    model: ModelIdentity
+    layers: list[int]
+    hidden_size: int
+    n_features: int
+    threshold: float
+    target_fpr: float
+    layer_auc: dict[int, float]
+    normalisation: Normalisation
+    training: TrainingSet
+    cv: CrossValidation
+    onnx: OnnxInfo
+
+
+# -- features and metrics ------------------------------------------------------------------
+def features_from_activations(activations: Array | Mapping[int, Array], layers: Sequence[int]) -> Array:
+    """Feature matrix (batch, len(layers) * hidden): the probe's layers concatenated in order.
+
+    `activations` is (num_layers, batch, hidden) as `last_token_activations` returns, or a
+    mapping layer -> (batch, hidden) as a capture hook collects. Tensor in, tensor out.
+
+    >>> features_from_activations(torch.zeros(4, 2, 8), [1, 3]).shape
+    torch.Size([2, 16])
+    """
+    if isinstance(activations, Mapping):
+        missing = [layer for layer in layers if layer not in activations]
+        if missing:
+            raise ProbeMismatchError(f"the probe reads layers {list(layers)} but no activations were given for "
+                                     f"{missing}; capture those layers")
+        parts = [activations[layer] for layer in layers]
+    else:
+        if activations.ndim != 3 or max(layers) >= activations.shape[0]:
+            raise ProbeMismatchError(f"activations of shape {tuple(activations.shape)} lack the probe's layers "
+                                     f"{list(layers)}; expected (num_layers, batch, hidden)")
+        parts = [activations[layer] for layer in layers]
+    if isinstance(parts[0], torch.Tensor):
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
+def roc_auc(scores: Array, labels: Array) -> float:
+    """Area under the ROC curve (Mann-Whitney U; tied scores count one half).
+
+    >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    0.75
+    """
+    s, y = _flat(scores), _labels(labels)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("roc_auc needs at least one positive and one negative label")
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average 1-based ranks
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def threshold_at_fpr(negative_scores: Array, fpr: float) -> float:
+    """Smallest float32 threshold t with mean(negatives >= t) <= fpr (decision: score >= t).
+
+    >>> threshold_at_fpr([0.1, 0.2, 0.3, 0.9], 0.25) > 0.3
+    True
+    """
+    s = np.sort(_flat(negative_scores))[::-1]
+    k = int(math.floor(fpr * len(s) + 1e-9))  # negatives allowed above the threshold
+    if len(s) == 0:
+        raise ValueError("threshold_at_fpr needs at least one negative score")
+    if k >= len(s):
+        return float(np.float32(s[-1]))
+    return float(np.nextafter(np.float32(s[k]), np.float32(np.inf)))
+
+
+def recall_at_fpr(scores: Array, labels: Array, fpr: float) -> float:
+    """Recall of the positives at the threshold that keeps the negatives' FPR <= fpr.
+
+    >>> recall_at_fpr([0.1, 0.2, 0.3, 0.25, 0.9], [0, 0, 0, 1, 1], 0.0)
+    0.5
+    """
+    s, y = _flat(scores), _labels(labels)
+    return float(np.mean(s[y] >= threshold_at_fpr(s[~y], fpr)))
+
+
+class ScoresFeatures(Protocol):
+    layers: list[int]
+    threshold: float
+
+    def score(self, features: Array) -> np.ndarray: ...
+
+
+def evaluate_probe(probe: ScoresFeatures, activations: Array, labels: Array) -> dict[str, Any]:
+    """Held-out metrics of a probe (TrainedProbe or OnnxProbe) on (layers, n, hidden) activations.
+
+    >>> evaluate_probe(probe, eval_acts, eval_labels)["roc_auc"]  # doctest: +SKIP
+    0.91
+    """
+    scores, y = probe.score(features_from_activations(activations, probe.layers)), _labels(labels)
+    return {"n_harmful": int(y.sum()), "n_safe": int((~y).sum()), "roc_auc": roc_auc(scores, y),
+            "recall_at_1pct_fpr": recall_at_fpr(scores, y, 0.01), "recall_at_5pct_fpr": recall_at_fpr(scores, y, 0.05),
+            "threshold": probe.threshold, "fpr_at_threshold": float(np.mean(scores[~y] >= probe.threshold)),
+            "recall_at_threshold": float(np.mean(scores[y] >= probe.threshold))}
+
+
+def _flat(values: Array) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().double().cpu().numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def _labels(labels: Array) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    return np.asarray(labels).reshape(-1).astype(bool)
+
+
+# -- model identity ------------------------------------------------------------------------
+def check_probe_model(meta: ProbeMetadata, model: nn.Module, layers: nn.ModuleList | None = None,
+                      what: str = "probe") -> None:
+    """Raise ProbeMismatchError unless a probe with metadata `meta` was trained on `model`."""
+    if layers is None:
+        from .adapter import resolve_adapter
+        layers = resolve_adapter(model).decoder_layers(model)
+    summary, expected = config_summary(model, layers), meta.model
+    redo = "train a probe on this model (guardrail.probe.fit_probe) or load the probe made for it"
+    if max(meta.layers) >= len(layers):
+        raise ProbeMismatchError(f"{what} reads layers {meta.layers} but the model has {len(layers)} decoder "
+                                 f"layers; {redo}")
+    if summary.get("hidden_size") not in (None, meta.hidden_size):
+        raise ProbeMismatchError(f"{what} expects hidden size {meta.hidden_size} but the model's is "
+                                 f"{summary['hidden_size']}; {redo}")
+    if config_fingerprint(summary) != expected.fingerprint:
+        diffs = ", ".join(f"{k}: probe {expected.config.get(k)!r} vs model {v!r}"
+                          for k, v in summary.items() if expected.config.get(k) != v)
+        raise ProbeMismatchError(f"{what} was trained for another model ({diffs}); {redo}")
+    if not same_weights(expected.weight_sample, weight_sample(model, layers)):
+        raise ProbeMismatchError(f"{what} matches this architecture but was trained on different weights "
+                                 f"(another checkpoint or fine-tune); {redo}")
+
+
+# -- inference -----------------------------------------------------------------------------
+def select_providers() -> list[str]:
+    """CUDA (then CPU) only where torch sees a GPU and onnxruntime has the CUDA provider, else CPU.
+
+    onnxruntime-gpu lists CUDAExecutionProvider even without a GPU and logs an error when it is
+    requested there, so both conditions are needed.
+
+    >>> select_providers()[-1]
+    'CPUExecutionProvider'
+    """
+    import onnxruntime as ort
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxProbe:
+    """A saved probe, run with onnxruntime. Decision: score >= threshold means harmful (steer).
+
+    >>> probe = OnnxProbe.load("artifacts/qwen05b/probe")  # doctest: +SKIP
+    >>> probe.check_model(model)  # doctest: +SKIP
+    >>> probe.decide(features_from_activations(acts, probe.layers))  # doctest: +SKIP
+    array([ True, False])
+    """
+
+    def __init__(self, metadata: ProbeMetadata, session: Any, path: Path) -> None:
+        self.metadata, self.path, self._session = metadata, path, session
+        self._outputs = [metadata.onnx.output]
+
+    layers = property(lambda self: list(self.metadata.layers))
+    threshold = property(lambda self: self.metadata.threshold)
+    n_features = property(lambda self: self.metadata.n_features)
+    providers = property(lambda self: list(self._session.get_providers()))
+
+    @classmethod
+    def load(cls, path: str | Path, providers: Sequence[str] | None = None, *, threads: int = 1) -> "OnnxProbe":
+        """Read a probe directory written by `TrainedProbe.save`; verify its hash and shapes.
+
+        `providers` defaults to `select_providers()`; `threads` is onnxruntime's intra-op
+        thread count (1 is fastest for a single dot product per sample).
+        """
+        path = Path(path)
+        meta = read_metadata(path)
+        blob = _read(path / meta.onnx.file)
+        if hashlib.sha256(blob).hexdigest() != meta.onnx.sha256:
+            raise ProbeError(f"{path / meta.onnx.file} does not match the sha256 recorded in {path / METADATA_FILE} "
+                             "(edited, truncated or replaced); retrain the probe or restore both files together")
+        session = _session(blob, path / meta.onnx.file, list(providers or select_providers()), threads)
+        _check_io(session, meta, path / meta.onnx.file)
+        return cls(meta, session, path)
+
+    def score(self, features: Array) -> np.ndarray:
+        """Probability harmful per sample, float32 (batch,), from (batch, n_features) features."""
+        x = _as_float32(features)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ProbeMismatchError(f"probe {self.path} reads (batch, {self.n_features}) features (layers "
+                                     f"{self.layers} x hidden {self.metadata.hidden_size}); got {x.shape}")
+        scores = self._session.run(self._outputs, {self.metadata.onnx.input: x})[0]
+        if not np.isfinite(scores).all():
+            bad = np.flatnonzero(~np.isfinite(scores)).tolist()
+            raise ProbeError(f"probe {self.path} gave non-finite scores for samples {bad}: their activations "
+                             "contain NaN/inf (check the model's dtype and inputs)")
+        return scores
+
+    def decide(self, features: Array, threshold: float | None = None) -> np.ndarray:
+        """Boolean gate per sample: score >= threshold (default: the probe's calibrated one)."""
+        return self.score(features) >= (self.threshold if threshold is None else threshold)
+
+    def check_model(self, model: nn.Module, layers: nn.ModuleList | None = None) -> None:
+        """Raise ProbeMismatchError unless this probe was trained on `model` (layers: its decoder layers)."""
+        check_probe_model(self.metadata, model, layers, what=f"probe {self.path}")
+
+
+def read_metadata(path: Path) -> ProbeMetadata:
+    """Parse `path/probe.json`, raising ProbeError that names the file and the fix."""
+    text = _read(path / METADATA_FILE).decode("utf-8", errors="replace")
+    try:
+        meta = ProbeMetadata.model_validate_json(text)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ProbeError(f"{path / METADATA_FILE} is malformed ({err['msg']} at "
+                         f"{'.'.join(map(str, err['loc'])) or 'top level'}); retrain and save the probe again") from None
+    if meta.format_version != FORMAT_VERSION:
+        raise ProbeError(f"{path / METADATA_FILE} has format version {meta.format_version}; this package reads "
+                         f"{FORMAT_VERSION}: retrain the probe with this version")
+    return meta
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise ProbeError(f"cannot read {file} ({exc.strerror or exc}); {file.parent} must be a probe directory "
+                         f"({METADATA_FILE} + {ONNX_FILE}) written by TrainedProbe.save (see fit_probe)") from None
+
+
+def _session(blob: bytes, file: Path, providers: list[str], threads: int) -> Any:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: a CPU-only run prints nothing
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(blob, options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ProbeError(f"onnxruntime cannot load {file} ({str(exc).splitlines()[0][:200]}); "
+                         "retrain and save the probe again") from None
+
+
+def _check_io(session: Any, meta: ProbeMetadata, file: Path) -> None:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    ok = (len(inputs) == 1 and inputs[0].name == meta.onnx.input and inputs[0].shape[-1] == meta.n_features
+          and [o.name for o in outputs] == [meta.onnx.output])
+    if not ok:
+        raise ProbeError(f"{file} has inputs {[(i.name, i.shape) for i in inputs]} and outputs "
+                         f"{[o.name for o in outputs]}, not ({meta.onnx.input!r}, [batch, {meta.n_features}]) -> "
+                         f"{meta.onnx.output!r} as {METADATA_FILE} says; retrain the probe")
+
+
+def _as_float32(features: Array) -> np.ndarray:
+    if isinstance(features, torch.Tensor):
+        return features.detach().to("cpu", torch.float32).contiguous().numpy()
+    return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def __getattr__(name: str) -> Any:  # training lives in probe_train; re-exported lazily (no cycle)
+    if name in ("train_probe", "fit_probe", "TrainedProbe"):
+        from . import probe_train
+        return getattr(probe_train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,321 @@
+"""Training the gate probe: standardised L2 logistic regression on last-prompt-token activations.
+
+Everything is chosen by stratified k-fold cross-validation on the training set: the L2
+strength (per feature set), the layer (best pooled out-of-fold ROC AUC; ties go to the
+earlier layer, which the gate can read sooner), and the threshold (the target FPR on the
+out-of-fold scores of the safe queries: in-sample scores would set it far too low).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .artifact import ModelIdentity, identify
+from .errors import ProbeError, RequestError
+from .probe import (INPUT_NAME, METADATA_FILE, ONNX_FILE, OUTPUT_NAME, Array, CrossValidation, Normalisation,
+                    OnnxInfo, ProbeMetadata, TrainingSet, check_probe_model, roc_auc, threshold_at_fpr)
+
+L2_GRID = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)  # penalty on the mean log-loss; strongest first (warm starts)
+OPSET = 18
+
+
+@dataclass
+class TrainedProbe:
+    """A trained probe: `module` maps (batch, n_features) float32 features to P(harmful).
+
+    >>> probe = train_probe(acts, labels)  # doctest: +SKIP
+    >>> probe.bind(model).save("artifacts/qwen05b/probe")  # doctest: +SKIP
+    """
+
+    module: nn.Module
+    layers: list[int]
+    hidden_size: int
+    threshold: float
+    target_fpr: float
+    layer_auc: dict[int, float]
+    normalisation: Normalisation
+    training: TrainingSet
+    cv: CrossValidation
+    identity: ModelIdentity | None = field(default=None)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.layers) * self.hidden_size
+
+    @torch.inference_mode()
+    def score(self, features: Array) -> np.ndarray:
+        """P(harmful) per sample, float32 (batch,), computed by the torch module that gets exported."""
+        x = torch.as_tensor(features).to("cpu", torch.float32)
+        return self.module(x).numpy()
+
+    def decide(self, features: Array, threshold: float | None = None) -> np.ndarray:
+        """Boolean gate per sample: score >= threshold (default: the calibrated one)."""
+        return self.score(features) >= (self.threshold if threshold is None else threshold)
+
+    def bind(self, model: nn.Module, adapter: str | None = None) -> "TrainedProbe":
+        """Record `model`'s identity (needed to save; checked at load). Returns self."""
+        from .adapter import get_adapter, resolve_adapter
+        resolved = get_adapter(adapter) if adapter else resolve_adapter(model)
+        self.identity = identify(model, resolved.decoder_layers(model), resolved.name)
+        self.check_model(model)
+        return self
+
+    def check_model(self, model: nn.Module, layers: nn.ModuleList | None = None) -> None:
+        """Raise ProbeMismatchError unless this probe was trained on `model`."""
+        check_probe_model(self._metadata(OnnxInfo(sha256="", opset=OPSET)), model, layers)
+
+    def save(self, path: str | Path) -> Path:
+        """Write `probe.onnx` (checked with onnx.checker) and `probe.json` into directory `path`."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / f".{ONNX_FILE}.{os.getpid()}.tmp"
+        try:
+            opset = export_onnx(self.module, self.n_features, tmp)
+            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+            os.replace(tmp, path / ONNX_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta = self._metadata(OnnxInfo(sha256=digest, opset=opset))
+        (path / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+    def _metadata(self, onnx_info: OnnxInfo) -> ProbeMetadata:
+        if self.identity is None:
+            raise ProbeError("this probe has no model identity: call probe.bind(model) (fit_probe does) "
+                             "before saving or checking it")
+        from . import __version__
+        return ProbeMetadata(package_version=__version__, created_at=datetime.now(timezone.utc).isoformat(
+            timespec="seconds"), model=self.identity, layers=self.layers, hidden_size=self.hidden_size,
+            n_features=self.n_features, threshold=self.threshold, target_fpr=self.target_fpr,
+            layer_auc=self.layer_auc, normalisation=self.normalisation, training=self.training, cv=self.cv,
+            onnx=onnx_info)
+
+
+def train_probe(activations: torch.Tensor, labels: Array, *, layers: list[int] | None = None,
+                target_fpr: float = 0.01, folds: int = 5, seed: int = 0, l2_grid: Sequence[float] = L2_GRID,
+                scan_layers: bool = True) -> TrainedProbe:
+    """Train a logistic probe on (num_layers, n, hidden) activations; labels 1 = harmful, 0 = safe.
+
+    `layers=None` picks the layer with the best cross-validated AUC; a list concatenates those
+    layers' features. Every layer's CV AUC is reported in `layer_auc` (only the given layers
+    with `scan_layers=False`). Deterministic for a given seed.
+
+    >>> acts = torch.randn(3, 40, 8); labels = torch.arange(40) % 2
+    >>> acts[1, :, 0] += 4 * labels
+    >>> train_probe(acts, labels).layers
+    [1]
+    """
+    x_all, y = _check_inputs(activations, labels)
+    folds = min(folds, int(y.sum()), int((~y).sum()))
+    fold_ids = stratified_folds(y, folds, seed)
+    scan = range(x_all.shape[0]) if scan_layers or layers is None else sorted(set(layers))
+    per_layer = {layer: _cross_validate(x_all[layer], y, fold_ids, l2_grid) for layer in scan}
+    layer_auc = {layer: round(result[1], 6) for layer, result in per_layer.items()}
+    if layers is None:
+        layers = [max(layer_auc, key=lambda layer: (layer_auc[layer], -layer))]
+    x = torch.cat([x_all[layer] for layer in layers], dim=1)
+    l2, auc, logits = per_layer[layers[0]] if len(layers) == 1 else _cross_validate(x, y, fold_ids, l2_grid)
+    slope, intercept = _platt(logits, y)
+    oof = torch.sigmoid(torch.as_tensor(slope * logits + intercept)).float().numpy()
+    threshold = threshold_at_fpr(oof[~y], target_fpr)
+    cv = CrossValidation(folds=folds, seed=seed, l2=l2, l2_grid=list(l2_grid), auc=auc, platt=[slope, intercept],
+                         fpr_at_threshold=float(np.mean(oof[~y] >= threshold)),
+                         recall_at_threshold=float(np.mean(oof[y] >= threshold)))
+    module, norm = _final_module(x, y, l2, (slope, intercept))
+    training = TrainingSet(n_harmful=int(y.sum()), n_safe=int((~y).sum()), activations_sha256=_sha(activations, y))
+    return TrainedProbe(module=module, layers=list(layers), hidden_size=x_all.shape[2], threshold=threshold,
+                        target_fpr=target_fpr, layer_auc=layer_auc, normalisation=norm, training=training, cv=cv)
+
+
+def fit_probe(model: nn.Module, processor: Any, harmful: Sequence[Any], safe: Sequence[Any],
+              instruction: str | None = None, *, layers: list[int] | None = None, target_fpr: float = 0.01,
+              folds: int = 5, seed: int = 0, batch_size: int = 8, adapter: str | None = None,
+              max_audio_seconds: float | None = None, on_batch: Callable[[int], None] | None = None) -> TrainedProbe:
+    """Collect last-prompt-token activations of calibration items and train a probe bound to `model`.
+
+    Items are as for `calibrate`: audio (path, bytes, (array, rate)) for an audio model, or text
+    questions; the instruction follows each item in the user turn.
+
+    >>> probe = fit_probe(model, tokenizer, harmful_questions, safe_questions)  # doctest: +SKIP
+    >>> probe.save("artifacts/my-model/probe")  # doctest: +SKIP
+    """
+    from .activations import last_token_activations
+    from .adapter import get_adapter, resolve_adapter
+    from .calibration import _hash, _query
+    from .policy import AUDIO_INSTRUCTION, TEXT_INSTRUCTION
+    resolved = get_adapter(adapter) if adapter else resolve_adapter(model)
+    instruction = instruction or (AUDIO_INSTRUCTION if resolved.takes_audio else TEXT_INSTRUCTION)
+    sr = resolved.sampling_rate(processor)
+    harmful_q = [_query(item, instruction, resolved, sr, max_audio_seconds) for item in harmful]
+    safe_q = [_query(item, instruction, resolved, sr, max_audio_seconds) for item in safe]
+    acts = last_token_activations(model, processor, resolved, harmful_q + safe_q, batch_size=batch_size,
+                                  on_batch=on_batch)
+    labels = torch.tensor([1] * len(harmful_q) + [0] * len(safe_q))
+    probe = train_probe(acts, labels, layers=layers, target_fpr=target_fpr, folds=folds, seed=seed)
+    probe.training = probe.training.model_copy(update={"queries_sha256": _hash(harmful_q, safe_q)})
+    return probe.bind(model, resolved.name)
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold id per sample: each class shuffled with `seed`, then dealt round-robin.
+
+    >>> stratified_folds(np.array([1, 1, 0, 0]), 2, 0).tolist().count(0)
+    2
+    """
+    rng, ids = np.random.default_rng(seed), np.empty(len(labels), dtype=np.int64)
+    for cls in (False, True):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        ids[members] = np.arange(len(members)) % folds
+    return ids
+
+
+def export_onnx(module: nn.Module, n_features: int, file: Path) -> int:
+    """Export `module` to ONNX (dynamic batch; dynamo exporter), validate it; return the opset."""
+    import onnx
+    example = torch.zeros(2, n_features)
+    with _quiet_exporter():
+        program = torch.onnx.export(module.eval(), (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
+                                    external_data=False, verbose=False, dynamo=True)
+    program.save(str(file))
+    model = onnx.load(str(file))
+    onnx.checker.check_model(model, full_check=True)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+# -- fitting -------------------------------------------------------------------------------
+def _check_inputs(activations: torch.Tensor, labels: Array) -> tuple[torch.Tensor, np.ndarray]:
+    acts = torch.as_tensor(activations)
+    y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
+    if acts.ndim != 3 or acts.shape[1] != len(y):
+        raise RequestError(f"activations must be (num_layers, n, hidden) with n = {len(y)} labels; "
+                           f"got {tuple(acts.shape)}")
+    if not set(np.unique(y).tolist()) <= {0, 1} or min((y == 1).sum(), (y == 0).sum()) < 2:
+        raise RequestError("labels must be 1 (harmful) / 0 (safe) with at least 2 of each for cross-validation")
+    if not torch.isfinite(acts).all():
+        raise RequestError("activations contain NaN/inf; check the model's dtype and inputs")
+    with torch.inference_mode(False):
+        return acts.detach().to("cpu", torch.float64).clone(), y.astype(bool)
+
+
+def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = x.mean(0), x.std(0)
+    return mean, torch.where(std > 1e-6 * (1 + mean.abs()), std, torch.ones_like(std))
+
+
+def _fit(p: torch.Tensor, y: torch.Tensor, l2: float, init: torch.Tensor | None = None) -> torch.Tensor:
+    """argmin mean BCE(p w + b, y) + l2/2 |w|^2 by damped Newton; returns [w, b] (float64)."""
+    a = torch.cat([p, torch.ones(len(p), 1, dtype=p.dtype)], dim=1)
+    reg = torch.full((a.shape[1],), l2, dtype=p.dtype)
+    reg[-1] = 0.0
+    objective = lambda t: F.binary_cross_entropy_with_logits(a @ t, y) + 0.5 * (reg * t * t).sum()
+    theta = torch.zeros(a.shape[1], dtype=p.dtype) if init is None else init.clone()
+    for _ in range(100):
+        prob = torch.sigmoid(a @ theta)
+        grad = a.T @ (prob - y) / len(y) + reg * theta
+        if grad.abs().max() < 1e-10:
+            break
+        hess = (a.T * (prob * (1 - prob))) @ a / len(y) + torch.diag(reg + 1e-12)
+        step, t, f0 = torch.linalg.solve(hess, grad), 1.0, objective(theta)
+        while objective(theta - t * step) > f0 - 1e-4 * t * (grad @ step) and t > 1e-10:
+            t /= 2
+        theta = theta - t * step
+    return theta
+
+
+def _row_space(z: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis V (d, r) of z's row space: an L2 solution w lies in it (w = V c, |w| = |c|),
+    so the fit runs in r <= n dimensions instead of d."""
+    _, s, vh = torch.linalg.svd(z, full_matrices=False)
+    return vh[s > s[0] * 1e-10].T
+
+
+def _cross_validate(x: torch.Tensor, y: np.ndarray, fold_ids: np.ndarray,
+                    l2_grid: Sequence[float]) -> tuple[float, float, np.ndarray]:
+    """(best l2, its pooled out-of-fold AUC, its out-of-fold logits); ties go to the stronger l2."""
+    target = torch.as_tensor(y, dtype=torch.float64)
+    oof = {l2: np.zeros(len(y)) for l2 in l2_grid}
+    for fold in range(int(fold_ids.max()) + 1):
+        train, test = torch.as_tensor(fold_ids != fold), torch.as_tensor(fold_ids == fold)
+        mean, std = _standardiser(x[train])
+        z_train, z_test = (x[train] - mean) / std, (x[test] - mean) / std
+        basis, params = _row_space(z_train), None
+        for l2 in sorted(l2_grid, reverse=True):  # warm start from the stronger penalty
+            params = _fit(z_train @ basis, target[train], l2, params)
+            oof[l2][test.numpy()] = (z_test @ basis @ params[:-1] + params[-1]).numpy()
+    aucs = {l2: roc_auc(scores, y) for l2, scores in oof.items()}
+    best = max(aucs, key=lambda l2: (aucs[l2], l2))
+    return float(best), aucs[best], oof[best]
+
+
+def _platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Platt scaling of out-of-fold logits: P(harmful) = sigmoid(slope * logit + intercept).
+
+    Keeps the score a usable probability instead of saturating at 1.0 in float32 (a weakly
+    penalised probe on n << d features separates its training set)."""
+    scale = float(np.std(logits)) or 1.0
+    p = torch.as_tensor(logits / scale, dtype=torch.float64)[:, None]
+    theta = _fit(p, torch.as_tensor(y, dtype=torch.float64), 1e-2)
+    return float(theta[0]) / scale, float(theta[1])
+
+
+def _final_module(x: torch.Tensor, y: np.ndarray, l2: float,
+                  platt: tuple[float, float]) -> tuple[nn.Module, Normalisation]:
+    """Fit on all data; fold (x - mean) / std and Platt scaling into one Linear (float64, then float32)."""
+    mean, std = _standardiser(x)
+    z = (x - mean) / std
+    basis = _row_space(z)
+    params = _fit(z @ basis, torch.as_tensor(y, dtype=torch.float64), l2)
+    weight = platt[0] * (basis @ params[:-1]) / std
+    bias = platt[0] * params[-1] - (weight * mean).sum() + platt[1]
+    linear = nn.Linear(x.shape[1], 1)
+    with torch.no_grad():
+        linear.weight.copy_(weight.float()[None])
+        linear.bias.copy_(bias.float()[None])
+    norm = Normalisation(n_fitted=len(y), mean_abs_max=float(mean.abs().max()), std_min=float(std.min()),
+                         std_median=float(std.median()), std_max=float(std.max()),
+                         n_constant=int((x.std(0) <= 1e-6 * (1 + mean.abs())).sum()))
+    return _Sigmoid(linear).eval(), norm
+
+
+class _Sigmoid(nn.Module):
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.linear(features)).squeeze(-1)
+
+
+def _sha(activations: torch.Tensor, labels: np.ndarray) -> str:
+    digest = hashlib.sha256(np.asarray(labels, dtype=np.int8).tobytes())
+    digest.update(torch.as_tensor(activations).detach().float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the dynamo exporter's chatter (torchvision notices, deprecation warnings)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
