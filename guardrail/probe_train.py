@@ -119,6 +119,12 @@ def train_probe(activations: torch.Tensor, labels: Array, *, layers: list[int] |
     >>> train_probe(acts, labels).layers
     [1]
     """
+    with _one_thread():
+        return _train(activations, labels, layers, target_fpr, folds, seed, l2_grid, scan_layers)
+
+
+def _train(activations: torch.Tensor, labels: Array, layers: list[int] | None, target_fpr: float, folds: int,
+           seed: int, l2_grid: Sequence[float], scan_layers: bool) -> TrainedProbe:
     x_all, y = _check_inputs(activations, labels)
     folds = min(folds, int(y.sum()), int((~y).sum()))
     fold_ids = stratified_folds(y, folds, seed)
@@ -305,6 +311,17 @@ def _sha(activations: torch.Tensor, labels: np.ndarray) -> str:
     digest = hashlib.sha256(np.asarray(labels, dtype=np.int8).tobytes())
     digest.update(torch.as_tensor(activations).detach().float().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Small dense algebra runs fastest on one thread; several threads on a shared CPU can be 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

@@ -61,7 +61,14 @@ def test_families(capsys):
 
 
 def test_demo_json(capsys):
-    assert main(["demo", "--json"]) == 0
+    assert main(["demo", "--tiny", "--json", "--max-new-tokens", "6"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["hooks_left"] == 0
-    assert len(report["rows"]) == 8 and any(row["changed"] > 0 for row in report["rows"])
+    assert report["hooks_left"] == 0 and report["n_calibration"] == 20
+    assert len(report["rows"]) == 8 and all(row["first_token_kl"] > 0 for row in report["rows"])
+    assert any(row["guarded"] != row["unguarded"] for row in report["rows"])
+
+
+def test_demo_table(capsys):
+    assert main(["demo", "--tiny", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "harmful refused:" in out and "hooks left on the model: 0" in out
