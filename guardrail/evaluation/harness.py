@@ -73,11 +73,16 @@ class SettingResult:
     harmful_refusal_ci: tuple[float, float]
     benign_response_ci: tuple[float, float]
     answers: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""  # what else differs (refusal text, calibration set, ...) when the setting is the same
+
+    @property
+    def label(self) -> str:
+        return self.setting.label + (f" ({self.note})" if self.note else "")
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("answers")
-        data["label"] = self.setting.label
+        data["label"] = self.label
         return data
 
 

@@ -30,7 +30,7 @@ def markdown(report: EvalReport, command: str = "") -> str:
         lines += ["Command:", "", f"    {command}", ""]
     lines += ["| setting | harmful refusal % | benign response % | first-token KL (benign) |", "|---|---|---|---|"]
     for r in report.results:
-        lines.append(f"| {r.setting.label} | {_pct(r.harmful_refusal, r.harmful_refusal_ci)} | "
+        lines.append(f"| {r.label} | {_pct(r.harmful_refusal, r.harmful_refusal_ci)} | "
                      f"{_pct(r.benign_response, r.benign_response_ci)} | {r.kl_benign:.4f} |")
     return "\n".join(lines) + "\n"
 
@@ -45,7 +45,7 @@ def plot(report: EvalReport, path: Path) -> None:
     for r in report.results:
         s = r.setting
         key = s.method + (f" k={s.rank}" if s.method == "sarsteer" else "") + (
-            "" if s.layers == "all" else f" layers {s.layers[0]}-{s.layers[-1]}")
+            "" if s.layers == "all" else f" layers {s.layers[0]}-{s.layers[-1]}") + (f" ({r.note})" if r.note else "")
         groups[key].append(r)
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for key, results in groups.items():
