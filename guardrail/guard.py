@@ -1,14 +1,15 @@
 """`Guard`: the object users call. It wraps a model, builds prompts through the model's
-adapter, and generates with SARSteer steering on, per the policy.
+adapter, and generates with SARSteer steering turned on per request by the policy's gate.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +21,8 @@ from .adapter import Adapter, Request, get_adapter, resolve_adapter
 from .artifact import SteeringArtifact
 from .audio import AudioSource, load_audio
 from .errors import PolicyError, RequestError
-from .hooks import HookState, hooks_for
+from .gate import Gate, GateDecision, ScoringProbe
+from .hooks import HookState, PrefillGate, StopForward, hooks_for
 from .policy import Policy
 
 
@@ -45,9 +47,10 @@ class Decision:
     alpha: float
     artifact_id: str | None
     probe_score: float | None = None
+    blocked: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: str = "length"
+    finish_reason: str = "length"   # "stop" (EOS), "length" (token budget) or "blocked"
     timings: Timings = field(default_factory=Timings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,16 +64,24 @@ class GuardResult:
     steered: bool
     decision: Decision
 
+    @property
+    def blocked(self) -> bool:
+        return self.decision.blocked
+
 
 class Guard:
     """Generate with SARSteer steering from `artifact`, configured by `policy`.
 
     >>> guard = Guard(model, processor, policy=Policy(), artifact=art)  # doctest: +SKIP
     >>> guard.generate(audio="question.wav", text="Please answer.").text  # doctest: +SKIP
+
+    With `gate.mode: probe`, pass `probe=` (a probe directory or a trained probe): it scores each
+    request at prefill and steering turns on only for the samples it flags.
     """
 
     def __init__(self, model: nn.Module, processor: Any, policy: Policy | None = None,
-                 artifact: SteeringArtifact | None = None, *, adapter: Adapter | str | None = None):
+                 artifact: SteeringArtifact | None = None, *, adapter: Adapter | str | None = None,
+                 probe: ScoringProbe | str | Path | None = None):
         self.model = model
         self.processor = processor
         self.policy = policy or Policy()
@@ -80,6 +91,9 @@ class Guard:
         self._hooks = hooks_for(self.layers)
         self._steer_layers = self._select_layers()
         self._deltas = self._prepare_deltas()
+        self.gate = Gate(self.policy, probe, can_steer=bool(self._deltas))
+        if self.gate.probe is not None:
+            self.gate.probe.check_model(model, self.layers)
 
     # -- set-up ----------------------------------------------------------------------
     def _select_layers(self) -> list[int]:
@@ -117,26 +131,25 @@ class Guard:
 
     def generate_batch(self, requests: Sequence[Mapping[str, Any]], *, max_new_tokens: int | None = None,
                        **generate_kwargs: Any) -> list[GuardResult]:
-        """Answer several requests in one batched generate; each gets its own result."""
+        """Answer several requests in one batched generate; each gets its own gate and result."""
         started = time.perf_counter()
         batch = [self._request(r, i) for i, r in enumerate(requests)]
         max_new_tokens = self._max_new_tokens(max_new_tokens)
-        inputs = model_inputs(self.model, self.adapter.build_inputs(self.processor, batch, self.policy.system_prompt))
-        gates = [bool(self._deltas)] * len(batch)
-        clock = _Clock()
-        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "streamer": clock,
-                  "pad_token_id": self.adapter.pad_token_id(self.model, self.processor), **generate_kwargs}
-        state = self._state(gates)
-        with torch.inference_mode():
-            if state is None:
-                output = self.model.generate(**inputs, **kwargs)
-            else:
-                with self._hooks.activate(state):
-                    output = self.model.generate(**inputs, **kwargs)
-        sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        prompt_tokens = _prompt_tokens(inputs)
-        generated = sequences[:, inputs["input_ids"].shape[1]:].tolist()
-        return self._results(generated, prompt_tokens, gates, clock, started)
+        inputs = self._inputs(batch)
+        known = self._prepass(inputs) if self.gate.needs_prepass else None
+        keep = [i for i in range(len(batch)) if known is None or not known.block[i]]
+        results: list[GuardResult | None] = [None] * len(batch)
+        if keep:
+            sub_inputs = inputs if len(keep) == len(batch) else self._inputs([batch[i] for i in keep])
+            sub_known = None if known is None else _subset(known, keep)
+            generated, decision, clock = self._generate(sub_inputs, sub_known, max_new_tokens, generate_kwargs)
+            prompt_tokens = _prompt_tokens(sub_inputs)
+            for j, i in enumerate(keep):
+                results[i] = self._result(generated[j], decision, j, prompt_tokens[j], clock, started)
+        for i in range(len(batch)):
+            if results[i] is None:
+                results[i] = self._blocked(known, i, started)
+        return results  # type: ignore[return-value]
 
     def first_token_logprobs(self, requests: Sequence[Mapping[str, Any]]) -> torch.Tensor:
         """Log-probabilities (batch, vocab) of the first answer token, steered as `generate`
@@ -145,14 +158,72 @@ class Guard:
         >>> guard.first_token_logprobs([{"text": "How do I bake bread?"}]).shape  # doctest: +SKIP
         torch.Size([1, 151936])
         """
-        batch = [self._request(r, i) for i, r in enumerate(requests)]
-        inputs = model_inputs(self.model, self.adapter.build_inputs(self.processor, batch, self.policy.system_prompt))
-        state = self._state([bool(self._deltas)] * len(batch))
+        inputs = self._inputs([self._request(r, i) for i, r in enumerate(requests)])
+        known = self._prepass(inputs) if self.gate.needs_prepass else None
+        state, _ = self._hook_state(known, inputs["input_ids"].shape[0])
         with torch.inference_mode(), self._hooks.activate(state) if state else nullcontext():
             logits = forward_last(self.model, inputs).logits[:, -1]
         return logits.float().log_softmax(dim=-1).cpu()
 
-    # -- internals -------------------------------------------------------------------
+    # -- gating ----------------------------------------------------------------------
+    def _hook_state(self, known: GateDecision | None, batch: int) -> tuple[HookState | None, list[GateDecision]]:
+        """Hook state for a call, and where the gate's decision will be recorded.
+
+        A decision known beforehand (mode always/off, or a pre-pass) fixes the deltas now;
+        otherwise the probe decides inside prefill (PrefillGate)."""
+        record: list[GateDecision] = []
+        if known is None and self.gate.mode == "probe":
+            def decide(captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+                record.append(self.gate.decide(captured))
+                return self._gated(record[-1].steer)
+            return HookState(gate=PrefillGate(tuple(self.gate.layers), decide)), record
+        record.append(known or self.gate.fixed(batch))
+        deltas = self._gated(record[-1].steer)
+        return (HookState(deltas=deltas) if deltas else None), record
+
+    def _gated(self, steer: list[bool]) -> dict[int, torch.Tensor]:
+        """Deltas for a batch: shared (hidden,) tensors when all samples steer, masked when some do."""
+        if not any(steer):
+            return {}
+        if all(steer):
+            return self._deltas
+        mask = torch.tensor(steer, dtype=torch.float32)[:, None]
+        return {i: mask.to(d.device, d.dtype) * d for i, d in self._deltas.items()}
+
+    def _prepass(self, inputs: dict[str, Any]) -> GateDecision:
+        """Run prefill only up to the probe's layers and decide before generating."""
+        record: list[GateDecision] = []
+
+        def decide(captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            record.append(self.gate.decide(captured))
+            return {}
+
+        state = HookState(gate=PrefillGate(tuple(self.gate.layers), decide, stop=True))
+        with torch.inference_mode(), self._hooks.activate(state):
+            try:
+                forward_last(self.model, inputs)
+            except StopForward:
+                pass
+        return record[0] if record else self.gate.failure(inputs["input_ids"].shape[0],
+                                                          RuntimeError("the probe's layers never ran"))
+
+    # -- generation ------------------------------------------------------------------
+    def _generate(self, inputs: dict[str, Any], known: GateDecision | None, max_new_tokens: int,
+                  generate_kwargs: dict[str, Any]) -> tuple[list[list[int]], GateDecision, "_Clock"]:
+        clock = _Clock()
+        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "streamer": clock,
+                  "pad_token_id": self.adapter.pad_token_id(self.model, self.processor), **generate_kwargs}
+        batch = inputs["input_ids"].shape[0]
+        state, record = self._hook_state(known, batch)
+        with torch.inference_mode(), self._hooks.activate(state) if state else nullcontext():
+            output = self.model.generate(**inputs, **kwargs)
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        decision = record[0] if record else self.gate.failure(batch, RuntimeError("the probe's layers never ran"))
+        return sequences[:, inputs["input_ids"].shape[1]:].tolist(), decision, clock
+
+    def _inputs(self, batch: list[Request]) -> dict[str, Any]:
+        return model_inputs(self.model, self.adapter.build_inputs(self.processor, batch, self.policy.system_prompt))
+
     def _request(self, raw: Mapping[str, Any], index: int) -> Request:
         if not isinstance(raw, Mapping):
             raise RequestError(f"request {index} is a {type(raw).__name__}; pass a dict with 'audio' and/or 'text'")
@@ -180,38 +251,37 @@ class Guard:
                                f"{self.policy.name!r} limits.max_new_tokens); ask for less or raise the limit")
         return requested
 
-    def _state(self, gates: list[bool]) -> HookState | None:
-        """Hook state for a batch: None when no sample is steered (the model runs untouched)."""
-        if not any(gates):
-            return None
-        if all(gates):
-            return HookState(deltas=self._deltas)
-        mask = torch.tensor(gates, dtype=torch.float32)[:, None]
-        return HookState(deltas={i: mask.to(d.device, d.dtype) * d for i, d in self._deltas.items()})
+    # -- results ---------------------------------------------------------------------
+    def _decision(self, gate: GateDecision, j: int, **fields: Any) -> Decision:
+        steered = gate.steer[j]
+        return Decision(request_id=uuid.uuid4().hex, policy=self.policy.name, adapter=self.adapter.name,
+                        gate_mode=self.policy.gate.mode, steered=steered, reason=gate.reasons[j],
+                        layers=sorted(self._deltas) if steered else [],
+                        alpha=self.policy.steering.alpha if steered else 0.0,
+                        artifact_id=self.artifact.id if self.artifact else None, probe_score=gate.scores[j],
+                        **fields)
 
-    def _results(self, generated: list[list[int]], prompt_tokens: list[int], gates: list[bool], clock: "_Clock",
-                 started: float) -> list[GuardResult]:
+    def _result(self, ids: list[int], gate: GateDecision, j: int, prompt_tokens: int, clock: "_Clock",
+                started: float) -> GuardResult:
         eos = self.adapter.eos_token_ids(self.model, self.processor)
-        end = time.perf_counter()
-        timings = clock.timings(end)
-        results = []
-        for ids, steered, n_prompt in zip(generated, gates, prompt_tokens):
-            cut = next((i for i, t in enumerate(ids) if t in eos), None)
-            token_ids = ids if cut is None else ids[:cut]
-            decision = Decision(
-                request_id=uuid.uuid4().hex, policy=self.policy.name, adapter=self.adapter.name,
-                gate_mode=self.policy.gate.mode, steered=steered, reason=self._reason(steered),
-                layers=sorted(self._deltas) if steered else [], alpha=self.policy.steering.alpha if steered else 0.0,
-                artifact_id=self.artifact.id if self.artifact else None, prompt_tokens=n_prompt,
-                completion_tokens=len(token_ids), finish_reason="length" if cut is None else "stop",
-                timings=Timings(timings.prefill_ms, timings.decode_ms, (end - started) * 1e3))
-            results.append(GuardResult(self.adapter.decode(self.processor, token_ids), token_ids, steered, decision))
-        return results
+        cut = next((k for k, t in enumerate(ids) if t in eos), None)
+        token_ids = ids if cut is None else ids[:cut]
+        now = time.perf_counter()
+        timings = clock.timings(now)
+        decision = self._decision(gate, j, prompt_tokens=prompt_tokens, completion_tokens=len(token_ids),
+                                  finish_reason="length" if cut is None else "stop",
+                                  timings=Timings(timings.prefill_ms, timings.decode_ms, (now - started) * 1e3))
+        return GuardResult(self.adapter.decode(self.processor, token_ids), token_ids, decision.steered, decision)
 
-    def _reason(self, steered: bool) -> str:
-        if steered:
-            return f"gate.mode={self.policy.gate.mode}: steering every request"
-        return "gate.mode=off: steering disabled by policy"
+    def _blocked(self, known: GateDecision, i: int, started: float) -> GuardResult:
+        decision = self._decision(known, i, blocked=True, finish_reason="blocked",
+                                  timings=Timings(total_ms=(time.perf_counter() - started) * 1e3))
+        return GuardResult(self.policy.actions.refusal_message, [], False, decision)
+
+
+def _subset(decision: GateDecision, keep: list[int]) -> GateDecision:
+    return GateDecision(*[[values[i] for i in keep] for values in
+                          (decision.steer, decision.block, decision.scores, decision.reasons)])
 
 
 def _prompt_tokens(inputs: dict[str, Any]) -> list[int]:

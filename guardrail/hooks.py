@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -30,10 +30,33 @@ class HookState:
         scaled it (prepared once per call: the hook itself allocates nothing).
     capture: layer index -> list receiving the last-position activation (batch, hidden)
         of every forward pass, for calibration.
+    gate: a decision taken during the first forward pass (prefill) from the activations of
+        some layers; it replaces `deltas` for the rest of the call.
     """
 
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
     capture: dict[int, list[torch.Tensor]] | None = None
+    gate: "PrefillGate | None" = None
+
+
+@dataclass
+class PrefillGate:
+    """Read `layers` at the last prompt position during prefill, then let `decide` set the deltas.
+
+    Layers up to the last one read run unsteered in that pass (their output is what is read);
+    later layers, and every layer at each decoding step, get the decided deltas. With
+    `stop=True` the forward pass ends once the decision is made (a partial pre-pass).
+    """
+
+    layers: tuple[int, ...]
+    decide: Callable[[dict[int, torch.Tensor]], dict[int, torch.Tensor]]
+    stop: bool = False
+    captured: dict[int, torch.Tensor] = field(default_factory=dict)
+    done: bool = False
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a pre-pass once the gate has decided."""
 
 
 class LayerHooks:
@@ -82,6 +105,8 @@ class LayerHooks:
             if state is None:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
+            if state.gate is not None and not state.gate.done and index in state.gate.layers:
+                _read_gate(state, index, hidden)
             delta = state.deltas.get(index)
             if delta is not None:
                 hidden = _add_last(hidden, delta)
@@ -92,6 +117,16 @@ class LayerHooks:
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         return hook
+
+
+def _read_gate(state: HookState, index: int, hidden: torch.Tensor) -> None:
+    gate = state.gate
+    gate.captured[index] = hidden[:, -1, :].detach()
+    if len(gate.captured) == len(gate.layers):
+        gate.done = True
+        state.deltas = gate.decide(gate.captured)
+        if gate.stop:
+            raise StopForward
 
 
 def _add_last(hidden: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

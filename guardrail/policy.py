@@ -43,7 +43,21 @@ class SteeringPolicy(_Section):
 
 
 class GatePolicy(_Section):
-    mode: Literal["always", "off"] = Field("always", description="when steering turns on")
+    mode: Literal["always", "probe", "off"] = Field(
+        "always", description="always: steer every request; probe: steer when the probe flags it; off: never")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="probe score to steer at; None = the "
+                                    "probe's calibrated threshold")
+    on_error: Literal["steer", "pass"] = Field(
+        "steer", description="when the probe fails: steer (fail closed) or pass unsteered (fail open)")
+    exact: bool = Field(False, description="score the prompt before generating so that every layer of the "
+                        "last prompt token is steered (costs a partial extra prefill)")
+
+
+class ActionsPolicy(_Section):
+    refusal_message: str = Field("I can't help with that request.", min_length=1,
+                                 description="returned instead of generating when a request is blocked")
+    block_above: float | None = Field(None, ge=0.0, le=1.0, description="probe score at or above which the "
+                                      "guard answers with refusal_message without generating; None = never")
 
 
 class CalibrationPolicy(_Section):
@@ -64,6 +78,7 @@ class Policy(_Section):
     system_prompt: str | None = None
     steering: SteeringPolicy = SteeringPolicy()
     gate: GatePolicy = GatePolicy()
+    actions: ActionsPolicy = ActionsPolicy()
     calibration: CalibrationPolicy = CalibrationPolicy()
     limits: LimitsPolicy = LimitsPolicy()
 

@@ -1,0 +1,114 @@
+"""The per-request gate: should this request be steered (or blocked)?
+
+A probe reads the model's own last-prompt-token activations during prefill. Its decision is held
+for the whole generation, per sample. When the probe fails (an exception, non-finite scores), the
+policy's `gate.on_error` decides: "steer" (fail closed) or "pass" (fail open); the decision record
+always says so, a failure is never a silent pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .errors import GuardrailError, PolicyError
+from .policy import Policy
+
+
+class ScoringProbe(Protocol):
+    layers: list[int]
+    threshold: float
+
+    def score(self, features: Any) -> np.ndarray: ...
+
+    def check_model(self, model: torch.nn.Module, layers: torch.nn.ModuleList | None = None) -> None: ...
+
+
+@dataclass
+class GateDecision:
+    """Per sample: steer?, block?, the probe score (None when no probe ran) and why."""
+
+    steer: list[bool]
+    block: list[bool]
+    scores: list[float | None]
+    reasons: list[str]
+
+
+class Gate:
+    """Decides steering per sample according to the policy's gate section."""
+
+    def __init__(self, policy: Policy, probe: ScoringProbe | str | Path | None, can_steer: bool):
+        self.policy = policy
+        self.mode = policy.gate.mode
+        self.can_steer = can_steer
+        self.probe = _load(probe) if self.mode == "probe" or probe is not None else None
+        if self.mode == "probe" and self.probe is None:
+            raise PolicyError(f"policy {policy.name!r} has gate.mode: probe but no probe was given; pass "
+                              "probe=<directory or object> to Guard, or use gate.mode: always")
+        self.threshold = policy.gate.threshold if policy.gate.threshold is not None else (
+            self.probe.threshold if self.probe is not None else None)
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.probe.layers) if self.probe is not None and self.mode == "probe" else []
+
+    @property
+    def needs_prepass(self) -> bool:
+        """Blocking must be known before generating; exact mode steers the probe's own layers too."""
+        return self.mode == "probe" and (self.policy.gate.exact or self.policy.actions.block_above is not None)
+
+    def fixed(self, batch: int) -> GateDecision:
+        """The decision when no probe is consulted (mode always or off)."""
+        steer = self.mode == "always" and self.can_steer
+        reason = ("gate.mode=always: steering every request" if steer else
+                  "gate.mode=off: steering disabled by policy" if self.mode == "off" else
+                  "policy steers with alpha 0 or no layers")
+        return GateDecision([steer] * batch, [False] * batch, [None] * batch, [reason] * batch)
+
+    def decide(self, activations: Mapping[int, torch.Tensor]) -> GateDecision:
+        """Score captured (batch, hidden) activations of the probe's layers and decide."""
+        from .probe import features_from_activations
+        batch = next(iter(activations.values())).shape[0]
+        try:
+            features = features_from_activations({k: v.float().cpu() for k, v in activations.items()},
+                                                 self.probe.layers)
+            scores = np.asarray(self.probe.score(features), dtype=np.float64)
+            if scores.shape != (batch,) or not np.isfinite(scores).all():
+                raise GuardrailError(f"probe returned scores of shape {scores.shape} with non-finite values")
+        except Exception as exc:  # the policy says what a failure means; never a silent pass
+            return self.failure(batch, exc)
+        return self._from_scores(scores)
+
+    def _from_scores(self, scores: np.ndarray) -> GateDecision:
+        block_above = self.policy.actions.block_above
+        steer, block, reasons = [], [], []
+        for score in scores:
+            blocked = block_above is not None and score >= block_above
+            harmful = score >= self.threshold
+            steer.append(bool(harmful and self.can_steer and not blocked))
+            block.append(bool(blocked))
+            if blocked:
+                reasons.append(f"probe score {score:.3f} >= block_above {block_above:g}: blocked")
+            elif harmful:
+                reasons.append(f"probe score {score:.3f} >= threshold {self.threshold:.3f}: steering")
+            else:
+                reasons.append(f"probe score {score:.3f} < threshold {self.threshold:.3f}: not steered")
+        return GateDecision(steer, block, [float(s) for s in scores], reasons)
+
+    def failure(self, batch: int, exc: Exception) -> GateDecision:
+        closed = self.policy.gate.on_error == "steer"
+        what = f"probe failed ({type(exc).__name__}: {str(exc)[:120]})"
+        reason = f"{what}; gate.on_error={self.policy.gate.on_error}: " + ("steering" if closed else "not steered")
+        return GateDecision([closed and self.can_steer] * batch, [False] * batch, [None] * batch, [reason] * batch)
+
+
+def _load(probe: ScoringProbe | str | Path | None) -> ScoringProbe | None:
+    if probe is None or not isinstance(probe, (str, Path)):
+        return probe
+    from .probe import OnnxProbe
+    return OnnxProbe.load(probe)
