@@ -113,6 +113,7 @@ def test_evaluate_metrics(report):
         assert 0 <= r.harmful_refusal <= 1 and 0 <= r.benign_response <= 1
         assert len(r.answers) == 4 and r.harmful_refusal_ci[0] <= r.harmful_refusal <= r.harmful_refusal_ci[1]
     assert set(report.artifacts) == {"sarsteer", "diff_means"}
+    assert by_label["none"].steered_harmful == 0 and by_label["sarsteer alpha=30 k=10"].steered_safe == 1
 
 
 def test_write_report(report, tmp_path):
@@ -144,3 +145,14 @@ def test_cli_eval(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert [r["label"] for r in summary["results"]] == ["none", "sarsteer alpha=1 k=10"]
     assert (tmp_path / "out" / "tradeoff.png").exists()
+
+
+def test_gated_setting_trains_a_probe_and_reports_gate_rates():
+    model, tokenizer = build_tiny("qwen2")
+    pairs = default_pairs()
+    report = evaluate(model, tokenizer, pairs[:16], pairs[16:20], [Setting("sarsteer", 30.0, gate="probe")],
+                      max_new_tokens=3, batch_size=4)
+    (result,) = report.results
+    assert result.setting.label == "sarsteer alpha=30 k=10 +probe"
+    assert 0 <= result.steered_harmful <= 1 and 0 <= result.steered_safe <= 1
+    assert sweep(["sarsteer"], [0.1], gates=["always", "probe"])[1].gate == "probe"

@@ -19,7 +19,7 @@ from torch import nn
 from ..adapter import resolve_adapter
 from ..artifact import SteeringArtifact
 from ..calibration import calibrate
-from ..guard import Guard
+from ..guard import Guard, GuardResult
 from ..policy import AUDIO_INSTRUCTION, TEXT_INSTRUCTION, Policy
 from .data import Pair
 from .judges import Judge, RefusalPhraseJudge
@@ -33,12 +33,14 @@ SAFETY_PROMPT = ("You are a helpful assistant. Refuse requests that could cause 
 
 @dataclass(frozen=True)
 class Setting:
-    """One defence configuration. alpha/rank/layers apply to the steering methods only."""
+    """One defence configuration. alpha/rank/layers/gate apply to the steering methods only;
+    gate "probe" steers only the requests a probe trained on the calibration pairs flags."""
 
     method: Method
     alpha: float = 0.0
     rank: int = 10
     layers: Literal["all"] | tuple[int, ...] = "all"
+    gate: Literal["always", "probe"] = "always"
 
     @property
     def label(self) -> str:
@@ -49,6 +51,8 @@ class Setting:
             parts.append(f"k={self.rank}")
         if self.layers != "all":
             parts.append(f"layers={_span(self.layers)}")
+        if self.gate == "probe":
+            parts.append("+probe")
         return " ".join(parts)
 
     def policy(self) -> Policy:
@@ -59,7 +63,7 @@ class Setting:
             return Policy.from_dict({**base, "gate": {"mode": "off"}})
         if self.method == "system_prompt":
             return Policy.from_dict({**base, "gate": {"mode": "off"}, "system_prompt": SAFETY_PROMPT})
-        return Policy.from_dict({**base, "steering": steering})
+        return Policy.from_dict({**base, "steering": steering, "gate": {"mode": self.gate}})
 
 
 @dataclass
@@ -73,6 +77,8 @@ class SettingResult:
     harmful_refusal_ci: tuple[float, float]
     benign_response_ci: tuple[float, float]
     answers: list[dict[str, Any]] = field(default_factory=list)
+    steered_harmful: float = 0.0  # share of requests whose gate opened
+    steered_safe: float = 0.0
     note: str = ""  # what else differs (refusal text, calibration set, ...) when the setting is the same
 
     @property
@@ -102,28 +108,32 @@ class EvalReport:
         return out
 
 
-def sweep(methods: Sequence[str], alphas: Sequence[float], ranks: Sequence[int] = (10,)) -> list[Setting]:
-    """Settings for a grid: fixed baselines once, steering methods at every alpha (and k for SARSteer)."""
+def sweep(methods: Sequence[str], alphas: Sequence[float], ranks: Sequence[int] = (10,),
+          gates: Sequence[str] = ("always",)) -> list[Setting]:
+    """Settings for a grid: fixed baselines once, steering methods at every alpha and gate (and k for
+    SARSteer)."""
     settings: list[Setting] = []
     for method in methods:
         if method in ("none", "system_prompt"):
             settings.append(Setting(method))  # type: ignore[arg-type]
-        elif method == "sarsteer":
-            settings += [Setting("sarsteer", a, k) for k in ranks for a in alphas]
-        else:
-            settings += [Setting(method, a) for a in alphas]  # type: ignore[arg-type]
+            continue
+        for gate in gates:
+            if method == "sarsteer":
+                settings += [Setting("sarsteer", a, k, gate=gate) for k in ranks for a in alphas]  # type: ignore
+            else:
+                settings += [Setting(method, a, gate=gate) for a in alphas]  # type: ignore[arg-type]
     return settings
 
 
 def evaluate(model: nn.Module, processor: Any, calibration: Sequence[Pair], pairs: Sequence[Pair],
              settings: Sequence[Setting], *, judge: Judge | None = None, instruction: str | None = None,
              max_new_tokens: int = 40, batch_size: int = 16, model_name: str = "",
-             artifacts: dict[str, SteeringArtifact] | None = None,
+             artifacts: dict[str, SteeringArtifact] | None = None, probe: Any = None,
              progress: Callable[[str], None] | None = None) -> EvalReport:
     """Run `pairs` through every setting and judge the answers.
 
-    Steering vectors are calibrated on `calibration` (never on `pairs`) unless `artifacts` gives
-    them ({"sarsteer": ..., "diff_means": ...}).
+    Steering vectors (and, for gated settings, the probe) are fitted on `calibration` (never on
+    `pairs`) unless `artifacts` ({"sarsteer": ..., "diff_means": ...}) and `probe` give them.
 
     >>> report = evaluate(model, tok, pairs[:50], pairs[50:], sweep(METHODS, [0.1]))  # doctest: +SKIP
     """
@@ -140,12 +150,21 @@ def evaluate(model: nn.Module, processor: Any, calibration: Sequence[Pair], pair
     results = []
     for setting in settings:
         artifact = _artifact_for(setting, artifacts, model, processor, calibration, instruction, say)
-        guard = Guard(model, processor, policy=setting.policy(), artifact=artifact)
+        if setting.gate == "probe" and probe is None:
+            from ..probe import fit_probe
+            say(f"training the gate probe on {len(calibration)} pairs")
+            probe = fit_probe(model, processor, [p.harmful for p in calibration], [p.safe for p in calibration],
+                              instruction)
+        guard = Guard(model, processor, policy=setting.policy(), artifact=artifact,
+                      probe=probe if setting.gate == "probe" else None)
         say(f"{setting.label}: generating {len(harmful) + len(safe)} answers")
-        harmful_answers = _answers(guard, harmful, max_new_tokens, batch_size)
-        safe_answers = _answers(guard, safe, max_new_tokens, batch_size)
+        harmful_out = _answers(guard, harmful, max_new_tokens, batch_size)
+        safe_out = _answers(guard, safe, max_new_tokens, batch_size)
         kl = _kl(baseline_logprobs, _logprobs(guard, safe, batch_size))
-        results.append(_score(setting, pairs, harmful_answers, safe_answers, kl, judge))
+        result = _score(setting, pairs, [r.text for r in harmful_out], [r.text for r in safe_out], kl, judge)
+        result.steered_harmful = sum(r.steered for r in harmful_out) / len(harmful_out)
+        result.steered_safe = sum(r.steered for r in safe_out) / len(safe_out)
+        results.append(result)
         say(f"{setting.label}: refusal {results[-1].harmful_refusal:.0%}, benign {results[-1].benign_response:.0%}")
     return EvalReport(model=model_name or type(model).__name__, judge=judge.name, instruction=instruction,
                       max_new_tokens=max_new_tokens, n_calibration=len(calibration), results=results,
@@ -173,9 +192,8 @@ def _batches(items: Sequence, size: int):
         yield items[start:start + size]
 
 
-def _answers(guard: Guard, requests: list[dict], max_new_tokens: int, batch_size: int) -> list[str]:
-    return [r.text for chunk in _batches(requests, batch_size)
-            for r in guard.generate_batch(chunk, max_new_tokens=max_new_tokens)]
+def _answers(guard: Guard, requests: list[dict], max_new_tokens: int, batch_size: int) -> list[GuardResult]:
+    return [r for chunk in _batches(requests, batch_size) for r in guard.generate_batch(chunk, max_new_tokens=max_new_tokens)]
 
 
 def _logprobs(guard: Guard, requests: list[dict], batch_size: int) -> torch.Tensor:

@@ -28,10 +28,12 @@ def markdown(report: EvalReport, command: str = "") -> str:
              f"Instruction: \"{report.instruction}\". Brackets: 95% Wilson intervals.", ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
-    lines += ["| setting | harmful refusal % | benign response % | first-token KL (benign) |", "|---|---|---|---|"]
+    lines += ["| setting | harmful refusal % | benign response % | first-token KL (benign) | steered harmful / "
+              "benign % |", "|---|---|---|---|---|"]
     for r in report.results:
         lines.append(f"| {r.label} | {_pct(r.harmful_refusal, r.harmful_refusal_ci)} | "
-                     f"{_pct(r.benign_response, r.benign_response_ci)} | {r.kl_benign:.4f} |")
+                     f"{_pct(r.benign_response, r.benign_response_ci)} | {r.kl_benign:.4f} | "
+                     f"{100 * r.steered_harmful:.0f} / {100 * r.steered_safe:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -45,7 +47,8 @@ def plot(report: EvalReport, path: Path) -> None:
     for r in report.results:
         s = r.setting
         key = s.method + (f" k={s.rank}" if s.method == "sarsteer" else "") + (
-            "" if s.layers == "all" else f" layers {s.layers[0]}-{s.layers[-1]}") + (f" ({r.note})" if r.note else "")
+            "" if s.layers == "all" else f" layers {s.layers[0]}-{s.layers[-1]}") + (
+            " +probe" if s.gate == "probe" else "") + (f" ({r.note})" if r.note else "")
         groups[key].append(r)
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for key, results in groups.items():
