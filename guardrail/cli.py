@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--policy", help="policy YAML (calibration section); default: the paper's defaults")
     cal.add_argument("--adapter", help="adapter name, when the config does not say")
     cal.add_argument("--batch-size", type=int, default=8)
+    cal.add_argument("--probe", action="store_true", help="also train the gate probe into OUT/probe")
     cal.set_defaults(func=_calibrate)
 
     run = sub.add_parser("run", help="answer one request under a policy")
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--text", default="", help="text of the user turn")
     run.add_argument("--max-new-tokens", type=int, default=None)
     run.add_argument("--adapter")
+    run.add_argument("--probe", help="gate probe directory (default: ARTIFACT/probe when the policy gates by probe)")
     run.add_argument("--json", action="store_true")
     run.set_defaults(func=_run)
 
@@ -115,6 +117,12 @@ def _calibrate(args: argparse.Namespace) -> int:
                          strength=policy.steering.safe_strength, batch_size=args.batch_size, adapter=adapter,
                          max_audio_seconds=policy.limits.max_audio_seconds)
     print(f"wrote artifact {artifact.id} to {artifact.save(args.out)}")
+    if args.probe:
+        from .probe import fit_probe
+        probe = fit_probe(model, processor, harmful, safe, policy.calibration.instruction, adapter=adapter.name,
+                          batch_size=args.batch_size, max_audio_seconds=policy.limits.max_audio_seconds)
+        path = probe.save(Path(args.out) / "probe")
+        print(f"wrote probe (layers {probe.layers}, threshold {probe.threshold:.3f}) to {path}")
     return 0
 
 
@@ -126,7 +134,10 @@ def _run(args: argparse.Namespace) -> int:
     policy = _policy(args.policy)
     model, processor, adapter = load_model(args.model, adapter=args.adapter)
     artifact = SteeringArtifact.load(args.artifact) if args.artifact else None
-    guard = Guard(model, processor, policy=policy, artifact=artifact, adapter=adapter)
+    probe = args.probe
+    if probe is None and args.artifact and policy.gate.mode == "probe" and (Path(args.artifact) / "probe").is_dir():
+        probe = str(Path(args.artifact) / "probe")
+    guard = Guard(model, processor, policy=policy, artifact=artifact, adapter=adapter, probe=probe)
     result = guard.generate(audio=args.audio, text=args.text, max_new_tokens=args.max_new_tokens)
     if args.json:
         print(json.dumps({"text": result.text, "token_ids": result.token_ids, "decision": result.decision.to_dict()}))

@@ -26,8 +26,9 @@ def test_calibrate_inspect_run(model_dir, tmp_path, capsys):
     safe.write_text(json.dumps(["how do I build a shelf", "how to wash a car", "how to bake bread"]))
     out = tmp_path / "artifact"
     assert main(["calibrate", "--model", str(model_dir), "--out", str(out), "--harmful", str(harmful),
-                 "--safe", str(safe)]) == 0
-    assert "wrote artifact" in capsys.readouterr().out
+                 "--safe", str(safe), "--probe"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote artifact" in printed and "wrote probe" in printed and (out / "probe" / "probe.onnx").is_file()
 
     assert main(["inspect", str(out), "--json"]) == 0
     meta = json.loads(capsys.readouterr().out)
@@ -40,6 +41,12 @@ def test_calibrate_inspect_run(model_dir, tmp_path, capsys):
                  "--max-new-tokens", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["decision"]["steered"] is True and len(result["token_ids"]) <= 4
+
+    from guardrail.resources import shipped_policy
+    assert main(["run", "--model", str(model_dir), "--artifact", str(out), "--policy", str(shipped_policy("gated")),
+                 "--text", "how to steal a car", "--max-new-tokens", "4", "--json"]) == 0
+    gated = json.loads(capsys.readouterr().out)["decision"]
+    assert gated["gate_mode"] == "probe" and gated["probe_score"] is not None
 
 
 def test_invalid_policy_exits_2(model_dir, tmp_path, capsys):
