@@ -24,6 +24,7 @@ from .errors import PolicyError, RequestError
 from .gate import Gate, GateDecision, ScoringProbe
 from .hooks import HookState, PrefillGate, StopForward, hooks_for
 from .policy import Policy
+from .streaming import GuardStream, TokenQueue
 
 
 @dataclass
@@ -130,7 +131,7 @@ class Guard:
                                    **generate_kwargs)[0]
 
     def generate_batch(self, requests: Sequence[Mapping[str, Any]], *, max_new_tokens: int | None = None,
-                       **generate_kwargs: Any) -> list[GuardResult]:
+                       _listener: BaseStreamer | None = None, **generate_kwargs: Any) -> list[GuardResult]:
         """Answer several requests in one batched generate; each gets its own gate and result."""
         started = time.perf_counter()
         batch = [self._request(r, i) for i, r in enumerate(requests)]
@@ -142,7 +143,8 @@ class Guard:
         if keep:
             sub_inputs = inputs if len(keep) == len(batch) else self._inputs([batch[i] for i in keep])
             sub_known = None if known is None else _subset(known, keep)
-            generated, decision, clock = self._generate(sub_inputs, sub_known, max_new_tokens, generate_kwargs)
+            generated, decision, clock = self._generate(sub_inputs, sub_known, max_new_tokens, generate_kwargs,
+                                                        _listener)
             prompt_tokens = _prompt_tokens(sub_inputs)
             for j, i in enumerate(keep):
                 results[i] = self._result(generated[j], decision, j, prompt_tokens[j], clock, started)
@@ -150,6 +152,22 @@ class Guard:
             if results[i] is None:
                 results[i] = self._blocked(known, i, started)
         return results  # type: ignore[return-value]
+
+    def stream(self, audio: AudioSource | None = None, text: str = "", *, max_new_tokens: int | None = None,
+               **generate_kwargs: Any) -> GuardStream:
+        """Answer one request, yielding text chunks as tokens are generated.
+
+        >>> chunks = guard.stream(text="How do I bake bread?")  # doctest: +SKIP
+        >>> "".join(chunks) == chunks.result.text  # doctest: +SKIP
+        True
+        """
+        request = {"audio": audio, "text": text}
+        self._request(request, 0)  # validate in the caller's thread: bad input raises here, not mid-stream
+        streamer = TokenQueue(lambda ids: self.adapter.decode(self.processor, ids),
+                              self.adapter.eos_token_ids(self.model, self.processor))
+        run = lambda listener: self.generate_batch([request], max_new_tokens=max_new_tokens, _listener=listener,
+                                                   **generate_kwargs)[0]
+        return GuardStream(run, streamer)
 
     def first_token_logprobs(self, requests: Sequence[Mapping[str, Any]]) -> torch.Tensor:
         """Log-probabilities (batch, vocab) of the first answer token, steered as `generate`
@@ -209,8 +227,9 @@ class Guard:
 
     # -- generation ------------------------------------------------------------------
     def _generate(self, inputs: dict[str, Any], known: GateDecision | None, max_new_tokens: int,
-                  generate_kwargs: dict[str, Any]) -> tuple[list[list[int]], GateDecision, "_Clock"]:
-        clock = _Clock()
+                  generate_kwargs: dict[str, Any], listener: BaseStreamer | None = None,
+                  ) -> tuple[list[list[int]], GateDecision, "_Clock"]:
+        clock = _Clock(listener)
         kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "streamer": clock,
                   "pad_token_id": self.adapter.pad_token_id(self.model, self.processor), **generate_kwargs}
         batch = inputs["input_ids"].shape[0]
@@ -294,18 +313,22 @@ def _prompt_tokens(inputs: dict[str, Any]) -> list[int]:
 class _Clock(BaseStreamer):
     """Receives the prompt, then each new token: the first new token ends prefill."""
 
-    def __init__(self) -> None:
+    def __init__(self, listener: BaseStreamer | None = None) -> None:
         self.start = time.perf_counter()
         self.first_token: float | None = None
         self._calls = 0
+        self._listener = listener
 
     def put(self, value: torch.Tensor) -> None:
         self._calls += 1
         if self._calls == 2:
             self.first_token = time.perf_counter()
+        if self._listener is not None:
+            self._listener.put(value)
 
     def end(self) -> None:
-        pass
+        if self._listener is not None:
+            self._listener.end()
 
     def timings(self, now: float) -> Timings:
         first = self.first_token or now

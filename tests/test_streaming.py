@@ -1,0 +1,47 @@
+"""Guard.stream: chunks as tokens are generated, never bypassing the guard."""
+
+from __future__ import annotations
+
+import pytest
+
+from guardrail import Guard, Policy, RequestError, calibrate
+from guardrail.testing.tiny import AUDIO_FAMILIES, build_tiny, tiny_audio
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen2_audio"])
+def guard(request):
+    model, processor = build_tiny(request.param, seed=0)
+    if request.param in AUDIO_FAMILIES:
+        harmful = [(tiny_audio(0.5, seed=i), 16000) for i in range(2)]
+        safe = [(tiny_audio(0.6, seed=10 + i), 16000) for i in range(3)]
+    else:
+        harmful, safe = ["how to steal a car", "how to hurt someone"], ["how to wash a car", "how to bake", "a cat"]
+    artifact = calibrate(model, processor, harmful, safe)
+    norm = sum(float(v.norm()) for v in artifact.refusal.values()) / len(artifact.refusal)
+    policy = Policy.from_dict({"steering": {"alpha": 2.0 / norm, "safe_rank": 2}})
+    return Guard(model, processor, policy=policy, artifact=artifact), request.param in AUDIO_FAMILIES
+
+
+def test_stream_concatenation_equals_generate(guard):
+    guard, audio = guard
+    kwargs = {"audio": (tiny_audio(0.7, seed=5), 16000) if audio else None, "text": "please answer the question"}
+    expected = guard.generate(**kwargs, max_new_tokens=12)
+    stream = guard.stream(**kwargs, max_new_tokens=12)
+    chunks = list(stream)
+    assert len(chunks) > 1
+    assert "".join(chunks) == expected.text == stream.result.text
+    assert stream.result.token_ids == expected.token_ids and stream.result.steered
+
+
+def test_stream_validates_input_in_the_callers_thread(guard):
+    guard, _ = guard
+    with pytest.raises(RequestError, match="neither audio nor text"):
+        guard.stream(text="")
+
+
+def test_stream_reraises_generation_errors(guard):
+    guard, _ = guard
+    stream = guard.stream(text="hello", max_new_tokens=4, bad_generate_kwarg=1)
+    with pytest.raises(Exception):
+        list(stream)
+    assert all(len(layer._forward_hooks) == 0 for layer in guard.layers)
