@@ -22,6 +22,7 @@ from .artifact import SteeringArtifact
 from .audio import AudioSource, load_audio
 from .errors import PolicyError, RequestError
 from .gate import Gate, GateDecision, ScoringProbe
+from .logs import Metrics, decision_event, decision_logger
 from .hooks import HookState, PrefillGate, StopForward, hooks_for
 from .policy import Policy
 from .streaming import GuardStream, TokenQueue
@@ -93,6 +94,8 @@ class Guard:
         self._steer_layers = self._select_layers()
         self._deltas = self._prepare_deltas()
         self.gate = Gate(self.policy, probe, can_steer=bool(self._deltas))
+        self.metrics = Metrics()
+        self._logger = decision_logger()
         if self.gate.probe is not None:
             self.gate.probe.check_model(model, self.layers)
 
@@ -151,7 +154,15 @@ class Guard:
         for i in range(len(batch)):
             if results[i] is None:
                 results[i] = self._blocked(known, i, started)
+        self._log(results, requests)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
+
+    def _log(self, results: list[GuardResult], requests: Sequence[Mapping[str, Any]]) -> None:
+        """One structured event per request, and the counters."""
+        log_content = bool(getattr(getattr(self.policy, "logging", None), "log_content", False))
+        for result, request in zip(results, requests):
+            self.metrics.observe(result)
+            self._logger.info("guardrail.decision", **decision_event(result, dict(request), log_content))
 
     def stream(self, audio: AudioSource | None = None, text: str = "", *, max_new_tokens: int | None = None,
                **generate_kwargs: Any) -> GuardStream:

@@ -1,0 +1,101 @@
+"""Structured decision logs and counters.
+
+Every guarded request emits one `guardrail.decision` event through structlog, bound to the
+standard-library logger "guardrail": a library prints nothing until the application (or the
+CLI) configures logging, e.g. `configure_logging("json")`. Prompt and response text are
+included only when the policy allows it (`logging.log_content`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+
+if TYPE_CHECKING:
+    from .guard import GuardResult
+
+LOGGER_NAME = "guardrail"
+
+
+def decision_logger() -> structlog.stdlib.BoundLogger:
+    """A structlog logger that renders JSON into the stdlib logger "guardrail"."""
+    return structlog.wrap_logger(
+        logging.getLogger(LOGGER_NAME),
+        processors=[structlog.stdlib.filter_by_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.stdlib.BoundLogger)
+
+
+def configure_logging(fmt: Literal["json", "console", "auto"] = "auto", level: str = "info",
+                      stream: Any = None) -> None:
+    """Send guardrail events to `stream` (stderr): one JSON line each ("json"), or a readable
+    line ("console"); "auto" picks console on a terminal and JSON otherwise."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers = [h for h in logger.handlers if not getattr(h, "_guardrail", False)]
+    handler = logging.StreamHandler(stream)
+    handler._guardrail = True  # type: ignore[attr-defined]
+    handler.setFormatter(_ConsoleFormatter() if fmt == "console" else logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        try:
+            event = json.loads(record.getMessage())
+        except ValueError:
+            return record.getMessage()
+        head = f"{event.pop('timestamp', '')} {event.pop('level', '')} {event.pop('event', '')}"
+        return head + " " + " ".join(f"{k}={v}" for k, v in event.items())
+
+
+def decision_event(result: "GuardResult", request: dict[str, Any] | None, log_content: bool) -> dict[str, Any]:
+    """The fields of one decision event (content only when allowed)."""
+    d = result.decision
+    event = {"request_id": d.request_id, "policy": d.policy, "adapter": d.adapter, "gate_mode": d.gate_mode,
+             "steered": d.steered, "blocked": d.blocked, "probe_score": d.probe_score, "reason": d.reason,
+             "steered_layers": len(d.layers), "alpha": d.alpha, "artifact_id": d.artifact_id,
+             "prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
+             "finish_reason": d.finish_reason, "prefill_ms": round(d.timings.prefill_ms, 2),
+             "decode_ms": round(d.timings.decode_ms, 2), "total_ms": round(d.timings.total_ms, 2)}
+    if log_content:
+        event["prompt_text"] = (request or {}).get("text")
+        event["has_audio"] = (request or {}).get("audio") is not None
+        event["response_text"] = result.text
+    return event
+
+
+class Metrics:
+    """Process-local counters a metrics system can scrape (`prometheus()` text format)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self.latency_ms_sum = 0.0
+
+    def observe(self, result: "GuardResult") -> None:
+        d = result.decision
+        with self._lock:
+            self.counts["requests_total"] += 1
+            self.counts["steered_total"] += d.steered
+            self.counts["blocked_total"] += d.blocked
+            self.counts["probe_failures_total"] += "probe failed" in d.reason
+            self.counts["completion_tokens_total"] += d.completion_tokens
+            self.latency_ms_sum += d.timings.total_ms
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return {**self.counts, "latency_ms_sum": self.latency_ms_sum}
+
+    def prometheus(self, prefix: str = "guardrail") -> str:
+        return "".join(f"{prefix}_{name} {value:g}\n" for name, value in sorted(self.snapshot().items()))
