@@ -1,4 +1,4 @@
-"""`guardrail` command line: demo, calibrate, run, inspect, eval, families.
+"""`guardrail` command line: demo, calibrate, run, inspect, eval, policy, families.
 
 Exit codes: 0 success; 2 bad usage or invalid input (policy, audio, artifact); 1 other errors.
 """
@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 
     families = sub.add_parser("families", help="list supported model families")
     families.set_defaults(func=_families)
+
+    from .cli_policy import add_policy_commands
+    add_policy_commands(sub)
     return parser
 
 
@@ -130,8 +133,10 @@ def _run(args: argparse.Namespace) -> int:
     from .artifact import SteeringArtifact
     from .guard import Guard
     from .loading import load_model
+    from .logs import configure_logging
 
     policy = _policy(args.policy)
+    configure_logging(policy.logging.format, policy.logging.level)
     model, processor, adapter = load_model(args.model, adapter=args.adapter)
     artifact = SteeringArtifact.load(args.artifact) if args.artifact else None
     probe = args.probe

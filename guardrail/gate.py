@@ -95,7 +95,8 @@ class Gate:
             if blocked:
                 reasons.append(f"probe score {score:.3f} >= block_above {block_above:g}: blocked")
             elif harmful:
-                reasons.append(f"probe score {score:.3f} >= threshold {self.threshold:.3f}: steering")
+                action = "steering" if self.can_steer else "flagged, not steered (alpha 0 or gate without vectors)"
+                reasons.append(f"probe score {score:.3f} >= threshold {self.threshold:.3f}: {action}")
             else:
                 reasons.append(f"probe score {score:.3f} < threshold {self.threshold:.3f}: not steered")
         return GateDecision(steer, block, [float(s) for s in scores], reasons)

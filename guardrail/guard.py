@@ -112,8 +112,8 @@ class Guard:
 
     def _prepare_deltas(self) -> dict[int, torch.Tensor]:
         """alpha * v'_l for each steered layer, on that layer's device and dtype, made once."""
-        if self.policy.gate.mode == "off" or self.policy.steering.alpha == 0 and self.artifact is None:
-            return {}
+        if self.policy.gate.mode == "off" or self.policy.steering.alpha == 0:
+            return {}  # nothing to add: the model runs untouched (a monitor policy still scores)
         if self.artifact is None:
             raise PolicyError(f"policy {self.policy.name!r} steers (gate.mode: {self.policy.gate.mode}) but no "
                               "artifact was given: calibrate one with guardrail.calibrate, or set gate.mode: off")
@@ -159,7 +159,7 @@ class Guard:
 
     def _log(self, results: list[GuardResult], requests: Sequence[Mapping[str, Any]]) -> None:
         """One structured event per request, and the counters."""
-        log_content = bool(getattr(getattr(self.policy, "logging", None), "log_content", False))
+        log_content = self.policy.logging.log_content
         for result, request in zip(results, requests):
             self.metrics.observe(result)
             self._logger.info("guardrail.decision", **decision_event(result, dict(request), log_content))

@@ -1,13 +1,41 @@
-"""Policy loading and validation."""
+"""Policy loading and validation: schema, overlays, environment, errors, JSON Schema, `guardrail policy`."""
 
+from __future__ import annotations
+
+import argparse
+import copy
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from guardrail import Policy, PolicyError
+from guardrail.errors import GuardrailError
+from guardrail.policy import deep_merge, schema_text
 from guardrail.resources import data_dir, shipped_policy
 
+POLICIES = data_dir("policies")
+SHIPPED = sorted(POLICIES.rglob("*.yaml"))
 
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(path_or_data, **kwargs) -> str:
+    with pytest.raises(PolicyError) as info:
+        if isinstance(path_or_data, Path):
+            Policy.from_yaml(path_or_data)
+        else:
+            Policy.from_dict(path_or_data, **kwargs)
+    return str(info.value)
+
+
+# -- shipped policies --------------------------------------------------------------------------------
 def test_default_policy_holds_the_paper_defaults():
     policy = Policy.from_yaml(shipped_policy("default"))
     assert policy.steering.alpha == 0.1
@@ -18,17 +46,315 @@ def test_default_policy_holds_the_paper_defaults():
     assert policy.gate.mode == "always"
 
 
-@pytest.mark.parametrize("path", sorted(data_dir("policies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_set_is_complete():
+    names = {p.stem for p in POLICIES.glob("*.yaml")}
+    assert {"default", "gated", "strict", "monitor", "off"} <= names
+    assert list(POLICIES.glob("examples/*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(POLICIES)))
 def test_every_shipped_policy_loads(path: Path):
-    assert Policy.from_yaml(path).name == path.stem
+    policy = Policy.from_yaml(path)
+    assert policy.name == path.stem
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# yaml-language-server: $schema=") and first.endswith("policy.schema.json")
+    assert (path.parent / first.split("$schema=")[1]).resolve() == (POLICIES / "policy.schema.json").resolve()
 
 
+def test_strict_is_stricter_than_gated():
+    strict, gated = Policy.load("strict"), Policy.load("gated")
+    assert strict.steering.alpha > gated.steering.alpha
+    assert strict.gate.mode == "probe" and strict.gate.threshold is not None and strict.gate.threshold < 0.5
+    assert strict.actions.block_above is not None
+    assert strict.limits.max_new_tokens < gated.limits.max_new_tokens
+    assert strict.limits.max_batch < Policy().limits.max_batch
+
+
+def test_monitor_scores_but_never_steers_nor_blocks():
+    monitor = Policy.load("monitor")
+    assert monitor.gate.mode == "probe" and monitor.steering.alpha == 0 and monitor.actions.block_above is None
+
+
+def test_monitor_policy_in_a_guard_scores_without_steering():
+    """alpha 0 and no artifact: the guard installs no steering, the probe still scores each request."""
+    import numpy as np
+    import torch
+
+    from guardrail import Guard
+    from guardrail.testing.tiny import build_tiny
+
+    class FlagEverything:
+        layers, threshold = [1], 0.0
+
+        def score(self, features):
+            return np.full(len(features), 0.9)
+
+        def check_model(self, model, layers=None):
+            pass
+
+    model, tokenizer = build_tiny("qwen2", seed=0)
+    monitor = Guard(model, tokenizer, policy=Policy.load("monitor"), probe=FlagEverything())
+    bare = Guard(model, tokenizer, policy=Policy.load("off"))
+    with torch.no_grad():
+        result = monitor.generate(text="how do I build a weapon", max_new_tokens=4)
+        reference = bare.generate(text="how do I build a weapon", max_new_tokens=4)
+    assert not result.steered and not result.blocked
+    assert result.decision.probe_score == pytest.approx(0.9) and result.decision.policy == "monitor"
+    assert result.token_ids == reference.token_ids
+
+
+def test_example_overlay_extends_gated():
+    kids = Policy.from_yaml(POLICIES / "examples" / "kids-voice-app.yaml")
+    gated = Policy.load("gated")
+    assert kids.sources == (str(POLICIES / "gated.yaml"), str(POLICIES / "examples" / "kids-voice-app.yaml"))
+    assert kids.gate.mode == "probe" and kids.steering.alpha == gated.steering.alpha     # inherited
+    assert kids.limits.max_new_tokens == 200 and kids.limits.max_batch == 16              # overridden
+    assert kids.limits.max_audio_seconds == 15
+    assert kids.logging.log_content is False and kids.logging.format == "json"
+    assert "children" in kids.system_prompt and kids.actions.refusal_message.startswith("Let's")
+    assert kids.model.artifact == str(POLICIES / "examples" / "artifacts" / "qwen2-audio")
+    assert kids.model.path == "Qwen/Qwen2-Audio-7B-Instruct"
+
+
+def test_load_takes_a_file_or_a_shipped_name(tmp_path):
+    assert Policy.load("gated").name == "gated"
+    assert Policy.load(shipped_policy("off")).gate.mode == "off"
+    with pytest.raises(PolicyError, match="no shipped policy.*default, gated"):
+        Policy.load("nonexistent")
+
+
+# -- new schema fields -----------------------------------------------------------------------------
+def test_new_sections_have_safe_defaults():
+    policy = Policy()
+    assert policy.model.adapter is None and policy.model.path is None
+    assert policy.model.artifact is None and policy.model.probe is None
+    assert policy.steering.positions == "last"
+    assert policy.limits.max_batch == 32
+    assert (policy.logging.level, policy.logging.log_content, policy.logging.format) == ("info", False, "auto")
+
+
+@pytest.mark.parametrize("layers, expected", [
+    ("all", "all"), ([3, 1], [3, 1]), ("8-11", [8, 9, 10, 11]), (" 2 - 3 ", [2, 3]), ("5-5", [5]),
+    ({"start": 0, "end": 2}, [0, 1, 2]),
+])
+def test_layer_forms_normalise_to_a_list(layers, expected):
+    assert Policy.from_dict({"steering": {"layers": layers}}).steering.layers == expected
+
+
+@pytest.mark.parametrize("layers, match", [
+    ([], "empty layer list"), ([1, 1], "unique"), ([-1], "start at 0"), ("9-3", "empty"), ("8..x", "not a layer"),
+    ({"start": 2}, "start and end"), ({"start": 1, "end": "x"}, "integers"), (3, "not a layer"),
+    ([1, "two"], "integers"), ([True], "integers"),
+])
+def test_layer_validation(layers, match):
+    message = error_of({"steering": {"layers": layers}})
+    assert match in message and "steering.layers" in message
+    assert "a string like '8-15'" in message   # the accepted forms are listed
+
+
+def test_layers_are_validated_on_assignment():
+    policy = Policy()
+    policy.steering.layers = "1-2"
+    assert policy.steering.layers == [1, 2]
+    with pytest.raises(ValueError, match="unique"):
+        policy.steering.layers = [1, 1]
+
+
+def test_logging_level_is_case_insensitive_and_content_is_off_by_default():
+    policy = Policy.from_dict({"logging": {"level": "DEBUG", "format": "json"}})
+    assert policy.logging.level == "debug" and policy.logging.log_content is False
+
+
+def test_positions_only_last():
+    message = error_of({"steering": {"positions": "all"}})
+    assert "steering.positions" in message and "'last'" in message
+
+
+def test_unknown_adapter_lists_the_accepted_ones():
+    message = error_of({"model": {"adapter": "gpt5"}})
+    assert "model.adapter" in message and "'qwen2_audio'" in message and "'gpt5'" in message
+    assert Policy.from_dict({"model": {"adapter": "causal_lm"}}).model.adapter == "causal_lm"
+
+
+def test_relative_model_paths_resolve_against_the_policy_folder(tmp_path):
+    (tmp_path / "deploy" / "local-model").mkdir(parents=True)
+    path = write(tmp_path, "deploy/p.yaml", "model:\n  artifact: art\n  probe: ../probes/p1\n"
+                                            "  path: local-model\n")
+    policy = Policy.from_yaml(path)
+    assert policy.model.artifact == str(tmp_path / "deploy" / "art")
+    assert policy.model.probe == str(tmp_path / "probes" / "p1")
+    assert policy.model.path == str(tmp_path / "deploy" / "local-model")
+    hub = write(tmp_path, "deploy/hub.yaml", "model:\n  path: Qwen/Qwen2-Audio-7B-Instruct\n  artifact: /abs/art\n")
+    policy = Policy.from_yaml(hub)
+    assert policy.model.path == "Qwen/Qwen2-Audio-7B-Instruct" and policy.model.artifact == "/abs/art"
+    dotted = write(tmp_path, "deploy/dot.yaml", "model:\n  path: ./models/m\n")
+    assert Policy.from_yaml(dotted).model.path == str(tmp_path / "deploy" / "models" / "m")
+
+
+def test_paths_in_a_base_resolve_against_the_base(tmp_path):
+    write(tmp_path, "base/base.yaml", "model:\n  artifact: art\n")
+    leaf = write(tmp_path, "apps/leaf.yaml", "extends: ../base/base.yaml\nmodel:\n  probe: probe\n")
+    policy = Policy.from_yaml(leaf)
+    assert policy.model.artifact == str(tmp_path / "base" / "art")
+    assert policy.model.probe == str(tmp_path / "apps" / "probe")
+
+
+def test_from_dict_keeps_paths_unless_given_a_folder(tmp_path):
+    assert Policy.from_dict({"model": {"artifact": "art"}}).model.artifact == "art"
+    policy = Policy.from_dict({"model": {"artifact": "art"}}, base_dir=tmp_path)
+    assert policy.model.artifact == str(tmp_path / "art")
+
+
+def test_a_file_without_a_name_is_named_after_itself(tmp_path):
+    assert Policy.from_yaml(write(tmp_path, "shadow-eu.yaml", "gate:\n  mode: 'off'\n")).name == "shadow-eu"
+    assert Policy.from_yaml(write(tmp_path, "empty.yaml", "")).name == "empty"
+    overlay = write(tmp_path, "overlay.yaml", "extends: default\n")
+    assert Policy.from_yaml(overlay).name == "overlay"      # not the base's name
+
+
+# -- extends ----------------------------------------------------------------------------------------
+def test_extends_deep_merges(tmp_path):
+    write(tmp_path, "base.yaml", "name: base\nsteering:\n  alpha: 0.3\n  layers: [1, 2, 3]\n  safe_rank: 4\n"
+                                 "limits:\n  max_new_tokens: 100\n  max_batch: 4\nactions:\n  block_above: 0.9\n")
+    leaf = write(tmp_path, "leaf.yaml", "extends: base.yaml\nname: leaf\nsteering:\n  layers: [5]\n"
+                                        "limits:\n  max_batch: 2\nactions:\n  block_above: null\n")
+    policy = Policy.from_yaml(leaf)
+    assert policy.name == "leaf"
+    assert policy.steering.alpha == 0.3 and policy.steering.safe_rank == 4     # mapping merged
+    assert policy.steering.layers == [5]                                        # list replaced, not appended
+    assert policy.limits.max_new_tokens == 100 and policy.limits.max_batch == 2
+    assert policy.actions.block_above is None                                  # null overrides
+    assert policy.sources == (str(tmp_path / "base.yaml"), str(leaf))
+
+
+def test_extends_chains_and_shipped_names(tmp_path):
+    write(tmp_path, "a.yaml", "extends: gated\nsteering:\n  alpha: 0.5\n")
+    write(tmp_path, "sub/b.yaml", "extends: ../a.yaml\ngate:\n  threshold: 0.2\n")
+    c = write(tmp_path, "c.yaml", "extends: sub/b.yaml\nlimits:\n  max_new_tokens: 64\n")
+    policy = Policy.from_yaml(c)
+    assert policy.gate.mode == "probe"                                 # from gated
+    assert policy.steering.alpha == 0.5 and policy.steering.safe_rank == 10
+    assert policy.gate.threshold == 0.2 and policy.limits.max_new_tokens == 64
+    assert [Path(s).name for s in policy.sources] == ["gated.yaml", "a.yaml", "b.yaml", "c.yaml"]
+
+
+def test_extends_cycle_is_named(tmp_path):
+    write(tmp_path, "a.yaml", "extends: b.yaml\n")
+    write(tmp_path, "b.yaml", "extends: c.yaml\n")
+    write(tmp_path, "c.yaml", "extends: a.yaml\n")
+    message = error_of(tmp_path / "a.yaml")
+    assert "cycle" in message
+    a, b, c = (str((tmp_path / f"{n}.yaml").resolve()) for n in "abc")
+    assert f"{a} -> {b} -> {c} -> {a}" in message
+    write(tmp_path, "self.yaml", "extends: self.yaml\n")
+    assert "cycle" in error_of(tmp_path / "self.yaml")
+
+
+def test_extends_errors(tmp_path):
+    message = error_of(write(tmp_path, "p.yaml", "extends: missing.yaml\n"))
+    assert "extends" in message and "missing.yaml" in message and str(tmp_path / "p.yaml") in message
+    message = error_of(write(tmp_path, "q.yaml", "extends: [default]\n"))
+    assert "extends" in message and "gated" in message          # accepted names listed
+    message = error_of(write(tmp_path, "r.yaml", "steering:\n  extends: default\n"))
+    assert "steering.extends: unknown field" in message         # only at the top level
+
+
+def test_error_in_a_base_names_the_base(tmp_path):
+    write(tmp_path, "base.yaml", "steering:\n  alpha: -2\n")
+    leaf = write(tmp_path, "leaf.yaml", "extends: base.yaml\nlimits:\n  max_batch: 0\n")
+    message = error_of(leaf)
+    assert message.startswith(f"invalid policy {leaf} (extends {tmp_path / 'base.yaml'})")
+    assert f"steering.alpha: Input should be greater than or equal to 0 (got -2); accepted: a number >= 0 " \
+           f"[set in {tmp_path / 'base.yaml'}]" in message
+    line = next(x for x in message.splitlines() if "limits.max_batch" in x)
+    assert "an integer >= 1" in line and "set in" not in line
+
+
+def test_deep_merge_does_not_mutate_its_inputs():
+    base = {"steering": {"alpha": 0.1, "layers": [1, 2]}, "gate": {"mode": "always"}}
+    override = {"steering": {"layers": [3]}, "limits": {"max_batch": 2}}
+    before = copy.deepcopy((base, override))
+    merged = deep_merge(base, override)
+    assert merged == {"steering": {"alpha": 0.1, "layers": [3]}, "gate": {"mode": "always"},
+                      "limits": {"max_batch": 2}}
+    merged["steering"]["layers"].append(9)
+    merged["gate"]["mode"] = "off"
+    assert (base, override) == before
+
+
+def test_from_dict_does_not_mutate_and_invalid_yields_nothing(monkeypatch):
+    monkeypatch.setenv("GR_ALPHA", "0.4")
+    data = {"steering": {"alpha": "${GR_ALPHA}", "layers": "1-2"}, "extends": "default"}
+    before = copy.deepcopy(data)
+    policy = Policy.from_dict(data)
+    assert policy.steering.alpha == 0.4 and policy.steering.layers == [1, 2] and policy.gate.mode == "always"
+    assert data == before
+    existing = Policy()
+    with pytest.raises(PolicyError):
+        existing = Policy.from_dict({"steering": {"alpha": 0.5}, "gate": {"mode": "bogus"}})
+    assert existing.steering.alpha == 0.1     # the failed load left nothing behind
+
+
+# -- environment interpolation -----------------------------------------------------------------------
+def test_env_interpolation(tmp_path, monkeypatch):
+    monkeypatch.setenv("GR_NAME", "eu-prod")
+    monkeypatch.setenv("GR_TOKENS", "77")
+    monkeypatch.setenv("GR_EMPTY", "")
+    monkeypatch.delenv("GR_UNSET", raising=False)
+    path = write(tmp_path, "p.yaml",
+                 "name: app-${GR_NAME}\n"
+                 "limits:\n  max_new_tokens: ${GR_TOKENS}\n  max_batch: ${GR_UNSET:-5}\n"
+                 "actions:\n  refusal_message: \"${GR_EMPTY:-No.} costs $5, literal $${GR_NAME}\"\n"
+                 "steering:\n  layers: ${GR_UNSET:-2-4}\n"
+                 "model:\n  artifact: ${GR_UNSET:-art}\n")
+    policy = Policy.from_yaml(path)
+    assert policy.name == "app-eu-prod"
+    assert policy.limits.max_new_tokens == 77 and policy.limits.max_batch == 5
+    assert policy.actions.refusal_message == "No. costs $5, literal ${GR_NAME}"
+    assert policy.steering.layers == [2, 3, 4]
+    assert policy.model.artifact == str(tmp_path / "art")        # substituted, then resolved
+
+
+def test_env_interpolation_applies_to_extends(tmp_path, monkeypatch):
+    monkeypatch.setenv("GR_BASE", "strict")
+    assert Policy.from_yaml(write(tmp_path, "p.yaml", "extends: ${GR_BASE}\n")).gate.threshold == 0.3
+
+
+def test_missing_env_variable_is_named_with_file_and_field(tmp_path, monkeypatch):
+    monkeypatch.delenv("GR_MISSING_ALPHA", raising=False)
+    path = write(tmp_path, "p.yaml", "steering:\n  alpha: ${GR_MISSING_ALPHA}\n")
+    message = error_of(path)
+    assert str(path) in message and "steering.alpha" in message and "GR_MISSING_ALPHA" in message
+    assert "${GR_MISSING_ALPHA:-default}" in message
+    listed = write(tmp_path, "q.yaml", "steering:\n  layers: [1, '${GR_MISSING_ALPHA}']\n")
+    assert "steering.layers.1: environment variable GR_MISSING_ALPHA is not set" in error_of(listed)
+
+
+@pytest.mark.parametrize("text, match", [("${}", "malformed"), ("${1X}", "malformed"), ("${OPEN", "unclosed")])
+def test_malformed_placeholders(tmp_path, text, match):
+    message = error_of(write(tmp_path, "p.yaml", f"description: 'a {text}'\n"))
+    assert match in message and "description" in message
+
+
+def test_interpolated_value_is_still_validated(tmp_path, monkeypatch):
+    monkeypatch.setenv("GR_ALPHA", "strong")
+    message = error_of(write(tmp_path, "p.yaml", "steering:\n  alpha: ${GR_ALPHA}\n"))
+    assert "steering.alpha" in message and "'strong'" in message and "a number >= 0" in message
+
+
+# -- error messages ----------------------------------------------------------------------------------
 def test_unknown_field_is_named_with_its_path(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("steering:\n  alpah: 0.2\n")
     with pytest.raises(PolicyError, match=r"steering\.alpah: unknown field") as info:
         Policy.from_yaml(path)
     assert str(path) in str(info.value)
+    assert "Accepted fields: alpha, layers, positions, safe_rank, safe_strength" in str(info.value)
+
+
+def test_unknown_section_lists_the_sections(tmp_path):
+    message = error_of(write(tmp_path, "p.yaml", "loging:\n  level: info\n"))
+    assert "loging: unknown field" in message and "logging" in message and "extends" in message
 
 
 def test_wrong_value_names_field_and_value(tmp_path):
@@ -41,16 +367,137 @@ def test_wrong_value_names_field_and_value(tmp_path):
     assert "gate.mode" in message and "'always'" in message
 
 
-@pytest.mark.parametrize("layers, match", [([], "empty layer list"), ([1, 1], "unique"), ([-1], "start at 0")])
-def test_layer_list_validation(layers, match):
-    with pytest.raises(PolicyError, match=match):
-        Policy.from_dict({"steering": {"layers": layers}})
+@pytest.mark.parametrize("data, where, accepted", [
+    ({"gate": {"mode": "sometimes"}}, "gate.mode", "one of 'always', 'probe', 'off'"),
+    ({"gate": {"on_error": "ignore"}}, "gate.on_error", "one of 'steer', 'pass'"),
+    ({"logging": {"level": "loud"}}, "logging.level", "one of 'debug', 'info', 'warning', 'error'"),
+    ({"logging": {"format": "xml"}}, "logging.format", "one of 'json', 'console', 'auto'"),
+    ({"logging": {"log_content": "maybe"}}, "logging.log_content", "true or false"),
+    ({"gate": {"threshold": 1.5}}, "gate.threshold", "a number >= 0 and <= 1 or null"),
+    ({"actions": {"block_above": -0.1}}, "actions.block_above", "a number >= 0 and <= 1 or null"),
+    ({"steering": {"alpha": "x"}}, "steering.alpha", "a number >= 0"),
+    ({"steering": {"safe_rank": 1.5}}, "steering.safe_rank", "an integer >= 0"),
+    ({"limits": {"max_audio_seconds": 0}}, "limits.max_audio_seconds", "a number > 0"),
+    ({"limits": {"max_new_tokens": 0}}, "limits.max_new_tokens", "an integer >= 1"),
+    ({"limits": {"max_batch": -3}}, "limits.max_batch", "an integer >= 1"),
+    ({"actions": {"refusal_message": ""}}, "actions.refusal_message", "a non-empty string"),
+    ({"model": {"artifact": 3}}, "model.artifact", "a string or null"),
+    ({"steering": 5}, "steering", "a mapping with fields alpha, layers, positions"),
+])
+def test_each_error_names_path_and_accepted_values(data, where, accepted):
+    message = error_of(data, source="deploy.yaml")
+    assert message.startswith("invalid policy deploy.yaml:")
+    line = next(x for x in message.splitlines() if x.startswith(f"  {where}: "))
+    assert f"accepted: {accepted}" in line
 
 
-def test_policy_errors_are_value_errors(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("steering: [1, 2\n")
-    with pytest.raises(ValueError, match="not valid YAML"):
+def test_all_errors_are_reported_at_once():
+    message = error_of({"steering": {"alpha": -1, "layers": []}, "limits": {"max_batch": 0}, "x": 1})
+    assert len(message.splitlines()) == 5
+
+
+def test_bare_off_gets_a_yaml_hint(tmp_path):
+    message = error_of(write(tmp_path, "p.yaml", "gate:\n  mode: off\n"))
+    assert "gate.mode" in message and "(got False)" in message and "quote" in message
+
+
+@pytest.mark.parametrize("text, match", [("steering: [1, 2\n", "not valid YAML"), ("- 1\n- 2\n", "a mapping")])
+def test_policy_errors_are_value_errors(tmp_path, text, match):
+    path = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(ValueError, match=match):
         Policy.from_yaml(path)
     with pytest.raises(PolicyError, match="cannot read"):
         Policy.from_yaml(tmp_path / "missing.yaml")
+
+
+# -- JSON Schema ------------------------------------------------------------------------------------
+def test_json_schema_describes_every_section():
+    schema = Policy.json_schema()
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert {"extends", "name", "model", "steering", "gate", "actions", "calibration", "limits",
+            "logging"} <= set(schema["properties"])
+    defs = schema["$defs"]
+    assert defs["LoggingPolicy"]["properties"]["log_content"]["default"] is False
+    assert defs["LimitsPolicy"]["properties"]["max_batch"]["default"] == 32
+    assert len(defs["SteeringPolicy"]["properties"]["layers"]["anyOf"]) == 4
+    for name, section in defs.items():
+        assert section.get("additionalProperties") is False, name
+        for field, prop in section["properties"].items():
+            assert prop.get("description") and prop.get("title"), f"{name}.{field}"
+
+
+def test_committed_schema_is_current():
+    committed = (POLICIES / "policy.schema.json").read_text(encoding="utf-8")
+    assert committed == schema_text(), (
+        "policies/policy.schema.json is stale; regenerate it with "
+        "`guardrail policy schema > policies/policy.schema.json`")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(POLICIES)))
+def test_shipped_policies_match_the_json_schema(path):
+    jsonschema = pytest.importorskip("jsonschema")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    jsonschema.validate(data, json.loads(schema_text()))
+
+
+# -- `guardrail policy ...` ----------------------------------------------------------------------------
+def cli(argv: list[str]) -> int:
+    """What guardrail.cli.main does with these commands registered."""
+    from guardrail.cli_policy import add_policy_commands
+    parser = argparse.ArgumentParser(prog="guardrail")
+    add_policy_commands(parser.add_subparsers(required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except GuardrailError as exc:
+        print(f"error: {exc}", file=__import__("sys").stderr)
+        return 2
+
+
+def test_cli_validate(tmp_path, capsys):
+    good = [str(p) for p in SHIPPED] + ["default"]
+    assert cli(["policy", "validate", *good]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("ok  ") == len(good) and "kids-voice-app" in out and err == ""
+    bad = write(tmp_path, "bad.yaml", "steering:\n  alpah: 1\n")
+    assert cli(["policy", "validate", str(shipped_policy("default")), str(bad)]) == 2
+    out, err = capsys.readouterr()
+    assert "ok  " in out and f"invalid policy {bad}" in err and "steering.alpah: unknown field" in err
+
+
+def test_cli_validate_json(tmp_path, capsys):
+    bad = write(tmp_path, "bad.yaml", "limits:\n  max_batch: 0\n")
+    assert cli(["policy", "validate", "--json", "gated", str(bad)]) == 2
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == {"file": "gated", "valid": True, "name": "gated", "sources": [str(shipped_policy("gated"))]}
+    assert rows[1]["valid"] is False and "limits.max_batch" in rows[1]["error"]
+
+
+def test_cli_schema(capsys):
+    assert cli(["policy", "schema"]) == 0
+    out = capsys.readouterr().out
+    assert out == schema_text() and json.loads(out)["title"] == "lalm-guardrail policy"
+
+
+def test_cli_show_yaml_and_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GR_TOKENS", "99")
+    path = write(tmp_path, "app.yaml", "extends: gated\nlimits:\n  max_new_tokens: ${GR_TOKENS}\n"
+                                       "steering:\n  layers: 1-3\n")
+    assert cli(["policy", "show", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["name"] == "app" and shown["gate"]["mode"] == "probe"
+    assert shown["limits"] == {"max_audio_seconds": 30.0, "max_new_tokens": 99, "max_batch": 32}
+    assert shown["steering"]["layers"] == [1, 2, 3] and shown["logging"]["log_content"] is False
+    assert Policy.from_dict(shown).model_dump() == Policy.from_yaml(path).model_dump()   # round-trips
+    assert cli(["policy", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# policy 'app' from ") and "gated.yaml" in out.splitlines()[0]
+    assert yaml.safe_load(out) == shown
+
+
+def test_cli_show_invalid_exits_2(tmp_path, capsys):
+    monkey = write(tmp_path, "p.yaml", "gate:\n  mode: sometimes\n")
+    assert cli(["policy", "show", str(monkey)]) == 2
+    assert "gate.mode" in capsys.readouterr().err
+    assert cli(["policy", "show", "no-such-policy"]) == 2
+    assert "no shipped policy" in capsys.readouterr().err
