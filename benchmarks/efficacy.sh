@@ -11,13 +11,13 @@ PAIRS=(--harmful $DATA/harmful_train_100.json --safe $DATA/safe_train_100.json -
 guardrail eval --testbed qwen2.5-coder-0.5b-instruct "${PAIRS[@]}" --alphas 0.05 0.1 0.15 0.2 0.3 \
     --out benchmarks/results/efficacy_qwen05b
 # The product as users deploy it: SARSteer behind the probe gate (probe trained on the calibration pairs).
-guardrail eval --testbed qwen2.5-coder-0.5b-instruct "${PAIRS[@]}" --methods none,sarsteer --gates probe \
+guardrail eval --testbed qwen2.5-coder-0.5b-instruct "${PAIRS[@]}" --methods none,sarsteer --gates probe probe_exact \
     --alphas 0.1 0.2 0.3 0.5 --max-new-tokens 20 --out benchmarks/results/gated_qwen05b
 # What moves the always-on frontier (layer bands, rank, refusal text, more calibration pairs).
-python benchmarks/frontier.py --testbed qwen2.5-coder-0.5b-instruct --out benchmarks/results/frontier_qwen05b
+python benchmarks/frontier.py --testbed qwen2.5-coder-0.5b-instruct --alphas 0.1 0.2 0.3 --out benchmarks/results/frontier_qwen05b
 # The judge reads the first 60 characters; greedy answers share their first 20 tokens whatever the
 # budget, so the other runs generate 20 tokens (same verdicts, half the time).
 guardrail eval --testbed smollm2-135m-instruct "${PAIRS[@]}" --alphas 0.05 0.1 0.2 0.3 0.5 \
     --max-new-tokens 20 --out benchmarks/results/efficacy_smollm2
-guardrail eval --testbed qwen2.5-coder-1.5b-instruct "${PAIRS[@]}" --alphas 0.05 0.1 0.2 \
+guardrail eval --testbed qwen2.5-coder-1.5b-instruct "${PAIRS[@]}" --methods none,refusal_steer,sarsteer --alphas 0.05 0.1 0.2 \
     --max-new-tokens 20 --batch-size 10 --out benchmarks/results/efficacy_qwen15b

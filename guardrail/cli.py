@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="comma-separated: none, system_prompt, refusal_steer, diff_means, sarsteer")
     ev.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     ev.add_argument("--ranks", type=int, nargs="+", default=[10], help="safe-space ranks k for sarsteer")
-    ev.add_argument("--gates", nargs="+", default=["always"], choices=["always", "probe"],
+    ev.add_argument("--gates", nargs="+", default=["always"], choices=["always", "probe", "probe_exact"],
                     help="gate modes for the steering methods (probe: trained on the calibration pairs)")
     ev.add_argument("--max-new-tokens", type=int, default=40)
     ev.add_argument("--batch-size", type=int, default=16)

@@ -156,3 +156,9 @@ def test_gated_setting_trains_a_probe_and_reports_gate_rates():
     assert result.setting.label == "sarsteer alpha=30 k=10 +probe"
     assert 0 <= result.steered_harmful <= 1 and 0 <= result.steered_safe <= 1
     assert sweep(["sarsteer"], [0.1], gates=["always", "probe"])[1].gate == "probe"
+
+
+def test_exact_gate_setting():
+    policy = Setting("sarsteer", 0.1, gate="probe_exact").policy()
+    assert policy.gate.mode == "probe" and policy.gate.exact
+    assert Setting("sarsteer", 0.1, gate="probe_exact").label.endswith("+probe exact")

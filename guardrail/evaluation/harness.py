@@ -40,7 +40,7 @@ class Setting:
     alpha: float = 0.0
     rank: int = 10
     layers: Literal["all"] | tuple[int, ...] = "all"
-    gate: Literal["always", "probe"] = "always"
+    gate: Literal["always", "probe", "probe_exact"] = "always"
 
     @property
     def label(self) -> str:
@@ -51,8 +51,8 @@ class Setting:
             parts.append(f"k={self.rank}")
         if self.layers != "all":
             parts.append(f"layers={_span(self.layers)}")
-        if self.gate == "probe":
-            parts.append("+probe")
+        if self.gate != "always":
+            parts.append("+probe" + (" exact" if self.gate == "probe_exact" else ""))
         return " ".join(parts)
 
     def policy(self) -> Policy:
@@ -63,7 +63,8 @@ class Setting:
             return Policy.from_dict({**base, "gate": {"mode": "off"}})
         if self.method == "system_prompt":
             return Policy.from_dict({**base, "gate": {"mode": "off"}, "system_prompt": SAFETY_PROMPT})
-        return Policy.from_dict({**base, "steering": steering, "gate": {"mode": self.gate}})
+        gate = {"mode": "always"} if self.gate == "always" else {"mode": "probe", "exact": self.gate == "probe_exact"}
+        return Policy.from_dict({**base, "steering": steering, "gate": gate})
 
 
 @dataclass
@@ -150,13 +151,14 @@ def evaluate(model: nn.Module, processor: Any, calibration: Sequence[Pair], pair
     results = []
     for setting in settings:
         artifact = _artifact_for(setting, artifacts, model, processor, calibration, instruction, say)
-        if setting.gate == "probe" and probe is None:
+        gated = setting.gate != "always"
+        if gated and probe is None:
             from ..probe import fit_probe
             say(f"training the gate probe on {len(calibration)} pairs")
             probe = fit_probe(model, processor, [p.harmful for p in calibration], [p.safe for p in calibration],
                               instruction)
         guard = Guard(model, processor, policy=setting.policy(), artifact=artifact,
-                      probe=probe if setting.gate == "probe" else None)
+                      probe=probe if gated else None)
         say(f"{setting.label}: generating {len(harmful) + len(safe)} answers")
         harmful_out = _answers(guard, harmful, max_new_tokens, batch_size)
         safe_out = _answers(guard, safe, max_new_tokens, batch_size)
