@@ -22,3 +22,10 @@ __all__ = [
     "UnsupportedModelError", "__version__", "calibrate", "get_adapter", "load_audio", "resolve_adapter",
     "supported_families",
 ]
+
+
+def __getattr__(name: str):  # GuardedChatModel: langchain-core is imported only when it is used
+    if name == "GuardedChatModel":
+        from .langchain import GuardedChatModel
+        return GuardedChatModel
+    raise AttributeError(f"module 'guardrail' has no attribute {name!r}")
