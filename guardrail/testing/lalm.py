@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.testing import testbeds, whisper_ct2
 from guardrail.testing.testbeds import TestbedError
+from guardrail.testing.tiny import qwen2_audio_template
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -52,6 +53,8 @@ LM_NAME = "qwen2.5-coder-0.5b-instruct"
 AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
 AUDIO_TOKENS = (AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
 # ids they get in the Qwen2.5 tokenizer (first spare rows; asserted when the tokenizer is built)
+from .tiny import qwen2_audio_template
+
 AUDIO_TOKEN_ID, AUDIO_BOS_ID, AUDIO_EOS_ID = 151665, 151666, 151667
 SAMPLING_RATE = 16_000
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -59,31 +62,7 @@ PROJECTOR_KEYS = ("weight", "bias")
 
 # Qwen2-Audio's chat template (transformers' Qwen2AudioProcessor default), with Qwen2.5's
 # default system prompt so that text-only chats render exactly like the LM's own template.
-CHAT_TEMPLATE = (
-    "{% set audio_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n"
-    "{% else %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
-    "{% set audio_count.value = audio_count.value + 1 %}"
-    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
-    "{% elif 'text' in content %}"
-    "{{ content['text'] }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "<|im_end|>\n"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
+CHAT_TEMPLATE = qwen2_audio_template(DEFAULT_SYSTEM_PROMPT)
 
 
 # --------------------------------------------------------------------------- availability
