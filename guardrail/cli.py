@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--ranks", type=int, nargs="+", default=[10], help="safe-space ranks k for sarsteer")
     ev.add_argument("--gates", nargs="+", default=["always"], choices=["always", "probe", "probe_exact"],
                     help="gate modes for the steering methods (probe: trained on the calibration pairs)")
+    ev.add_argument("--thresholds", type=float, nargs="+", default=[None],
+                    help="probe thresholds for gated settings (default: the probe's calibrated one)")
     ev.add_argument("--max-new-tokens", type=int, default=40)
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--out", required=True, help="report directory")
@@ -188,7 +190,7 @@ def _eval(args: argparse.Namespace) -> int:
     pairs = load_pairs(args.harmful, args.safe)
     calibration = pairs[parse_slice(args.calib, len(pairs))]
     held_out = pairs[parse_slice(args.eval_range, len(pairs))]
-    settings = sweep(args.methods.split(","), args.alphas, args.ranks, args.gates)
+    settings = sweep(args.methods.split(","), args.alphas, args.ranks, args.gates, args.thresholds)
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
     report = evaluate(model, processor, calibration, held_out, settings, max_new_tokens=args.max_new_tokens,
                       batch_size=args.batch_size, model_name=name, progress=progress)

@@ -162,3 +162,10 @@ def test_exact_gate_setting():
     policy = Setting("sarsteer", 0.1, gate="probe_exact").policy()
     assert policy.gate.mode == "probe" and policy.gate.exact
     assert Setting("sarsteer", 0.1, gate="probe_exact").label.endswith("+probe exact")
+
+
+def test_threshold_sweep():
+    settings = sweep(["none", "sarsteer"], [0.2], gates=["always", "probe"], thresholds=[0.3, 0.6])
+    assert [s.label for s in settings] == ["none", "sarsteer alpha=0.2 k=10", "sarsteer alpha=0.2 k=10 +probe t=0.3",
+                                           "sarsteer alpha=0.2 k=10 +probe t=0.6"]
+    assert settings[-1].policy().gate.threshold == 0.6

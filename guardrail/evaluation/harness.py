@@ -41,6 +41,7 @@ class Setting:
     rank: int = 10
     layers: Literal["all"] | tuple[int, ...] = "all"
     gate: Literal["always", "probe", "probe_exact"] = "always"
+    threshold: float | None = None  # probe score to steer at; None = the probe's calibrated threshold
 
     @property
     def label(self) -> str:
@@ -53,6 +54,8 @@ class Setting:
             parts.append(f"layers={_span(self.layers)}")
         if self.gate != "always":
             parts.append("+probe" + (" exact" if self.gate == "probe_exact" else ""))
+            if self.threshold is not None:
+                parts.append(f"t={self.threshold:g}")
         return " ".join(parts)
 
     def policy(self) -> Policy:
@@ -63,7 +66,8 @@ class Setting:
             return Policy.from_dict({**base, "gate": {"mode": "off"}})
         if self.method == "system_prompt":
             return Policy.from_dict({**base, "gate": {"mode": "off"}, "system_prompt": SAFETY_PROMPT})
-        gate = {"mode": "always"} if self.gate == "always" else {"mode": "probe", "exact": self.gate == "probe_exact"}
+        gate = {"mode": "always"} if self.gate == "always" else {
+            "mode": "probe", "exact": self.gate == "probe_exact", "threshold": self.threshold}
         return Policy.from_dict({**base, "steering": steering, "gate": gate})
 
 
@@ -110,19 +114,18 @@ class EvalReport:
 
 
 def sweep(methods: Sequence[str], alphas: Sequence[float], ranks: Sequence[int] = (10,),
-          gates: Sequence[str] = ("always",)) -> list[Setting]:
+          gates: Sequence[str] = ("always",), thresholds: Sequence[float | None] = (None,)) -> list[Setting]:
     """Settings for a grid: fixed baselines once, steering methods at every alpha and gate (and k for
-    SARSteer)."""
+    SARSteer; and probe threshold for gated settings)."""
     settings: list[Setting] = []
     for method in methods:
         if method in ("none", "system_prompt"):
             settings.append(Setting(method))  # type: ignore[arg-type]
             continue
         for gate in gates:
-            if method == "sarsteer":
-                settings += [Setting("sarsteer", a, k, gate=gate) for k in ranks for a in alphas]  # type: ignore
-            else:
-                settings += [Setting(method, a, gate=gate) for a in alphas]  # type: ignore[arg-type]
+            for t in thresholds if gate != "always" else (None,):
+                for k in ranks if method == "sarsteer" else (10,):
+                    settings += [Setting(method, a, k, gate=gate, threshold=t) for a in alphas]  # type: ignore
     return settings
 
 

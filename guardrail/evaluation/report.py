@@ -48,7 +48,8 @@ def plot(report: EvalReport, path: Path) -> None:
         s = r.setting
         key = s.method + (f" k={s.rank}" if s.method == "sarsteer" else "") + (
             "" if s.layers == "all" else f" layers {s.layers[0]}-{s.layers[-1]}") + (
-            {"always": "", "probe": " +probe", "probe_exact": " +probe exact"}[s.gate]) + (f" ({r.note})" if r.note else "")
+            {"always": "", "probe": " +probe", "probe_exact": " +probe exact"}[s.gate]) + (
+            f" t={s.threshold:g}" if s.threshold is not None else "") + (f" ({r.note})" if r.note else "")
         groups[key].append(r)
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for key, results in groups.items():
