@@ -21,3 +21,6 @@ guardrail eval --testbed smollm2-135m-instruct "${PAIRS[@]}" --alphas 0.05 0.1 0
     --max-new-tokens 20 --out benchmarks/results/efficacy_smollm2
 guardrail eval --testbed qwen2.5-coder-1.5b-instruct "${PAIRS[@]}" --methods none,refusal_steer,sarsteer --alphas 0.05 0.1 0.2 \
     --max-new-tokens 20 --batch-size 10 --out benchmarks/results/efficacy_qwen15b
+# The probe threshold: lower thresholds flag more requests (curve over thresholds and strengths).
+guardrail eval --testbed qwen2.5-coder-0.5b-instruct "${PAIRS[@]}" --methods none,sarsteer --gates probe \
+    --alphas 0.3 0.5 --thresholds 0.3 0.5 --max-new-tokens 20 --out benchmarks/results/gated_thresholds_qwen05b
