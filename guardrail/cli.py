@@ -1,4 +1,4 @@
-"""`guardrail` command line: demo, calibrate, run, inspect, eval, policy, families.
+"""`guardrail` command line: demo, calibrate, run, inspect, eval, bench, policy, families.
 
 Exit codes: 0 success; 2 bad usage or invalid input (policy, audio, artifact); 1 other errors.
 """
@@ -9,7 +9,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
 from .errors import GuardrailError
+from .progress import progress  # light: rich is imported only when a bar is drawn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.set_defaults(func=_eval)
 
+    bench = sub.add_parser("bench", help="overhead of the guard vs the unguarded model (interleaved, medians)")
+    target = bench.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="model directory or hub id (a text model)")
+    target.add_argument("--testbed", help="a built real-weight testbed")
+    target.add_argument("--tiny", action="store_true", help="a tiny random model (seconds)")
+    bench.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds (at least 5 to mean anything)")
+    bench.add_argument("--new-tokens", type=int, default=32)
+    bench.add_argument("--probe", action="store_true", help="add the probe-gated arm (trains a probe first)")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=_bench)
+
     families = sub.add_parser("families", help="list supported model families")
     families.set_defaults(func=_families)
 
@@ -117,10 +131,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     harmful, safe = _items(args.harmful), _items(args.safe)
     if harmful is None or safe is None:
         harmful, safe = default_calibration_set()
-    artifact = calibrate(model, processor, harmful, safe, policy.calibration.instruction,
-                         refusal_text=policy.calibration.refusal_text, rank=policy.steering.safe_rank,
-                         strength=policy.steering.safe_strength, batch_size=args.batch_size, adapter=adapter,
-                         max_audio_seconds=policy.limits.max_audio_seconds)
+    with progress(2 * len(harmful) + len(safe), "calibrating") as advance:
+        artifact = calibrate(model, processor, harmful, safe, policy.calibration.instruction,
+                             refusal_text=policy.calibration.refusal_text, rank=policy.steering.safe_rank,
+                             strength=policy.steering.safe_strength, batch_size=args.batch_size, adapter=adapter,
+                             max_audio_seconds=policy.limits.max_audio_seconds, on_batch=advance)
     print(f"wrote artifact {artifact.id} to {artifact.save(args.out)}")
     if args.probe:
         from .probe import fit_probe
@@ -200,6 +215,40 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         print(paths["markdown"].read_text(encoding="utf-8"))
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import format_row, overhead
+    from .calibration import calibrate
+    from .defaults import default_calibration_set
+
+    if args.tiny:
+        from .testing.tiny import build_tiny
+        (model, processor), name = build_tiny("qwen2"), "tiny qwen2"
+    elif args.testbed:
+        from .testing.testbeds import load
+        (model, processor), name = load(args.testbed), args.testbed
+    else:
+        from .loading import load_model
+        model, processor, _ = load_model(args.model)
+        name = args.model
+    harmful, safe = default_calibration_set()
+    artifact = calibrate(model, processor, harmful, safe)
+    probe = None
+    if args.probe:
+        from .probe import fit_probe
+        probe = fit_probe(model, processor, harmful, safe)
+    results = []
+    with progress(len(args.batches), "benchmarking") as advance:
+        for batch in args.batches:
+            results.append(overhead(model, processor, artifact, harmful + safe, batch=batch, rounds=args.rounds,
+                                    new_tokens=args.new_tokens, probe=probe))
+            advance(1)
+    if args.json:
+        print(json.dumps({"model": name, "results": results}, indent=2))
+    else:
+        print("\n".join(format_row(name, r) for r in results))
     return 0
 
 

@@ -79,3 +79,25 @@ def test_demo_table(capsys):
     assert main(["demo", "--tiny", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "harmful refused:" in out and "hooks left on the model: 0" in out
+
+
+def test_bench_json(capsys):
+    assert main(["bench", "--tiny", "--batches", "1", "2", "--rounds", "1", "--new-tokens", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["batch"] for r in report["results"]] == [1, 2]
+    assert {"raw", "wrapped", "steered"} <= set(report["results"][0]["median_s"])
+    assert report["results"][0]["steered_over_raw"]["median"] > 0
+
+
+def test_progress_is_silent_when_not_a_terminal(capsys):
+    from guardrail.progress import progress
+    with progress(2, "working") as advance:
+        advance(2)
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_draws_when_enabled():
+    from guardrail.progress import progress
+    with progress(2, "working", enabled=True) as advance:
+        advance(1)
+        advance(1)
