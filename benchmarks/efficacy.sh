@@ -24,3 +24,7 @@ guardrail eval --testbed qwen2.5-coder-1.5b-instruct "${PAIRS[@]}" --methods non
 # The probe threshold: lower thresholds flag more requests (curve over thresholds and strengths).
 guardrail eval --testbed qwen2.5-coder-0.5b-instruct "${PAIRS[@]}" --methods none,sarsteer --gates probe \
     --alphas 0.3 0.5 --thresholds 0.3 0.5 --max-new-tokens 20 --out benchmarks/results/gated_thresholds_qwen05b
+# The 1.5B run above covers none, refusal_steer and sarsteer; the other defences, then one merged report.
+guardrail eval --testbed qwen2.5-coder-1.5b-instruct "${PAIRS[@]}" --methods system_prompt,diff_means \
+    --alphas 0.05 0.1 0.2 --max-new-tokens 20 --batch-size 10 --out benchmarks/results/efficacy_qwen15b_more
+python -c "from guardrail.evaluation.report import merge_reports; merge_reports(['benchmarks/results/efficacy_qwen15b/report.json', 'benchmarks/results/efficacy_qwen15b_more/report.json'], 'benchmarks/results/efficacy_qwen15b_all')"

@@ -169,3 +169,14 @@ def test_threshold_sweep():
     assert [s.label for s in settings] == ["none", "sarsteer alpha=0.2 k=10", "sarsteer alpha=0.2 k=10 +probe t=0.3",
                                            "sarsteer alpha=0.2 k=10 +probe t=0.6"]
     assert settings[-1].policy().gate.threshold == 0.6
+
+
+def test_report_round_trip_and_merge(report, tmp_path):
+    from guardrail.evaluation.report import load_report, merge_reports
+    write_report(report, tmp_path / "a", command="run a")
+    loaded, command = load_report(tmp_path / "a" / "report.json")
+    assert command == "run a" and [r.label for r in loaded.results] == [r.label for r in report.results]
+    assert loaded.results[0].answers == report.results[0].answers
+    paths = merge_reports([tmp_path / "a" / "report.json", tmp_path / "a" / "report.json"], tmp_path / "m")
+    merged = json.loads(paths["json"].read_text())
+    assert len(merged["results"]) == 2 * len(report.results) and merged["command"] == "run a ; run a"

@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from .harness import EvalReport
+from .harness import EvalReport, Setting, SettingResult
 
 
 def write_report(report: EvalReport, out_dir: str | Path, command: str = "") -> dict[str, Path]:
@@ -19,6 +19,37 @@ def write_report(report: EvalReport, out_dir: str | Path, command: str = "") -> 
     paths["markdown"].write_text(markdown(report, command), encoding="utf-8")
     plot(report, paths["plot"])
     return paths
+
+
+def load_report(path: str | Path) -> tuple[EvalReport, str]:
+    """Read a report.json written by `write_report`: (report, the command that made it)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    results = []
+    for r in data["results"]:
+        fields = {k: v for k, v in r.items() if k != "label"}
+        setting = dict(fields.pop("setting"))
+        if isinstance(setting.get("layers"), list):
+            setting["layers"] = tuple(setting["layers"])
+        for key in ("harmful_refusal_ci", "benign_response_ci"):
+            fields[key] = tuple(fields[key])
+        results.append(SettingResult(setting=Setting(**setting), **fields))
+    meta = {k: data[k] for k in ("model", "judge", "instruction", "max_new_tokens", "n_calibration", "artifacts")}
+    return EvalReport(results=results, **meta), data.get("command", "")
+
+
+def merge_reports(paths: list[str | Path], out_dir: str | Path) -> dict[str, Path]:
+    """Write one report from several runs of the same model and protocol (their settings side by side)."""
+    loaded = [load_report(p) for p in paths]
+    first = loaded[0][0]
+    for report, _ in loaded[1:]:
+        same = (report.model, report.instruction, report.max_new_tokens, report.n_calibration)
+        if same != (first.model, first.instruction, first.max_new_tokens, first.n_calibration):
+            raise ValueError(f"cannot merge reports of different runs: {same} vs {first.model!r}, ...")
+    merged = EvalReport(model=first.model, judge=first.judge, instruction=first.instruction,
+                        max_new_tokens=first.max_new_tokens, n_calibration=first.n_calibration,
+                        results=[r for report, _ in loaded for r in report.results],
+                        artifacts={k: v for report, _ in loaded for k, v in report.artifacts.items()})
+    return write_report(merged, out_dir, command=" ; ".join(command for _, command in loaded))
 
 
 def markdown(report: EvalReport, command: str = "") -> str:
