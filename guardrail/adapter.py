@@ -260,22 +260,35 @@ def supported_families() -> list[str]:
     return [spec.name for spec in load_specs()]
 
 
-def resolve_adapter(model: nn.Module) -> Adapter:
-    """Pick the adapter whose spec matches the model's config; a clear error if none does."""
-    config = getattr(model, "config", None)
+def adapter_for_config(config: Any, class_names: set[str] = frozenset()) -> Adapter | None:
+    """The family adapter whose spec matches a config's model_type or architectures (or `class_names`)."""
     model_type = getattr(config, "model_type", None)
-    architectures = set(getattr(config, "architectures", None) or []) | {type(model).__name__}
+    architectures = set(getattr(config, "architectures", None) or []) | set(class_names)
     for spec in load_specs():
         if model_type in spec.match.model_types or architectures & set(spec.match.architectures):
             return adapter_from_spec(spec)
+    return None
+
+
+def resolve_adapter(model: nn.Module, adapter: Adapter | str | None = None) -> Adapter:
+    """The adapter to use: `adapter` when given (an instance or a name), else the one whose spec
+    matches the model's config; a clear error if none does."""
+    if isinstance(adapter, Adapter):
+        return adapter
+    if adapter:
+        return get_adapter(adapter)
+    config = getattr(model, "config", None)
+    found = adapter_for_config(config, {type(model).__name__})
+    if found is not None:
+        return found
     for spec in load_specs():
         if spec.match.any_causal_lm and _is_text_causal_lm(model):
-            adapter = adapter_from_spec(spec)
-            adapter.decoder_layers(model)  # raises when the layers are not where a causal LM keeps them
-            return adapter
+            found = adapter_from_spec(spec)
+            found.decoder_layers(model)  # raises when the layers are not where a causal LM keeps them
+            return found
     raise UnsupportedModelError(
-        f"no adapter fits {type(model).__name__} (model_type={model_type!r}). Supported families: "
-        f"{', '.join(supported_families())}. Add a spec under adapters/ or pass adapter=<name>.")
+        f"no adapter fits {type(model).__name__} (model_type={getattr(config, 'model_type', None)!r}). "
+        f"Supported families: {', '.join(supported_families())}. Add a spec under adapters/ or pass adapter=<name>.")
 
 
 def _is_text_causal_lm(model: nn.Module) -> bool:

@@ -47,10 +47,9 @@ def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationIte
     ...                 safe=["How do I bake bread?", "How do I tie a tie?"])  # doctest: +SKIP
     >>> art.save("artifacts/my-model")  # doctest: +SKIP
     """
-    from .adapter import get_adapter
     if method not in ("sarsteer", "diff_means"):
         raise ValueError(f"unknown calibration method {method!r}; use 'sarsteer' or 'diff_means'")
-    adapter = get_adapter(adapter) if isinstance(adapter, str) else adapter or resolve_adapter(model)
+    adapter = resolve_adapter(model, adapter)
     if len(harmful) < 1 or len(safe) < 2:
         raise RequestError("calibration needs at least 1 harmful and 2 safe queries (the paper uses 100 each; "
                            "results were flat from 10 up)")

@@ -11,6 +11,7 @@ from typing import Any
 
 from .calibration import calibrate
 from .defaults import default_calibration_set
+from .evaluation.harness import mean_kl
 from .evaluation.judges import RefusalPhraseJudge
 from .guard import Guard
 from .policy import TEXT_INSTRUCTION, Policy
@@ -56,9 +57,8 @@ def run_demo(tiny: bool = False, alpha: float | None = None, max_new_tokens: int
 
 def _kl(bare: Guard, guard: Guard, text: str) -> float:
     """KL(unguarded || guarded) of the first answer token's distribution."""
-    plain = bare.first_token_logprobs([{"text": text}])
-    steered = guard.first_token_logprobs([{"text": text}])
-    return float((plain.exp() * (plain - steered)).sum())
+    request = [{"text": text}]
+    return mean_kl(bare.first_token_logprobs(request), guard.first_token_logprobs(request))
 
 
 def format_report(report: dict[str, Any], width: int = 44) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from transformers.generation.streamers import BaseStreamer
 
 from .activations import forward_last, model_inputs
-from .adapter import Adapter, Request, get_adapter, resolve_adapter
+from .adapter import Adapter, Request, resolve_adapter
 from .artifact import SteeringArtifact
 from .audio import AudioSource, load_audio
 from .errors import PolicyError, RequestError
@@ -87,7 +87,7 @@ class Guard:
         self.model = model
         self.processor = processor
         self.policy = policy or Policy()
-        self.adapter = get_adapter(adapter) if isinstance(adapter, str) else adapter or resolve_adapter(model)
+        self.adapter = resolve_adapter(model, adapter)
         self.layers = self.adapter.decoder_layers(model)
         self.artifact = artifact
         self._hooks = hooks_for(self.layers)
@@ -200,15 +200,25 @@ class Guard:
 
         A decision known beforehand (mode always/off, or a pre-pass) fixes the deltas now;
         otherwise the probe decides inside prefill (PrefillGate)."""
-        record: list[GateDecision] = []
         if known is None and self.gate.mode == "probe":
-            def decide(captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-                record.append(self.gate.decide(captured))
-                return self._gated(record[-1].steer)
-            return HookState(gate=PrefillGate(tuple(self.gate.layers), decide)), record
-        record.append(known or self.gate.fixed(batch))
-        deltas = self._gated(record[-1].steer)
-        return (HookState(deltas=deltas) if deltas else None), record
+            return self._probe_state(stop=False)
+        decision = known or self.gate.fixed(batch)
+        deltas = self._gated(decision.steer)
+        return (HookState(deltas=deltas) if deltas else None), [decision]
+
+    def _probe_state(self, stop: bool) -> tuple[HookState, list[GateDecision]]:
+        """Hook state whose gate lets the probe decide inside prefill (and, with `stop`, ends the
+        pass there), and the list the decision is recorded in."""
+        record: list[GateDecision] = []
+
+        def decide(captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            record.append(self.gate.decide(captured))
+            return {} if stop else self._gated(record[-1].steer)
+
+        return HookState(gate=PrefillGate(tuple(self.gate.layers), decide, stop=stop)), record
+
+    def _recorded(self, record: list[GateDecision], batch: int) -> GateDecision:
+        return record[0] if record else self.gate.failure(batch, RuntimeError("the probe's layers never ran"))
 
     def _gated(self, steer: list[bool]) -> dict[int, torch.Tensor]:
         """Deltas for a batch: shared (hidden,) tensors when all samples steer, masked when some do."""
@@ -221,20 +231,13 @@ class Guard:
 
     def _prepass(self, inputs: dict[str, Any]) -> GateDecision:
         """Run prefill only up to the probe's layers and decide before generating."""
-        record: list[GateDecision] = []
-
-        def decide(captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-            record.append(self.gate.decide(captured))
-            return {}
-
-        state = HookState(gate=PrefillGate(tuple(self.gate.layers), decide, stop=True))
+        state, record = self._probe_state(stop=True)
         with torch.inference_mode(), self._hooks.activate(state):
             try:
                 forward_last(self.model, inputs)
             except StopForward:
                 pass
-        return record[0] if record else self.gate.failure(inputs["input_ids"].shape[0],
-                                                          RuntimeError("the probe's layers never ran"))
+        return self._recorded(record, inputs["input_ids"].shape[0])
 
     # -- generation ------------------------------------------------------------------
     def _generate(self, inputs: dict[str, Any], known: GateDecision | None, max_new_tokens: int,
@@ -248,7 +251,7 @@ class Guard:
         with torch.inference_mode(), self._hooks.activate(state) if state else nullcontext():
             output = self.model.generate(**inputs, **kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        decision = record[0] if record else self.gate.failure(batch, RuntimeError("the probe's layers never ran"))
+        decision = self._recorded(record, batch)
         return sequences[:, inputs["input_ids"].shape[1]:].tolist(), decision, clock
 
     def _inputs(self, batch: list[Request]) -> dict[str, Any]:

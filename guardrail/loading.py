@@ -8,20 +8,19 @@ import torch
 import transformers
 from torch import nn
 
-from .adapter import Adapter, adapter_from_spec, get_adapter, load_specs
+from .adapter import Adapter, adapter_for_config, get_adapter, supported_families
 from .errors import UnsupportedModelError
 
 
 def spec_for_config(config: Any) -> Adapter:
-    model_type = getattr(config, "model_type", None)
-    architectures = set(getattr(config, "architectures", None) or [])
-    for spec in load_specs():
-        if model_type in spec.match.model_types or architectures & set(spec.match.architectures):
-            return adapter_from_spec(spec)
-    if any(a.endswith("ForCausalLM") for a in architectures):
+    """The adapter for a config read before the model is loaded."""
+    found = adapter_for_config(config)
+    if found is not None:
+        return found
+    if any(a.endswith("ForCausalLM") for a in getattr(config, "architectures", None) or []):
         return get_adapter("causal_lm")
-    raise UnsupportedModelError(f"no adapter for model_type {model_type!r}; supported: "
-                                f"{', '.join(s.name for s in load_specs())}")
+    raise UnsupportedModelError(f"no adapter for model_type {getattr(config, 'model_type', None)!r}; "
+                                f"supported: {', '.join(supported_families())}")
 
 
 def load_model(path: str, *, adapter: str | None = None, dtype: str = "auto",

@@ -68,8 +68,8 @@ class TrainedProbe:
 
     def bind(self, model: nn.Module, adapter: str | None = None) -> "TrainedProbe":
         """Record `model`'s identity (needed to save; checked at load). Returns self."""
-        from .adapter import get_adapter, resolve_adapter
-        resolved = get_adapter(adapter) if adapter else resolve_adapter(model)
+        from .adapter import resolve_adapter
+        resolved = resolve_adapter(model, adapter)
         self.identity = identify(model, resolved.decoder_layers(model), resolved.name)
         self.check_model(model)
         return self
@@ -160,10 +160,10 @@ def fit_probe(model: nn.Module, processor: Any, harmful: Sequence[Any], safe: Se
     >>> probe.save("artifacts/my-model/probe")  # doctest: +SKIP
     """
     from .activations import last_token_activations
-    from .adapter import get_adapter, resolve_adapter
+    from .adapter import resolve_adapter
     from .calibration import _hash, _query
     from .policy import AUDIO_INSTRUCTION, TEXT_INSTRUCTION
-    resolved = get_adapter(adapter) if adapter else resolve_adapter(model)
+    resolved = resolve_adapter(model, adapter)
     instruction = instruction or (AUDIO_INSTRUCTION if resolved.takes_audio else TEXT_INSTRUCTION)
     sr = resolved.sampling_rate(processor)
     harmful_q = [_query(item, instruction, resolved, sr, max_audio_seconds) for item in harmful]

@@ -165,7 +165,7 @@ def evaluate(model: nn.Module, processor: Any, calibration: Sequence[Pair], pair
         say(f"{setting.label}: generating {len(harmful) + len(safe)} answers")
         harmful_out = _answers(guard, harmful, max_new_tokens, batch_size)
         safe_out = _answers(guard, safe, max_new_tokens, batch_size)
-        kl = _kl(baseline_logprobs, _logprobs(guard, safe, batch_size))
+        kl = mean_kl(baseline_logprobs, _logprobs(guard, safe, batch_size))
         result = _score(setting, pairs, [r.text for r in harmful_out], [r.text for r in safe_out], kl, judge)
         result.steered_harmful = sum(r.steered for r in harmful_out) / len(harmful_out)
         result.steered_safe = sum(r.steered for r in safe_out) / len(safe_out)
@@ -205,7 +205,7 @@ def _logprobs(guard: Guard, requests: list[dict], batch_size: int) -> torch.Tens
     return torch.cat([guard.first_token_logprobs(chunk) for chunk in _batches(requests, batch_size)])
 
 
-def _kl(reference: torch.Tensor, other: torch.Tensor) -> float:
+def mean_kl(reference: torch.Tensor, other: torch.Tensor) -> float:
     """Mean KL(reference || other) over queries."""
     return float((reference.exp() * (reference - other)).sum(dim=-1).mean())
 
