@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import GuardrailError, PolicyError
+from .linear_probe import linear_form
 from .policy import Policy
 
 
@@ -52,6 +53,8 @@ class Gate:
                               "probe=<directory or object> to Guard, or use gate.mode: always")
         self.threshold = policy.gate.threshold if policy.gate.threshold is not None else (
             self.probe.threshold if self.probe is not None else None)
+        # the probe as torch arithmetic, scored on the model's device at prefill (None: host only)
+        self.linear = linear_form(self.probe) if self.mode == "probe" and self.probe is not None else None
 
     @property
     def layers(self) -> list[int]:
@@ -77,11 +80,17 @@ class Gate:
         try:
             features = features_from_activations({k: v.float().cpu() for k, v in activations.items()},
                                                  self.probe.layers)
-            scores = np.asarray(self.probe.score(features), dtype=np.float64)
-            if scores.shape != (batch,) or not np.isfinite(scores).all():
-                raise GuardrailError(f"probe returned scores of shape {scores.shape} with non-finite values")
+            scores = self.probe.score(features)
         except Exception as exc:  # the policy says what a failure means; never a silent pass
             return self.failure(batch, exc)
+        return self.decide_scores(scores, batch)
+
+    def decide_scores(self, scores: Any, batch: int) -> GateDecision:
+        """The decision for probe scores computed elsewhere (e.g. on the model's device)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (batch,) or not np.isfinite(scores).all():
+            return self.failure(batch, GuardrailError(f"probe returned scores of shape {scores.shape} with "
+                                                      "non-finite values"))
         return self._from_scores(scores)
 
     def _from_scores(self, scores: np.ndarray) -> GateDecision:

@@ -24,6 +24,8 @@ from .errors import PolicyError, RequestError
 from .gate import Gate, GateDecision, ScoringProbe
 from .logs import Metrics, decision_event, decision_logger
 from .hooks import HookState, PrefillGate, StopForward, hooks_for
+from .linear_probe import LinearProbe
+from .static_steering import SteeringSlot, slot_for
 from .policy import Policy
 from .streaming import GuardStream, TokenQueue
 
@@ -98,6 +100,15 @@ class Guard:
         self._logger = decision_logger()
         if self.gate.probe is not None:
             self.gate.probe.check_model(model, self.layers)
+        self._linear = self._device_probe()
+        if self.policy.runtime.cache == "static" and (self._deltas or self._linear is not None):
+            self._slot()  # hooks in place before the first (compiled) generation
+
+    def _device_probe(self) -> LinearProbe | None:
+        """The probe's torch form on the device of its first layer (None: the host scores)."""
+        if self.gate.linear is None:
+            return None
+        return self.gate.linear.to(next(self.layers[self.gate.linear.layers[0]].parameters()).device)
 
     # -- set-up ----------------------------------------------------------------------
     def _select_layers(self) -> list[int]:
@@ -137,6 +148,9 @@ class Guard:
                        _listener: BaseStreamer | None = None, **generate_kwargs: Any) -> list[GuardResult]:
         """Answer several requests in one batched generate; each gets its own gate and result."""
         started = time.perf_counter()
+        if len(requests) > self.policy.limits.max_batch:
+            raise RequestError(f"{len(requests)} requests in one batch; policy {self.policy.name!r} allows "
+                               f"{self.policy.limits.max_batch} (limits.max_batch): split the batch or raise the limit")
         batch = [self._request(r, i) for i, r in enumerate(requests)]
         max_new_tokens = self._max_new_tokens(max_new_tokens)
         inputs = self._inputs(batch)
@@ -209,16 +223,33 @@ class Guard:
     def _probe_state(self, stop: bool) -> tuple[HookState, list[GateDecision]]:
         """Hook state whose gate lets the probe decide inside prefill (and, with `stop`, ends the
         pass there), and the list the decision is recorded in."""
-        record: list[GateDecision] = []
+        record: list[GateDecision | torch.Tensor] = []
 
         def decide(captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            if self._linear is not None and not stop:  # on the device: nothing waits for the host
+                record.append(self._linear.score(captured))
+                return self._gated_on_device(record[-1])
             record.append(self.gate.decide(captured))
             return {} if stop else self._gated(record[-1].steer)
 
         return HookState(gate=PrefillGate(tuple(self.gate.layers), decide, stop=stop)), record
 
-    def _recorded(self, record: list[GateDecision], batch: int) -> GateDecision:
-        return record[0] if record else self.gate.failure(batch, RuntimeError("the probe's layers never ran"))
+    def _recorded(self, record: list[GateDecision | torch.Tensor], batch: int) -> GateDecision:
+        """The gate's decision once generation is over (device scores are read only now)."""
+        if not record:
+            return self.gate.failure(batch, RuntimeError("the probe's layers never ran"))
+        if isinstance(record[0], torch.Tensor):
+            return self.gate.decide_scores(record[0].float().cpu().numpy(), batch)
+        return record[0]
+
+    def _gated_on_device(self, scores: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Per-sample deltas from device scores, as `Gate.decide_scores` would decide them (a
+        non-finite score anywhere is a failure of the whole batch: gate.on_error applies)."""
+        if not self._deltas:
+            return {}
+        on_error = torch.tensor(float(self.policy.gate.on_error == "steer"), device=scores.device)
+        steer = torch.where(torch.isfinite(scores).all(), (scores >= self.gate.threshold).float(), on_error)
+        return {i: steer[:, None].to(d.device, d.dtype) * d for i, d in self._deltas.items()}
 
     def _gated(self, steer: list[bool]) -> dict[int, torch.Tensor]:
         """Deltas for a batch: shared (hidden,) tensors when all samples steer, masked when some do."""
@@ -245,13 +276,58 @@ class Guard:
                   ) -> tuple[list[list[int]], GateDecision, "_Clock"]:
         clock = _Clock(listener)
         kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, "streamer": clock,
-                  "pad_token_id": self.adapter.pad_token_id(self.model, self.processor), **generate_kwargs}
+                  "pad_token_id": self.adapter.pad_token_id(self.model, self.processor), **self._runtime_kwargs(),
+                  **generate_kwargs}
+        if self._static_path(kwargs):
+            return self._generate_static(inputs, known, kwargs, clock)
         batch = inputs["input_ids"].shape[0]
         state, record = self._hook_state(known, batch)
         with torch.inference_mode(), self._hooks.activate(state) if state else nullcontext():
             output = self.model.generate(**inputs, **kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         decision = self._recorded(record, batch)
+        return sequences[:, inputs["input_ids"].shape[1]:].tolist(), decision, clock
+
+    def _runtime_kwargs(self) -> dict[str, Any]:
+        """generate() arguments for the policy's runtime section."""
+        runtime = self.policy.runtime
+        if runtime.cache != "static":
+            return {}
+        if not runtime.compile:
+            return {"cache_implementation": "static", "disable_compile": True}
+        from transformers import CompileConfig
+        config = CompileConfig()
+        config._compile_all_devices = True  # the policy asked for it: compile on CPU too
+        return {"cache_implementation": "static", "compile_config": config}
+
+    def _static_path(self, kwargs: Mapping[str, Any]) -> bool:
+        """Steering through device buffers when generation uses a static (compilable) cache."""
+        cache = kwargs.get("cache_implementation") or getattr(self.model.generation_config,
+                                                              "cache_implementation", None)
+        return cache == "static" and bool(self._deltas or self._linear is not None)
+
+    def _slot(self) -> SteeringSlot:
+        hidden = next(iter(self._deltas.values())).numel() if self._deltas else self._linear.hidden
+        slot = slot_for(self.layers, hidden, self.policy.limits.max_batch)
+        slot.ensure(sorted(self._deltas), self._linear.layers if self._linear is not None else ())
+        return slot
+
+    def _generate_static(self, inputs: dict[str, Any], known: GateDecision | None, kwargs: dict[str, Any],
+                         clock: "_Clock") -> tuple[list[list[int]], GateDecision, "_Clock"]:
+        """Generate with the gate and deltas in device buffers that the compiled graph reads."""
+        batch = inputs["input_ids"].shape[0]
+        if known is None and self.gate.mode == "probe" and self._linear is None:
+            known = self._prepass(inputs)  # a probe with no torch form decides on the host first
+        decision = known or (None if self.gate.mode == "probe" else self.gate.fixed(batch))
+        slot = self._slot()
+        with torch.inference_mode(), slot.request(
+                self._deltas, batch, steer=None if decision is None else decision.steer, probe=self._linear,
+                threshold=self.gate.threshold or 0.5, on_error_steer=self.policy.gate.on_error == "steer"):
+            output = self.model.generate(**inputs, **kwargs)
+            scores = slot.decision(batch)[1] if decision is None else None
+        if decision is None:
+            decision = self.gate.decide_scores(scores, batch)
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
         return sequences[:, inputs["input_ids"].shape[1]:].tolist(), decision, clock
 
     def _inputs(self, batch: list[Request]) -> dict[str, Any]:

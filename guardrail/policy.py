@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
-                      WithJsonSchema, field_validator)
+                      WithJsonSchema, field_validator, model_validator)
 
 from .errors import PolicyError
 from .steering import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH
@@ -198,6 +198,22 @@ class LimitsPolicy(_Section):
     max_batch: int = Field(32, ge=1, description="most requests generated together in one batch")
 
 
+class RuntimePolicy(_Section):
+    """How the guarded model generates (steering follows it onto the compiled path)."""
+
+    cache: Literal["dynamic", "static"] = Field(
+        "dynamic", description="KV cache: dynamic (grows per step) or static (fixed size, what compile needs)")
+    compile: bool = Field(False, description="torch.compile the decoding step (transformers' generate "
+                                             "compiles it; needs cache: static); steering stays in the graph")
+
+    @model_validator(mode="after")
+    def _compile_needs_static(self) -> "RuntimePolicy":
+        if self.compile and self.cache != "static":
+            raise ValueError("runtime.compile: true needs runtime.cache: static (a compiled decoding step needs "
+                             "a fixed-size KV cache)")
+        return self
+
+
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -233,6 +249,7 @@ class Policy(_Section):
     actions: ActionsPolicy = Field(default_factory=ActionsPolicy, description=_doc(ActionsPolicy))
     calibration: CalibrationPolicy = Field(default_factory=CalibrationPolicy, description=_doc(CalibrationPolicy))
     limits: LimitsPolicy = Field(default_factory=LimitsPolicy, description=_doc(LimitsPolicy))
+    runtime: RuntimePolicy = Field(default_factory=RuntimePolicy, description=_doc(RuntimePolicy))
     logging: LoggingPolicy = Field(default_factory=LoggingPolicy, description=_doc(LoggingPolicy))
 
     _sources: tuple[str, ...] = PrivateAttr(default=())

@@ -190,8 +190,9 @@ class OnnxProbe:
     array([ True, False])
     """
 
-    def __init__(self, metadata: ProbeMetadata, session: Any, path: Path) -> None:
+    def __init__(self, metadata: ProbeMetadata, session: Any, path: Path, onnx_bytes: bytes | None = None) -> None:
         self.metadata, self.path, self._session = metadata, path, session
+        self.onnx_bytes = onnx_bytes  # the verified graph (read back into torch by guardrail.linear_probe)
         self._outputs, self._input, self._width = [metadata.onnx.output], metadata.onnx.input, metadata.n_features
 
     layers = property(lambda self: list(self.metadata.layers))
@@ -214,7 +215,7 @@ class OnnxProbe:
                              "(edited, truncated or replaced); retrain the probe or restore both files together")
         session = _session(blob, path / meta.onnx.file, list(providers or select_providers()), threads)
         _check_io(session, meta, path / meta.onnx.file)
-        return cls(meta, session, path)
+        return cls(meta, session, path, blob)
 
     def score(self, features: Array) -> np.ndarray:
         """Probability harmful per sample, float32 (batch,), from (batch, n_features) features."""

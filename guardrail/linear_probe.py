@@ -1,0 +1,107 @@
+"""The probe's logistic form, run on the model's device inside the forward pass.
+
+A probe saved by this package is ``sigmoid(features @ w + b)`` (standardisation and Platt scaling
+folded into the Gemm). Read back into torch, it scores activations where they already are: the
+gate becomes a device tensor, taken at prefill without copying activations to the host, so the
+decoding loop never waits for the host. The ONNX file stays the artifact of record: the torch
+form is only used after it reproduces onnxruntime's scores on random inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("guardrail")
+
+_TOLERANCE = 1e-4  # probability units; both sides compute one float32 dot product
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    """``score = sigmoid(sum_l h_l @ w_l + b)`` over the probe's layers (in order)."""
+
+    layers: tuple[int, ...]
+    weight: torch.Tensor  # (len(layers) * hidden,) float32
+    bias: float
+
+    @property
+    def hidden(self) -> int:
+        return self.weight.numel() // len(self.layers)
+
+    def layer_weight(self, position: int) -> torch.Tensor:
+        """The slice of ``weight`` that reads the ``position``-th probe layer."""
+        return self.weight[position * self.hidden : (position + 1) * self.hidden]
+
+    def to(self, device: torch.device | str) -> "LinearProbe":
+        return LinearProbe(self.layers, self.weight.to(device), self.bias)
+
+    def score(self, activations: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """(batch,) float32 scores from last-position activations (batch, hidden) per layer."""
+        logit = sum(activations[layer].float() @ self.layer_weight(i).to(activations[layer].device)
+                    for i, layer in enumerate(self.layers))
+        return torch.sigmoid(logit + self.bias)
+
+
+def linear_form(probe: Any) -> LinearProbe | None:
+    """The probe as a :class:`LinearProbe`, or None when it is not one this package can read
+    (a custom probe object, another ONNX graph) or the torch form disagrees with the probe's
+    own scores; the guard then scores on the host."""
+    try:
+        found = _from_module(probe) or _from_onnx(probe)
+    except Exception as exc:  # an unreadable graph is not an error: the host path still works
+        log.debug("probe has no linear form: %s", exc)
+        return None
+    if found is None:
+        return None
+    return found if _agrees(found, probe) else None
+
+
+def _from_module(probe: Any) -> LinearProbe | None:
+    linear = getattr(getattr(probe, "module", None), "linear", None)
+    if not isinstance(linear, torch.nn.Linear) or linear.out_features != 1:
+        return None
+    bias = float(linear.bias.detach()[0]) if linear.bias is not None else 0.0
+    return LinearProbe(tuple(probe.layers), linear.weight.detach().float().reshape(-1).cpu(), bias)
+
+
+def _from_onnx(probe: Any) -> LinearProbe | None:
+    """Gemm -> Sigmoid (-> Squeeze/Reshape/Flatten): the graph ``export_onnx`` writes."""
+    blob = getattr(probe, "onnx_bytes", None)
+    if blob is None:
+        return None
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(blob).graph
+    ops = [n.op_type for n in graph.node]
+    if ops[:2] != ["Gemm", "Sigmoid"] or any(op not in ("Squeeze", "Reshape", "Flatten") for op in ops[2:]):
+        return None
+    gemm = graph.node[0]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in gemm.attribute}
+    if attrs.get("transA", 0):
+        return None
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    w = np.asarray(init[gemm.input[1]], dtype=np.float64) * attrs.get("alpha", 1.0)
+    w = w.reshape(-1) if w.shape[0] == 1 or w.ndim == 1 else w.T.reshape(-1)
+    b = float(np.asarray(init[gemm.input[2]]).reshape(-1)[0]) * attrs.get("beta", 1.0) if len(gemm.input) > 2 else 0.0
+    return LinearProbe(tuple(probe.layers), torch.from_numpy(w.astype(np.float32)), b)
+
+
+def _agrees(linear: LinearProbe, probe: Any) -> bool:
+    """Same scores as the probe itself on random features (logits spread over [-4, 4])."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, linear.weight.numel(), generator=gen)
+    x = x * (4.0 / max(float((x @ linear.weight).abs().max()), 1e-6))
+    activations = {layer: x[:, i * linear.hidden : (i + 1) * linear.hidden] for i, layer in enumerate(linear.layers)}
+    ours = linear.score(activations).numpy()
+    theirs = np.asarray(probe.score(x.numpy()), dtype=np.float64)
+    ok = theirs.shape == ours.shape and bool(np.abs(ours - theirs).max() <= _TOLERANCE)
+    if not ok:
+        log.warning("the probe's torch form disagrees with its own scores; scoring on the host instead")
+    return ok

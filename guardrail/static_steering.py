@@ -1,0 +1,198 @@
+"""Steering for compiled generation: hooks that are pure tensor arithmetic on fixed buffers.
+
+The eager hooks (`guardrail.hooks`) look their state up in a context variable, which
+``torch.compile`` cannot trace: every layer would break the graph. Here each steered decoder layer
+gets a hook that does only
+
+    hidden[:, -1] += scale[:batch] * delta[layer]
+
+on buffers that live on the model's device for as long as the hooks are installed. Per request
+the guard writes those buffers in place (the per-sample gate ``scale``, the deltas); nothing is
+allocated per step, the graph never changes between requests (no recompilation), and a decision
+taken at prefill is already on the device when decoding starts.
+
+The probe gate runs inside prefill (sequence length > 1; decoding steps see one token, so the
+compiled decoding graph does not contain it): each probe layer adds ``h[:, -1] @ w_l`` to an
+accumulator; the last one turns the sum into a score and sets ``scale`` per sample: steer when
+``score >= threshold``, or ``on_error`` when any score is not finite (as the host gate does).
+Layers before the probe's see ``scale = 0`` during prefill, as in the eager gate.
+
+Between requests ``scale`` is zero, so the hooks add exact zeros: outputs are bit-identical to
+the unhooked model's. Buffers are shared per model, so guarded calls on one model take a lock;
+a plain ``model.generate`` run *during* a guarded call would see that call's steering (the
+price of having the state in the compiled graph rather than per thread).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .errors import GuardrailError
+from .linear_probe import LinearProbe
+
+
+class SteeringSlot:
+    """Device buffers and the hooks that read them, for one model's decoder layers."""
+
+    def __init__(self, layers: Sequence[nn.Module], hidden: int, max_batch: int):
+        self.layers = list(layers)
+        param = next(self.layers[0].parameters())
+        devices = {next(layer.parameters()).device for layer in self.layers}
+        if len(devices) > 1:
+            raise GuardrailError(f"static steering needs the decoder layers on one device, found {sorted(map(str, devices))}; "
+                                 "use runtime.cache: dynamic for a model split across devices")
+        self.device, self.dtype = param.device, param.dtype
+        self.hidden = hidden
+        self.max_batch = max_batch
+        self.lock = threading.Lock()
+        # gate and deltas (model dtype): written per request, read by every steered layer
+        self.scale = self._buffer(max_batch, 1, dtype=self.dtype)
+        self.delta = {i: self._buffer(hidden, dtype=self.dtype) for i in range(len(self.layers))}
+        # probe (float32): weights per probe layer, accumulator, result, control flags
+        self.acc = self._buffer(max_batch)
+        self.score = self._buffer(max_batch)
+        self.armed = self._buffer(())      # 1: the next prefill decides the gate
+        self.bias = self._buffer(())
+        self.threshold = self._buffer(())
+        self.on_error = self._buffer(())   # 1: steer when the probe's scores are not finite
+        self.can_steer = self._buffer(())
+        self.probe_weight: dict[int, torch.Tensor] = {}
+        self._steered: set[int] = set()
+        self._probe_layers: tuple[int, ...] = ()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _buffer(self, *shape: int | tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        size = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        with torch.inference_mode(False):  # normal tensors: writable inside and outside inference mode
+            t = torch.zeros(size, dtype=dtype, device=self.device)
+        if hasattr(torch, "_dynamo"):
+            torch._dynamo.mark_static_address(t)  # fixed address: CUDA graphs read it in place
+        return t
+
+    # -- installation ----------------------------------------------------------------
+    def ensure(self, steered: Sequence[int], probe_layers: Sequence[int] = ()) -> None:
+        """Hooks on at least these layers (installed once; widening re-installs, and a
+        compiled graph then recompiles once)."""
+        steered, probe_layers = set(steered) | self._steered, tuple(probe_layers) or self._probe_layers
+        if probe_layers and self._probe_layers and probe_layers != self._probe_layers:
+            raise GuardrailError(f"this model's static steering already reads probe layers {self._probe_layers}; "
+                                 f"a probe on layers {probe_layers} cannot share it")
+        if steered == self._steered and probe_layers == self._probe_layers and self._handles:
+            return
+        self.remove()
+        self._steered, self._probe_layers = steered, probe_layers
+        for layer in probe_layers:
+            self.probe_weight.setdefault(layer, self._buffer(self.delta[layer].numel()))
+        hooked = sorted(steered | set(probe_layers))
+        self._handles = [self.layers[i].register_forward_hook(self._hook(i)) for i in hooked]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    def _hook(self, index: int):
+        steers = index in self._steered
+        reads = index in self._probe_layers
+        last_read = bool(self._probe_layers) and index == self._probe_layers[-1]
+
+        def hook(module: nn.Module, args: tuple, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            batch = hidden.shape[0]
+            if reads and hidden.shape[1] > 1:  # prefill only: decoding graphs never contain the probe
+                self._read_probe(index, hidden[:, -1], batch, last_read)
+            if steers:
+                hidden[:, -1] += self.scale[:batch] * self.delta[index]
+            return output
+
+        return hook
+
+    def _read_probe(self, index: int, last: torch.Tensor, batch: int, finish: bool) -> None:
+        acc = self.acc[:batch]
+        acc += last.float() @ self.probe_weight[index]
+        if not finish:
+            return
+        score = torch.sigmoid(acc + self.bias)
+        finite = torch.isfinite(score).all()
+        steer = torch.where(finite, (score >= self.threshold).float(), self.on_error) * self.can_steer
+        armed = self.armed > 0
+        self.scale[:batch] = torch.where(armed, steer[:, None].to(self.dtype), self.scale[:batch])
+        self.score[:batch] = torch.where(armed, score, self.score[:batch])
+        acc.zero_()
+        self.armed.zero_()
+
+    # -- per request -----------------------------------------------------------------
+    @contextmanager
+    def request(self, deltas: dict[int, torch.Tensor], batch: int, *, steer: Sequence[bool] | None = None,
+                probe: LinearProbe | None = None, threshold: float = 0.5, on_error_steer: bool = True
+                ) -> Iterator["SteeringSlot"]:
+        """Load one request's deltas and gate; zero the gate afterwards (the model is then untouched).
+
+        ``steer``: a decision known beforehand (per sample); otherwise ``probe`` decides at prefill.
+        """
+        if batch > self.max_batch:
+            raise GuardrailError(f"batch of {batch} exceeds the static steering buffers ({self.max_batch}); "
+                                 "raise limits.max_batch in the policy")
+        with self.lock:
+            try:
+                self._load(deltas, batch, steer, probe, threshold, on_error_steer)
+                yield self
+            finally:
+                self.scale.zero_()
+                self.armed.zero_()
+                self.acc.zero_()
+
+    def _load(self, deltas: dict[int, torch.Tensor], batch: int, steer: Sequence[bool] | None,
+              probe: LinearProbe | None, threshold: float, on_error_steer: bool) -> None:
+        for i in self._steered:
+            if i in deltas:
+                self.delta[i].copy_(deltas[i].reshape(-1), non_blocking=True)
+            else:
+                self.delta[i].zero_()
+        self.scale.zero_()
+        self.score.fill_(float("nan"))
+        self.can_steer.fill_(1.0 if deltas else 0.0)
+        if steer is not None:
+            flags = torch.tensor([float(s) for s in steer], dtype=self.dtype)[:, None]
+            self.scale[:batch].copy_(flags, non_blocking=True)
+            return
+        if probe is None:
+            raise GuardrailError("a request needs either a known decision or a probe")
+        for position, layer in enumerate(probe.layers):
+            self.probe_weight[layer].copy_(probe.layer_weight(position), non_blocking=True)
+        self.bias.fill_(probe.bias)
+        self.threshold.fill_(threshold)
+        self.on_error.fill_(1.0 if on_error_steer else 0.0)
+        self.armed.fill_(1.0)
+
+    def decision(self, batch: int) -> tuple[list[bool], list[float]]:
+        """The gate and scores of the request just run (reads the device: call after generating)."""
+        return (self.scale[:batch, 0] > 0).tolist(), self.score[:batch].tolist()
+
+
+_SLOTS: "weakref.WeakKeyDictionary[nn.Module, SteeringSlot]" = weakref.WeakKeyDictionary()
+_SLOTS_LOCK = threading.Lock()
+
+
+def slot_for(layers: nn.ModuleList, hidden: int, max_batch: int) -> SteeringSlot:
+    """The shared slot of a decoder-layer list (created on first use, grown for larger batches)."""
+    with _SLOTS_LOCK:
+        slot = _SLOTS.get(layers)
+        if slot is None or slot.max_batch < max_batch:
+            old = slot
+            slot = SteeringSlot(layers, hidden, max(max_batch, old.max_batch if old else 0))
+            if old is not None:
+                old.remove()
+                slot.ensure(old._steered, old._probe_layers)
+            _SLOTS[layers] = slot
+        return slot

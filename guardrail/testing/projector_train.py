@@ -1,0 +1,406 @@
+"""Train the audio testbed's projector so the model treats a spoken question like a typed one.
+
+Only ``Linear(384 -> 896)`` learns; the Whisper tower and the LM stay frozen. Two tasks share
+each batch:
+
+* answer: the chat with the spoken question (and, for some clips, an instruction) must give
+  the next-token distributions the LM gives on the same chat with the question TYPED, along
+  the LM's own greedy answer (forward KL, teacher = the frozen LM on text: behaviour matching);
+* transcribe: with "Repeat exactly what was said in the audio." the model must reproduce the
+  question's words (cross-entropy), which forces the content, not just the kind of question,
+  through the projector (the pilot's failure mode).
+
+Before training the projector starts from a ridge regression of the token embeddings of the
+words being spoken onto the encoder frames (tokens spread evenly over each clip): a cheap,
+crude alignment that puts each frame near the embedding of what it says.
+
+Work happens in ``work_dir`` (default ``cache_dir()/projector``): ``data.pt`` (encoder
+outputs per clip, fp16, plus the teacher's greedy answers), ``ckpt.pt`` (resumable: projector,
+optimiser, step, RNG), ``log.jsonl``. Everything is seeded.
+
+    python -m guardrail.testing.projector_train prepare
+    python -m guardrail.testing.projector_train train --steps 3000
+    python -m guardrail.testing.projector_train evaluate
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from guardrail.testing import lalm, speech, testbeds, train_questions
+from guardrail.testing.train_questions import INSTRUCTIONS, TRANSCRIBE, Question
+
+ANSWER_TOKENS = 16
+PROJECTOR_FILE = Path(__file__).parent / "parts" / "qwen2-audio-testbed-projector.safetensors"
+
+
+def default_work_dir() -> Path:
+    return testbeds.cache_dir() / "projector"
+
+
+def typed_instruction(instruction: str | None) -> str | None:
+    """The instruction as it reads when the question is typed instead of spoken."""
+    if instruction is None:
+        return None
+    return instruction.replace(" in the audio", "").replace("spoken ", "")
+
+
+def typed_chat(processor: Any, question: str, instruction: str | None) -> str:
+    """The LM's chat for the typed question (the teacher's view of a clip)."""
+    typed = typed_instruction(instruction)
+    return lalm.chat(processor, text=question if typed is None else f"{question}\n{typed}")
+
+
+def audio_chat(processor: Any, n_frames: int, instruction: str | None) -> str:
+    """The chat for a spoken question of ``n_frames`` audio tokens (placeholder expanded)."""
+    text = lalm.chat(processor, audio=["<clip>"], text=instruction)
+    if text.count(lalm.AUDIO_TOKEN) != 1:
+        raise ValueError("expected one audio placeholder in the rendered chat")
+    return text.replace(lalm.AUDIO_TOKEN, lalm.AUDIO_TOKEN * n_frames)
+
+
+def _pick(key: str, options: Sequence[Any]) -> Any:
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    return options[h % len(options)]
+
+
+@dataclass
+class Clip:
+    question: str
+    subject: str
+    voice: speech.Voice
+    instruction: str | None
+    encoded: torch.Tensor  # [frames, 384] fp16
+    answer: list[int]  # the LM's greedy answer to the typed chat (token ids)
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def encode_clips(model: Any, processor: Any, waves: Sequence[Any]) -> list[torch.Tensor]:
+    """Encoder outputs (frozen tower, real frames only) per waveform, fp16 on CPU."""
+    fe = processor.feature_extractor
+    out = []
+    with torch.inference_mode():
+        for w in waves:
+            f = fe([w], sampling_rate=lalm.SAMPLING_RATE, return_attention_mask=True, return_tensors="pt")
+            enc = lalm.encode_audio(model, f["input_features"], f["attention_mask"])
+            out.append(enc[0].to(torch.float16).cpu())
+    return out
+
+
+def greedy_answers(model: Any, processor: Any, prompts: Sequence[str], n: int, batch: int = 16) -> list[list[int]]:
+    """The LM's greedy continuation (``n`` tokens, stopping at end of turn) per text prompt."""
+    tok = processor.tokenizer
+    lm = model.language_model if hasattr(model, "language_model") else model
+    answers: list[list[int]] = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch):
+            enc = tok(list(prompts[i : i + batch]), return_tensors="pt", padding=True)
+            out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+            for row in out[:, enc["input_ids"].shape[1] :].tolist():
+                ids = []
+                for t in row:
+                    ids.append(t)
+                    if t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")):
+                        break
+                answers.append(ids)
+    del lm
+    return answers
+
+
+def prepare(work_dir: Path, voices_per_question: int = 2, seed: int = 0, limit: int | None = None) -> Path:
+    """Speak every training question ``voices_per_question`` times, cache encoder outputs and
+    the LM's greedy answers to the typed chats. Writes ``work_dir/data.pt``."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model, processor = lalm.build_lalm()
+    train, held = train_questions.split_by_subject(train_questions.questions(), seed=seed)
+    rows = []
+    for split, items in (("train", train), ("held", held)):
+        for q in items[:limit]:
+            for k in range(voices_per_question):
+                key = f"{q.text}|{k}"
+                rows.append((split, q, speech.voice_for(key, seed), _pick(key, INSTRUCTIONS)))
+    t0 = time.perf_counter()
+    waves = [speech.speak_as(q.text, v) for _, q, v, _ in rows]
+    print(f"synthesised {len(waves)} clips in {time.perf_counter() - t0:.0f} s", flush=True)
+    t0 = time.perf_counter()
+    encoded = encode_clips(model, processor, waves)
+    print(f"encoded in {time.perf_counter() - t0:.0f} s", flush=True)
+    t0 = time.perf_counter()
+    prompts = [typed_chat(processor, q.text, ins) for _, q, _, ins in rows]
+    unique = sorted(set(prompts))
+    answers = dict(zip(unique, greedy_answers(model, processor, unique, ANSWER_TOKENS)))
+    print(f"{len(unique)} teacher answers in {time.perf_counter() - t0:.0f} s", flush=True)
+    data = {
+        "seed": seed,
+        "clips": [
+            {"split": s, "question": q.text, "subject": q.subject, "voice": list(v), "instruction": ins,
+             "encoded": e, "answer": answers[p]}
+            for (s, q, v, ins), e, p in zip(rows, encoded, prompts)
+        ],
+    }  # fmt: skip
+    path = work_dir / "data.pt"
+    torch.save(data, path)
+    return path
+
+
+def load_clips(work_dir: Path, split: str) -> list[Clip]:
+    data = torch.load(work_dir / "data.pt", weights_only=False)
+    return [
+        Clip(c["question"], c["subject"], speech.Voice(*c["voice"]), c["instruction"], c["encoded"], c["answer"])
+        for c in data["clips"]
+        if c["split"] == split
+    ]
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def ridge_init(model: Any, processor: Any, clips: Sequence[Clip], ridge: float = 1.0) -> dict[str, torch.Tensor]:
+    """Projector from a ridge regression of word-token embeddings onto encoder frames, with the
+    question's tokens spread evenly over each clip's frames."""
+    tok = processor.tokenizer
+    emb = model.get_input_embeddings().weight
+    xs, ys = [], []
+    for c in clips:
+        ids = tok(c.question, add_special_tokens=False)["input_ids"]
+        n = c.encoded.shape[0]
+        idx = torch.tensor([min(len(ids) - 1, j * len(ids) // n) for j in range(n)])
+        xs.append(c.encoded.float())
+        ys.append(emb[torch.tensor(ids)[idx]].float())
+    x, y = torch.cat(xs), torch.cat(ys)
+    x1 = torch.cat([x, torch.ones(len(x), 1)], dim=1)
+    a = x1.T @ x1 + ridge * torch.eye(x1.shape[1])
+    w = torch.linalg.solve(a, x1.T @ y)  # [385, 896]
+    return {"weight": w[:-1].T.contiguous(), "bias": w[-1].contiguous()}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _batch_tensors(rows: list[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, _) in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def _target_logits(model: Any, embeds: torch.Tensor, mask: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """Log-probabilities at the positions that predict each row's target span (concatenated)."""
+    lm = model.model.language_model
+    hidden = lm(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    picked = torch.cat([hidden[i, s - 1 : e - 1] for i, (s, e) in enumerate(spans)])
+    return F.log_softmax(model.lm_head(picked).float(), dim=-1)
+
+
+def loss_on_batch(model: Any, processor: Any, clips: Sequence[Clip], tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """KL to the typed teacher on answer clips, cross-entropy on transcription clips."""
+    tok = processor.tokenizer
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    student, teacher, spans, tspans, targets = [], [], [], [], []
+    for c, task in zip(clips, tasks):
+        n = c.encoded.shape[0]
+        if task == "transcribe":
+            prompt = tok(audio_chat(processor, n, TRANSCRIBE), add_special_tokens=False)["input_ids"]
+            target = tok(c.question, add_special_tokens=False)["input_ids"] + [end]
+        else:
+            prompt = tok(audio_chat(processor, n, c.instruction), add_special_tokens=False)["input_ids"]
+            target = list(c.answer)
+            tprompt = tok(typed_chat(processor, c.question, c.instruction), add_special_tokens=False)["input_ids"]
+            teacher.append((tprompt + target, 0))
+            tspans.append((len(tprompt), len(tprompt) + len(target)))
+        student.append((prompt + target, 0))
+        spans.append((len(prompt), len(prompt) + len(target)))
+        targets.append((task, target))
+    ids, mask = _batch_tensors(student, tok.pad_token_id)
+    embeds = lalm.inputs_embeds_with_audio(model, ids, [c.encoded for c in clips])
+    logp = _target_logits(model, embeds, mask, spans)
+    out: dict[str, torch.Tensor] = {}
+    offsets = [0]
+    for s, e in spans:
+        offsets.append(offsets[-1] + e - s)
+    tr_rows = [i for i, (t, _) in enumerate(targets) if t == "transcribe"]
+    an_rows = [i for i, (t, _) in enumerate(targets) if t != "transcribe"]
+    if tr_rows:
+        lp = torch.cat([logp[offsets[i] : offsets[i + 1]] for i in tr_rows])
+        tgt = torch.tensor([t for i in tr_rows for t in targets[i][1]])
+        out["transcribe"] = F.nll_loss(lp, tgt)
+    if an_rows:
+        with torch.no_grad():
+            tids, tmask = _batch_tensors(teacher, tok.pad_token_id)
+            tlogp = _target_logits(model, model.get_input_embeddings()(tids), tmask, tspans)
+        lp = torch.cat([logp[offsets[i] : offsets[i + 1]] for i in an_rows])
+        out["answer"] = F.kl_div(lp, tlogp, log_target=True, reduction="batchmean")
+    return out
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def transcribe_share(step: int, total: int) -> float:
+    """Curriculum: mostly transcription first (content), then mostly answering (behaviour)."""
+    return 0.7 if step < total // 5 else 0.35
+
+
+def train(
+    work_dir: Path, steps: int = 3000, batch: int = 8, lr: float = 2e-3, seed: int = 0,
+    save_every: int = 25, threads: int | None = None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Train (or resume) the projector; checkpoints to ``work_dir/ckpt.pt``."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, processor = lalm.build_lalm()
+    model.requires_grad_(False)
+    proj = model.model.multi_modal_projector.linear
+    clips = load_clips(work_dir, "train")
+    ckpt_path = work_dir / "ckpt.pt"
+    opt = torch.optim.AdamW(proj.parameters(), lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    step = 0
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        proj.load_state_dict(ck["projector"])
+        opt.load_state_dict(ck["optimizer"])
+        step, rng = ck["step"], ck["rng"]
+        print(f"resumed at step {step}", flush=True)
+    else:
+        proj.load_state_dict(ridge_init(model, processor, clips))
+    proj.requires_grad_(True)
+    log = (work_dir / "log.jsonl").open("a")
+    t0 = time.perf_counter()
+    while step < steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, lr, warmup=50)
+        picked = rng.sample(clips, batch)
+        share = transcribe_share(step, steps)
+        tasks = ["transcribe" if rng.random() < share else "answer" for _ in picked]
+        losses = loss_on_batch(model, processor, picked, tasks)
+        total = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(proj.parameters(), 1.0)
+        opt.step()
+        step += 1
+        rec = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()}, "s": round(time.perf_counter() - t0, 1)}
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        if step % 10 == 0:
+            print(json.dumps(rec), flush=True)
+        if step % save_every == 0 or step == steps:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"projector": proj.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": rng}, tmp)
+            tmp.replace(ckpt_path)
+    return lalm.projector_state_dict(model)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _generate(model: Any, tok: Any, prompts: list[list[int]], encoded: list[torch.Tensor] | None, n: int) -> list[list[int]]:
+    rows = [(p, 0) for p in prompts]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # left padding for generation
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    with torch.inference_mode():
+        if encoded is None:
+            embeds = model.get_input_embeddings()(ids)
+        else:
+            embeds = lalm.inputs_embeds_with_audio(model, ids, encoded)
+        out = model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                             pad_token_id=tok.pad_token_id)  # fmt: skip
+    return out.tolist()
+
+
+def agreement(a: Sequence[int], b: Sequence[int], n: int = 10) -> float:
+    """Share of the first ``n`` positions where two token sequences agree."""
+    return sum(1 for x, y in zip(a[:n], b[:n]) if x == y) / n
+
+
+def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8) -> dict[str, float]:
+    """First-10-token agreement with the typed answer, and transcription word error rate."""
+    from guardrail.testing.whisper_ct2 import word_error_rate
+
+    tok = processor.tokenizer
+    agree, wers, samples = [], [], []
+    for i in range(0, len(clips), batch):
+        part = list(clips[i : i + batch])
+        enc = [c.encoded for c in part]
+        ans_prompts = [tok(audio_chat(processor, c.encoded.shape[0], c.instruction), add_special_tokens=False)["input_ids"] for c in part]
+        typed_prompts = [tok(typed_chat(processor, c.question, c.instruction), add_special_tokens=False)["input_ids"] for c in part]
+        tr_prompts = [tok(audio_chat(processor, c.encoded.shape[0], TRANSCRIBE), add_special_tokens=False)["input_ids"] for c in part]
+        spoken = _generate(model, tok, ans_prompts, enc, 10)
+        typed = _generate(model, tok, typed_prompts, None, 10)
+        heard = _generate(model, tok, tr_prompts, enc, 40)
+        for c, s, t, h in zip(part, spoken, typed, heard):
+            agree.append(agreement(s, t))
+            text = tok.decode(h, skip_special_tokens=True)
+            wers.append(word_error_rate(c.question, text))
+            samples.append({"question": c.question, "heard": text, "spoken": tok.decode(s), "typed": tok.decode(t)})
+    return {
+        "n": len(clips),
+        "agreement10": sum(agree) / len(agree),
+        "wer": sum(wers) / len(wers),
+        "samples": samples[:6],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m guardrail.testing.projector_train")
+    p.add_argument("command", choices=["prepare", "train", "evaluate", "export"])
+    p.add_argument("--work-dir", type=Path, default=None)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="questions per split (smoke runs)")
+    p.add_argument("--split", default="held")
+    p.add_argument("--projector", default="checkpoint", help="checkpoint | ridge | fresh | PATH")
+    a = p.parse_args(argv)
+    work = a.work_dir or default_work_dir()
+    if a.command == "prepare":
+        print(prepare(work, limit=a.limit))
+    elif a.command == "train":
+        train(work, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads)
+    elif a.command in ("evaluate", "export"):
+        model, processor = lalm.build_lalm()
+        proj = model.model.multi_modal_projector.linear
+        if a.projector == "checkpoint":
+            proj.load_state_dict(torch.load(work / "ckpt.pt", weights_only=False)["projector"])
+        elif a.projector == "ridge":
+            proj.load_state_dict(ridge_init(model, processor, load_clips(work, "train")))
+        elif a.projector != "fresh":
+            proj.load_state_dict(lalm.load_projector(a.projector))
+        if a.command == "export":
+            print(lalm.save_projector(model, PROJECTOR_FILE))
+        else:
+            clips = load_clips(work, a.split)[: a.limit]
+            print(json.dumps(evaluate(model, processor, clips), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
