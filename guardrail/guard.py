@@ -101,7 +101,7 @@ class Guard:
         if self.gate.probe is not None:
             self.gate.probe.check_model(model, self.layers)
         self._linear = self._device_probe()
-        if self.policy.runtime.cache == "static" and (self._deltas or self._linear is not None):
+        if (self.policy.runtime.cache == "static" or _is_compiled(model)) and (self._deltas or self._linear is not None):
             self._slot()  # hooks in place before the first (compiled) generation
 
     def _device_probe(self) -> LinearProbe | None:
@@ -301,10 +301,13 @@ class Guard:
         return {"cache_implementation": "static", "compile_config": config}
 
     def _static_path(self, kwargs: Mapping[str, Any]) -> bool:
-        """Steering through device buffers when generation uses a static (compilable) cache."""
+        """Steering through device buffers when generation may run compiled: a static cache
+        (transformers compiles the decoding step) or a model whose forward is compiled. The
+        eager hooks read a context variable, which compiled graphs cannot."""
         cache = kwargs.get("cache_implementation") or getattr(self.model.generation_config,
                                                               "cache_implementation", None)
-        return cache == "static" and bool(self._deltas or self._linear is not None)
+        compiled = cache == "static" or "compile_config" in kwargs or _is_compiled(self.model)
+        return compiled and bool(self._deltas or self._linear is not None)
 
     def _slot(self) -> SteeringSlot:
         hidden = next(iter(self._deltas.values())).numel() if self._deltas else self._linear.hidden
@@ -386,6 +389,13 @@ class Guard:
         decision = self._decision(known, i, blocked=True, finish_reason="blocked",
                                   timings=Timings(total_ms=(time.perf_counter() - started) * 1e3))
         return GuardResult(self.policy.actions.refusal_message, [], False, decision)
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    """True for a `torch.compile`d module or one whose forward was replaced by a compiled function."""
+    forward = getattr(model, "forward", None)
+    return (type(model).__name__ == "OptimizedModule" or hasattr(forward, "_torchdynamo_orig_callable")
+            or hasattr(getattr(forward, "__func__", None), "_torchdynamo_orig_callable"))
 
 
 def _subset(decision: GateDecision, keep: list[int]) -> GateDecision:

@@ -25,6 +25,7 @@ price of having the state in the compiled graph rather than per thread).
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,8 @@ from torch import nn
 
 from .errors import GuardrailError
 from .linear_probe import LinearProbe
+
+log = logging.getLogger("guardrail")
 
 
 class SteeringSlot:
@@ -91,6 +94,7 @@ class SteeringSlot:
             self.probe_weight.setdefault(layer, self._buffer(self.delta[layer].numel()))
         hooked = sorted(steered | set(probe_layers))
         self._handles = [self.layers[i].register_forward_hook(self._hook(i)) for i in hooked]
+        _drop_compiled_code()
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -178,6 +182,23 @@ class SteeringSlot:
     def decision(self, batch: int) -> tuple[list[bool], list[float]]:
         """The gate and scores of the request just run (reads the device: call after generating)."""
         return (self.scale[:batch, 0] > 0).tolist(), self.score[:batch].tolist()
+
+
+def _drop_compiled_code() -> None:
+    """Make the next compilation see the hooks just installed.
+
+    torch.compile does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``
+    is True by default): a decoding step compiled before the hooks existed would keep running
+    without them, and steering would silently stop after the first token. Compiled code is
+    therefore dropped when the hooks change (once per guard set-up, not per request); other
+    compiled models in the process recompile on their next call."""
+    from torch._dynamo.utils import counters
+
+    if counters["stats"].get("unique_graphs", 0):
+        log.warning("guardrail: steering hooks changed after torch.compile ran in this process; resetting "
+                    "torch.compile caches so that compiled graphs include them (set up guards before compiling "
+                    "to avoid the recompilation)")
+        torch._dynamo.reset()
 
 
 _SLOTS: "weakref.WeakKeyDictionary[nn.Module, SteeringSlot]" = weakref.WeakKeyDictionary()

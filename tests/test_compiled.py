@@ -140,3 +140,30 @@ def test_batch_limit_is_enforced(setup):
                                                           "steering": {"alpha": alpha}}), artifact=artifact)
     with pytest.raises(RequestError, match="max_batch"):
         g.generate_batch([{"text": t} for t in TEXTS])
+
+
+def test_guard_set_up_after_compilation_still_steers_compiled_steps(setup):
+    """torch.compile ignores hooks added after it compiled; the guard must not be fooled by that."""
+    from guardrail.static_steering import _SLOTS
+    model = setup[0]
+    old = _SLOTS.pop(model.model.layers, None)
+    if old is not None:
+        old.remove()  # as if no guard had ever touched this model
+    torch._dynamo.reset()
+    unguarded = guard(setup, "off", {"cache": "static", "compile": True})
+    run(unguarded)  # the deployment compiled the unguarded model first, same shapes
+    compiled = guard(setup, "always", {"cache": "static", "compile": True})
+    assert run(compiled)[:2] == run(guard(setup, "always"))[:2]
+
+
+def test_user_compiled_forward_takes_the_static_path(setup):
+    model, tokenizer = setup[0], setup[1]
+    g = guard(setup, "probe")
+    original = model.forward
+    try:
+        model.forward = torch.compile(model.forward)
+        assert g._static_path({})
+        assert run(g)[:2] == run(guard(setup, "probe", {"cache": "static"}))[:2]
+    finally:
+        model.forward = original
+        torch._dynamo.reset()
