@@ -1,70 +1,98 @@
-"""Overhead of the guard on a text model: guarded vs unguarded greedy generation.
+"""Overhead of the guard: guarded vs unguarded greedy generation, interleaved in one run.
 
 Arms run interleaved (A B C, A B C, ...) so machine noise hits them alike, each generating exactly
-`new_tokens` tokens (min_new_tokens), and the result is the median of the per-round ratios:
-  raw      model.generate on prepared inputs (the unguarded model)
-  wrapped  Guard.generate_batch with gate.mode off (input building + decoding, no hooks)
-  steered  Guard.generate_batch steering every request (the given policy, gate always)
+`new_tokens` tokens (min_new_tokens); the result is the median and spread of per-round ratios:
+  raw      model.generate on prepared inputs: the unguarded model (on the static/compiled paths a
+           copy of the model, so that the guard's hooks never touch it)
+  wrapped  Guard.generate_batch with gate.mode off (input building + decoding, no steering)
+  steered  Guard.generate_batch steering every request (gate always)
   gated    the same behind the probe gate, when a probe is given
+`runtime` picks the generation path for every arm: eager (dynamic cache), static (static cache)
+or compiled (static cache + torch.compile of the decoding step).
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .activations import model_inputs
-from .adapter import Request
 from .artifact import SteeringArtifact
-from .guard import Guard
-from .policy import Policy
+from .guard import Guard, runtime_generate_kwargs
+from .policy import Policy, RuntimePolicy
+
+RUNTIMES: dict[str, dict[str, Any]] = {
+    "eager": {},
+    "static": {"cache": "static"},
+    "compiled": {"cache": "static", "compile": True},
+}
 
 
 def _timed(fn: Callable[[], Any]) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def overhead(model: nn.Module, processor: Any, artifact: SteeringArtifact, questions: list[str], *,
-             batch: int = 1, rounds: int = 5, new_tokens: int = 32, policy: Policy | None = None,
-             probe: Any = None) -> dict[str, Any]:
-    """Median and spread of per-round time ratios against the raw model for one batch size.
+def _policy(base: Policy, mode: str, runtime: str) -> Policy:
+    data = base.model_dump()
+    data["gate"]["mode"] = mode
+    data["runtime"] = RUNTIMES[runtime]
+    data["limits"]["max_batch"] = max(data["limits"]["max_batch"], 64)
+    return Policy.from_dict(data)
+
+
+def overhead(model: nn.Module, processor: Any, artifact: SteeringArtifact,
+             requests: Sequence[str | Mapping[str, Any]], *, batch: int = 1, rounds: int = 5, new_tokens: int = 32,
+             policy: Policy | None = None, probe: Any = None, runtime: str = "eager",
+             raw_model: nn.Module | None = None) -> dict[str, Any]:
+    """Median and spread of per-round time ratios against the raw model for one configuration.
+
+    `requests`: questions (str) or request dicts ({"text", "audio"}), cycled to fill the batch.
+    `raw_model`: the unguarded model for the static/compiled paths (default: a deep copy).
 
     >>> overhead(model, tokenizer, artifact, ["How do I bake bread?"] * 8, batch=8)  # doctest: +SKIP
     {'batch': 8, 'median_s': {...}, 'steered_over_raw': {'median': 1.01, 'min': ..., 'max': ...}, ...}
     """
-    policy = policy or Policy()
-    steered = Guard(model, processor, policy=policy.model_copy(update={"gate": policy.gate.model_copy(
-        update={"mode": "always"})}), artifact=artifact)
-    wrapped = Guard(model, processor, policy=Policy.from_dict({"name": "off", "gate": {"mode": "off"}}))
-    chosen = [questions[i % len(questions)] for i in range(batch)]
-    requests = [{"text": q} for q in chosen]
-    inputs = model_inputs(model, steered.adapter.build_inputs(processor, [Request(q) for q in chosen]))
+    base = policy or Policy()
+    chosen = [requests[i % len(requests)] for i in range(batch)]
+    chosen = [{"text": r} if isinstance(r, str) else dict(r) for r in chosen]
+    steered = Guard(model, processor, policy=_policy(base, "always", runtime), artifact=artifact)
+    wrapped = Guard(model, processor, policy=_policy(base, "off", runtime))
+    inputs = steered._inputs([steered._request(r, i) for i, r in enumerate(chosen)])
     gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
-    pad = steered.adapter.pad_token_id(model, processor)
+    raw_kwargs = {**gen, **runtime_generate_kwargs(RuntimePolicy(**RUNTIMES[runtime])),
+                  "pad_token_id": steered.adapter.pad_token_id(model, processor)}
+    if raw_model is None:
+        raw_model = model if runtime == "eager" else copy.deepcopy(model)
     arms: dict[str, Callable[[], Any]] = {
-        "raw": lambda: model.generate(**inputs, **gen, pad_token_id=pad),
-        "wrapped": lambda: wrapped.generate_batch(requests, **gen),
-        "steered": lambda: steered.generate_batch(requests, **gen),
+        "raw": lambda: raw_model.generate(**inputs, **raw_kwargs),
+        "wrapped": lambda: wrapped.generate_batch(chosen, **gen),
+        "steered": lambda: steered.generate_batch(chosen, **gen),
     }
     if probe is not None:
-        gated = Guard(model, processor, policy=Policy.from_dict({"name": "gated", "gate": {"mode": "probe"}}),
-                      artifact=artifact, probe=probe)
-        arms["gated"] = lambda: gated.generate_batch(requests, **gen)
+        gated = Guard(model, processor, policy=_policy(base, "probe", runtime), artifact=artifact, probe=probe)
+        arms["gated"] = lambda: gated.generate_batch(chosen, **gen)
     with torch.inference_mode():
-        for fn in arms.values():  # warm-up
+        for fn in arms.values():  # warm-up (and compilation)
+            fn()
             fn()
         times: dict[str, list[float]] = {name: [] for name in arms}
         for _ in range(rounds):
             for name, fn in arms.items():
                 times[name].append(_timed(fn))
-    result: dict[str, Any] = {"batch": batch, "rounds": rounds, "new_tokens": new_tokens,
+    result: dict[str, Any] = {"runtime": runtime, "batch": batch, "rounds": rounds, "new_tokens": new_tokens,
+                              "prompt_tokens": int(inputs["input_ids"].shape[1]),
+                              "audio": any(r.get("audio") is not None for r in chosen),
                               "median_s": {k: statistics.median(v) for k, v in times.items()}}
     for name in arms:
         if name != "raw":
@@ -80,7 +108,8 @@ def _ratio(a: list[float], b: list[float]) -> dict[str, float]:
 
 def format_row(name: str, r: dict[str, Any]) -> str:
     s = r["steered_over_raw"]
-    line = (f"{name} batch {r['batch']:>2}: raw {r['median_s']['raw'] * 1e3:8.1f} ms | steered/raw median "
+    where = f"{r.get('runtime', 'eager')} b{r['batch']} p{r.get('prompt_tokens', '?')}{' audio' if r.get('audio') else ''}"
+    line = (f"{name} {where}: raw {r['median_s']['raw'] * 1e3:8.1f} ms | steered/raw "
             f"{s['median']:.3f} [{s['min']:.3f}..{s['max']:.3f}] | wrapped/raw {r['wrapped_over_raw']['median']:.3f}")
     if "gated_over_raw" in r:
         g = r["gated_over_raw"]

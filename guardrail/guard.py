@@ -26,7 +26,7 @@ from .logs import Metrics, decision_event, decision_logger
 from .hooks import HookState, PrefillGate, StopForward, hooks_for
 from .linear_probe import LinearProbe
 from .static_steering import SteeringSlot, slot_for
-from .policy import Policy
+from .policy import Policy, RuntimePolicy
 from .streaming import GuardStream, TokenQueue
 
 
@@ -289,16 +289,7 @@ class Guard:
         return sequences[:, inputs["input_ids"].shape[1]:].tolist(), decision, clock
 
     def _runtime_kwargs(self) -> dict[str, Any]:
-        """generate() arguments for the policy's runtime section."""
-        runtime = self.policy.runtime
-        if runtime.cache != "static":
-            return {}
-        if not runtime.compile:
-            return {"cache_implementation": "static", "disable_compile": True}
-        from transformers import CompileConfig
-        config = CompileConfig()
-        config._compile_all_devices = True  # the policy asked for it: compile on CPU too
-        return {"cache_implementation": "static", "compile_config": config}
+        return runtime_generate_kwargs(self.policy.runtime)
 
     def _static_path(self, kwargs: Mapping[str, Any]) -> bool:
         """Steering through device buffers when generation may run compiled: a static cache
@@ -389,6 +380,18 @@ class Guard:
         decision = self._decision(known, i, blocked=True, finish_reason="blocked",
                                   timings=Timings(total_ms=(time.perf_counter() - started) * 1e3))
         return GuardResult(self.policy.actions.refusal_message, [], False, decision)
+
+
+def runtime_generate_kwargs(runtime: RuntimePolicy) -> dict[str, Any]:
+    """`generate()` arguments for a policy's runtime section (static cache, compiled decoding step)."""
+    if runtime.cache != "static":
+        return {}
+    if not runtime.compile:
+        return {"cache_implementation": "static", "disable_compile": True}
+    from transformers import CompileConfig
+    config = CompileConfig()
+    config._compile_all_devices = True  # the policy asked for it: compile on CPU too
+    return {"cache_implementation": "static", "compile_config": config}
 
 
 def _is_compiled(model: nn.Module) -> bool:

@@ -1,0 +1,104 @@
+"""Calibration throughput: `guardrail.calibrate` vs plain batched forward passes over the same queries.
+
+Calibration runs 2 prefill passes per harmful query (with and without the refusal text) and 1 per safe
+query, capturing every layer's last-position activation, then one SVD per layer. The baseline runs the
+model's own forward (no hooks, no cache, logits for the last position only) over exactly those queries,
+batched the same way, with inputs built beforehand: the cost of the passes alone. Rounds interleave;
+the result is the median of per-round throughput ratios (queries per second, calibration / plain).
+
+    python benchmarks/calibration_throughput.py --out benchmarks/results/calibration_tiny_cpu.json
+    python benchmarks/calibration_throughput.py --testbed qwen2.5-coder-0.5b-instruct --rounds 3 \\
+        --out benchmarks/results/calibration_qwen05b_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from guardrail import calibrate
+from guardrail.activations import forward_last, model_inputs
+from guardrail.adapter import Request, resolve_adapter
+from guardrail.defaults import default_calibration_set
+from guardrail.steering import DEFAULT_REFUSAL_TEXT
+from guardrail.testing.tiny import build_tiny
+
+INSTRUCTION = "Please generate detailed steps for the question."
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def plain_batches(model, processor, queries: list[str], batch_size: int) -> list[dict]:
+    """The inputs calibration feeds the model, batched as it batches them (by length)."""
+    adapter = resolve_adapter(model, None)
+    order = sorted(queries, key=len)
+    return [model_inputs(model, adapter.build_inputs(processor, [Request(q) for q in order[i:i + batch_size]]))
+            for i in range(0, len(order), batch_size)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--testbed", help="real weights from guardrail.testing.testbeds instead of tiny qwen2")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.testbed:
+        from guardrail.testing.testbeds import load
+        model, processor = load(args.testbed)
+    else:
+        model, processor = build_tiny("qwen2", seed=0)
+    harmful, safe = default_calibration_set()
+    queries = ([f"{q} {INSTRUCTION}" for q in harmful] + [f"{q} {INSTRUCTION} {DEFAULT_REFUSAL_TEXT}" for q in harmful]
+               + [f"{q} {INSTRUCTION}" for q in safe])
+    # calibration builds each batch from the harmful, refusal and safe groups separately
+    batches = (plain_batches(model, processor, queries[:len(harmful)], args.batch_size)
+               + plain_batches(model, processor, queries[len(harmful):2 * len(harmful)], args.batch_size)
+               + plain_batches(model, processor, queries[2 * len(harmful):], args.batch_size))
+
+    def plain() -> None:
+        with torch.inference_mode():
+            for inputs in batches:
+                forward_last(model, inputs)
+
+    def calib() -> None:
+        calibrate(model, processor, harmful, safe, INSTRUCTION, batch_size=args.batch_size)
+
+    times: dict[str, list[float]] = {"plain": [], "calibrate": []}
+    plain(), calib()  # warm-up
+    for _ in range(args.rounds):
+        for name, fn in (("plain", plain), ("calibrate", calib)):
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            times[name].append(time.perf_counter() - start)
+    ratios = [p / c for p, c in zip(times["plain"], times["calibrate"])]  # throughput ratio = time ratio inverted
+    n = len(queries)
+    result = {"queries": n, "batch_size": args.batch_size, "rounds": args.rounds,
+              "plain_qps": n / statistics.median(times["plain"]), "calibrate_qps": n / statistics.median(times["calibrate"]),
+              "throughput_ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}}
+    name = args.testbed or "tiny qwen2"
+    print(f"{name}: {n} queries | plain {result['plain_qps']:.1f} q/s | calibrate {result['calibrate_qps']:.1f} q/s | "
+          f"calibrate/plain throughput median {result['throughput_ratio']['median']:.3f} "
+          f"[{result['throughput_ratio']['min']:.3f}..{result['throughput_ratio']['max']:.3f}]")
+    if args.out:
+        meta = {"model": name, "machine": platform.machine(), "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                "command": "python " + " ".join(sys.argv)}
+        args.out.write_text(json.dumps({"meta": meta, "result": result}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
