@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import GuardrailError
 from .progress import progress  # light: rich is imported only when a bar is drawn
@@ -73,13 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--calib", default="0:50", help="pairs used to calibrate, START:END (default 0:50)")
     ev.add_argument("--eval", dest="eval_range", default="50:100", help="held-out pairs, START:END (default 50:100)")
     ev.add_argument("--methods", default="none,system_prompt,refusal_steer,diff_means,sarsteer",
-                    help="comma-separated: none, system_prompt, refusal_steer, diff_means, sarsteer")
+                    help="comma-separated: none, system_prompt, refusal_steer, diff_means, sarsteer, text_sarsteer "
+                         "(with --spoken)")
     ev.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     ev.add_argument("--ranks", type=int, nargs="+", default=[10], help="safe-space ranks k for sarsteer")
     ev.add_argument("--gates", nargs="+", default=["always"], choices=["always", "probe", "probe_exact"],
                     help="gate modes for the steering methods (probe: trained on the calibration pairs)")
     ev.add_argument("--thresholds", type=float, nargs="+", default=[None],
                     help="probe thresholds for gated settings (default: the probe's calibrated one)")
+    ev.add_argument("--spoken", action="store_true", help="speak every question (espeak-ng) and evaluate the "
+                    "audio model on speech; method text_sarsteer then steers with a vector from the typed questions")
     ev.add_argument("--max-new-tokens", type=int, default=40)
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--out", required=True, help="report directory")
@@ -189,20 +193,31 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _testbed(name: str) -> tuple[Any, Any]:
+    """A real-weight testbed: a text LM, or the assembled Qwen2-Audio testbed."""
+    from .testing import lalm
+    if name == lalm.TESTBED:
+        return lalm.load_testbed()
+    from .testing.testbeds import load
+    return load(name)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, load_pairs, write_report
     from .evaluation.data import parse_slice
     from .evaluation.harness import sweep
 
     if args.testbed:
-        from .testing.testbeds import load
-        model, processor = load(args.testbed)
+        model, processor = _testbed(args.testbed)
         name = args.testbed
     else:
         from .loading import load_model
         model, processor, _ = load_model(args.model)
         name = args.model
     pairs = load_pairs(args.harmful, args.safe)
+    if args.spoken:
+        from .evaluation.spoken import spoken_pairs
+        pairs = spoken_pairs(pairs)
     calibration = pairs[parse_slice(args.calib, len(pairs))]
     held_out = pairs[parse_slice(args.eval_range, len(pairs))]
     settings = sweep(args.methods.split(","), args.alphas, args.ranks, args.gates, args.thresholds)
@@ -227,8 +242,7 @@ def _bench(args: argparse.Namespace) -> int:
         from .testing.tiny import build_tiny
         (model, processor), name = build_tiny("qwen2"), "tiny qwen2"
     elif args.testbed:
-        from .testing.testbeds import load
-        (model, processor), name = load(args.testbed), args.testbed
+        (model, processor), name = _testbed(args.testbed), args.testbed
     else:
         from .loading import load_model
         model, processor, _ = load_model(args.model)

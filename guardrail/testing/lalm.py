@@ -50,6 +50,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 LM_NAME = "qwen2.5-coder-0.5b-instruct"
+TESTBED = "qwen2-audio-testbed"  # the name the CLI's --testbed takes
+PROJECTOR_FILE = Path(__file__).parent / "parts" / "qwen2-audio-testbed-projector.safetensors"
 AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
 AUDIO_TOKENS = (AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
 # ids they get in the Qwen2.5 tokenizer (first spare rows; asserted when the tokenizer is built)
@@ -337,6 +339,15 @@ def build_lalm(
     model.eval()
     log.info("audio testbed assembled in %.1f s", time.perf_counter() - t0)
     return model, processor
+
+
+def load_testbed() -> tuple[Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor]:
+    """The testbed with the projector trained by this project (``PROJECTOR_FILE``, shipped in the
+    package); raises TestbedError when it is missing."""
+    if not PROJECTOR_FILE.is_file():
+        raise TestbedError(f"no trained projector at {PROJECTOR_FILE}; train one with "
+                           "python -m guardrail.testing.projector_train (prepare, train, export)")
+    return build_lalm(PROJECTOR_FILE)
 
 
 # --------------------------------------------------------------------------- fast audio path

@@ -43,7 +43,7 @@ from guardrail.testing import lalm, speech, testbeds, train_questions
 from guardrail.testing.train_questions import INSTRUCTIONS, TRANSCRIBE, Question
 
 ANSWER_TOKENS = 16
-PROJECTOR_FILE = Path(__file__).parent / "parts" / "qwen2-audio-testbed-projector.safetensors"
+PROJECTOR_FILE = lalm.PROJECTOR_FILE
 
 
 def default_work_dir() -> Path:

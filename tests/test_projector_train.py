@@ -1,0 +1,59 @@
+"""The audio testbed's projector training, on a tiny random Qwen2-Audio (the real run is a job of its
+own: python -m guardrail.testing.projector_train)."""
+
+from __future__ import annotations
+
+import torch
+
+from guardrail.testing import projector_train as pt
+from guardrail.testing import train_questions
+from guardrail.testing.speech import Voice
+from guardrail.testing.tiny import build_tiny
+
+
+def clips(model, n: int = 4) -> list[pt.Clip]:
+    gen = torch.Generator().manual_seed(0)
+    width = model.config.audio_config.d_model
+    qs = ["how do I bake bread", "tell me about the moon", "write a poem about owls", "how do I fix a bike"]
+    return [pt.Clip(qs[i % 4], qs[i % 4], Voice(), train_questions.INSTRUCTIONS[i % 4],
+                    torch.randn(6 + i, width, generator=gen), [5 + i, 7, 9 + i]) for i in range(n)]
+
+
+def test_questions_split_by_subject_and_are_distinct():
+    qs = train_questions.questions()
+    train, held = train_questions.split_by_subject(qs, held_out=0.1, seed=0)
+    assert len(qs) == len(set(q.text for q in qs)) and len(train) + len(held) == len(qs)
+    assert not {q.subject for q in train} & {q.subject for q in held} and held
+
+
+def test_chats_and_instructions():
+    _, processor = build_tiny("qwen2_audio")
+    assert pt.typed_instruction("Answer the question in the audio.") == "Answer the question."
+    assert pt.typed_instruction(None) is None
+    chat = pt.audio_chat(processor, 5, "Answer the question in the audio.")
+    assert chat.count("<|AUDIO|>") == 5 and chat.rstrip().endswith("assistant")
+    assert "How do I fly?\nAnswer the question." in pt.typed_chat(processor, "How do I fly?", "Answer the question in the audio.")
+    assert pt.agreement([1, 2, 3, 4], [1, 9, 3, 4, 5], n=4) == 0.75
+
+
+def test_training_steps_lower_both_losses_and_move_only_the_projector():
+    model, processor = build_tiny("qwen2_audio", seed=0)
+    with torch.no_grad():  # a random tiny LM is nearly uniform whatever it reads: sharpen its outputs
+        model.lm_head.weight.mul_(20)
+    model.requires_grad_(False)
+    proj = model.model.multi_modal_projector.linear
+    proj.load_state_dict(pt.ridge_init(model, processor, clips(model)))
+    proj.requires_grad_(True)
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if "multi_modal_projector" not in k}
+    opt = torch.optim.AdamW(proj.parameters(), lr=1e-2)
+    batch, tasks = clips(model), ["transcribe", "answer", "transcribe", "answer"]
+    first = {k: v.item() for k, v in pt.loss_on_batch(model, processor, batch, tasks).items()}
+    for _ in range(30):
+        loss = sum(pt.loss_on_batch(model, processor, batch, tasks).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = {k: v.item() for k, v in pt.loss_on_batch(model, processor, batch, tasks).items()}
+    assert set(first) == {"transcribe", "answer"}
+    assert last["transcribe"] < 0.85 * first["transcribe"] and last["answer"] < 0.5 * first["answer"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
