@@ -4,7 +4,9 @@ Calibration runs 2 prefill passes per harmful query (with and without the refusa
 query, capturing every layer's last-position activation, then one SVD per layer. The baseline runs the
 model's own forward (no hooks, no cache, logits for the last position only) over exactly those queries,
 batched the same way, with inputs built beforehand: the cost of the passes alone. Rounds interleave;
-the result is the median of per-round throughput ratios (queries per second, calibration / plain).
+the result is the median of per-round throughput ratios (queries per second, calibration / plain),
+against passes on prebuilt inputs and against passes that build their inputs (tokenisation, chat
+template) as any caller must.
 
     python benchmarks/calibration_throughput.py --out benchmarks/results/calibration_tiny_cpu.json
     python benchmarks/calibration_throughput.py --testbed qwen2.5-coder-0.5b-instruct --rounds 3 \\
@@ -62,36 +64,45 @@ def main() -> None:
     queries = ([f"{q} {INSTRUCTION}" for q in harmful] + [f"{q} {INSTRUCTION} {DEFAULT_REFUSAL_TEXT}" for q in harmful]
                + [f"{q} {INSTRUCTION}" for q in safe])
     # calibration builds each batch from the harmful, refusal and safe groups separately
-    batches = (plain_batches(model, processor, queries[:len(harmful)], args.batch_size)
-               + plain_batches(model, processor, queries[len(harmful):2 * len(harmful)], args.batch_size)
-               + plain_batches(model, processor, queries[2 * len(harmful):], args.batch_size))
+    groups = [queries[:len(harmful)], queries[len(harmful):2 * len(harmful)], queries[2 * len(harmful):]]
+    batches = [b for group in groups for b in plain_batches(model, processor, group, args.batch_size)]
 
     def plain() -> None:
         with torch.inference_mode():
             for inputs in batches:
                 forward_last(model, inputs)
 
+    def plain_with_inputs() -> None:  # the same passes, building each batch's inputs as a caller must
+        with torch.inference_mode():
+            for group in groups:
+                for inputs in plain_batches(model, processor, group, args.batch_size):
+                    forward_last(model, inputs)
+
     def calib() -> None:
         calibrate(model, processor, harmful, safe, INSTRUCTION, batch_size=args.batch_size)
 
-    times: dict[str, list[float]] = {"plain": [], "calibrate": []}
-    plain(), calib()  # warm-up
+    arms = {"plain": plain, "plain_with_inputs": plain_with_inputs, "calibrate": calib}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for fn in arms.values():  # warm-up
+        fn()
     for _ in range(args.rounds):
-        for name, fn in (("plain", plain), ("calibrate", calib)):
+        for name, fn in arms.items():
             _sync()
             start = time.perf_counter()
             fn()
             _sync()
             times[name].append(time.perf_counter() - start)
-    ratios = [p / c for p, c in zip(times["plain"], times["calibrate"])]  # throughput ratio = time ratio inverted
     n = len(queries)
     result = {"queries": n, "batch_size": args.batch_size, "rounds": args.rounds,
-              "plain_qps": n / statistics.median(times["plain"]), "calibrate_qps": n / statistics.median(times["calibrate"]),
-              "throughput_ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}}
+              **{f"{name}_qps": n / statistics.median(t) for name, t in times.items()}}
     name = args.testbed or "tiny qwen2"
-    print(f"{name}: {n} queries | plain {result['plain_qps']:.1f} q/s | calibrate {result['calibrate_qps']:.1f} q/s | "
-          f"calibrate/plain throughput median {result['throughput_ratio']['median']:.3f} "
-          f"[{result['throughput_ratio']['min']:.3f}..{result['throughput_ratio']['max']:.3f}]")
+    line = f"{name}: {n} queries | calibrate {result['calibrate_qps']:.1f} q/s"
+    for base in ("plain", "plain_with_inputs"):  # throughput ratio = inverse time ratio, per round
+        ratios = [p / c for p, c in zip(times[base], times["calibrate"])]
+        result[f"calibrate_over_{base}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+        line += (f" | {base} {result[f'{base}_qps']:.1f} q/s, ratio {statistics.median(ratios):.3f} "
+                 f"[{min(ratios):.3f}..{max(ratios):.3f}]")
+    print(line)
     if args.out:
         meta = {"model": name, "machine": platform.machine(), "torch": torch.__version__,
                 "threads": torch.get_num_threads(),

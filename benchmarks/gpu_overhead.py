@@ -100,6 +100,27 @@ def main() -> None:
         print(format_row(meta["model"], r), flush=True)
         results.append(r)
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    agree = agreement(model, processor, artifact, probe, text[:4], args.new_tokens)
+    print("compiled vs eager, steered greedy tokens:", agree, flush=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": results, "compiled_vs_eager": agree}, indent=2) + "\n")
+
+
+def agreement(model, processor, artifact, probe, requests: list[dict], new_tokens: int) -> dict:
+    """Steered greedy tokens, eager vs compiled, on one batch: share of positions that agree (bf16 on a
+    GPU need not be bit-identical; fp32 on CPU is, see tests/test_compiled.py)."""
+    from guardrail import Guard, Policy
+    out = {}
+    for mode in ("always", "probe"):
+        runs = []
+        for runtime in ({}, {"cache": "static", "compile": True}):
+            policy = Policy.from_dict({"gate": {"mode": mode}, "runtime": runtime})
+            guard = Guard(model, processor, policy=policy, artifact=artifact, probe=probe if mode == "probe" else None)
+            runs.append(guard.generate_batch(requests, max_new_tokens=new_tokens))
+        same = [sum(a == b for a, b in zip(x.token_ids, y.token_ids)) / max(len(x.token_ids), 1)
+                for x, y in zip(*runs)]
+        out[mode] = {"token_agreement": float(np.mean(same)), "identical": sum(s == 1.0 for s in same),
+                     "n": len(same), "gates_equal": [x.steered for x in runs[0]] == [y.steered for y in runs[1]]}
+    return out
 
 
 if __name__ == "__main__":

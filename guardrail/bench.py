@@ -2,8 +2,8 @@
 
 Arms run interleaved (A B C, A B C, ...) so machine noise hits them alike, each generating exactly
 `new_tokens` tokens (min_new_tokens); the result is the median and spread of per-round ratios:
-  raw      model.generate on prepared inputs: the unguarded model (on the static/compiled paths a
-           copy of the model, so that the guard's hooks never touch it)
+  raw      the processor call, then model.generate: the unguarded model (on the static/compiled paths
+           a copy of the model, so that the guard's hooks never touch it)
   wrapped  Guard.generate_batch with gate.mode off (input building + decoding, no steering)
   steered  Guard.generate_batch steering every request (gate always)
   gated    the same behind the probe gate, when a probe is given
@@ -68,14 +68,17 @@ def overhead(model: nn.Module, processor: Any, artifact: SteeringArtifact,
     chosen = [{"text": r} if isinstance(r, str) else dict(r) for r in chosen]
     steered = Guard(model, processor, policy=_policy(base, "always", runtime), artifact=artifact)
     wrapped = Guard(model, processor, policy=_policy(base, "off", runtime))
-    inputs = steered._inputs([steered._request(r, i) for i, r in enumerate(chosen)])
+    # the unguarded arm prepares its inputs as the guard does (audio decoding, chat template, processor)
+    # in every round: what any serving code pays, so the ratios show what the guard itself adds
+    prepare = lambda: steered._inputs([steered._request(r, i) for i, r in enumerate(chosen)])
+    inputs = prepare()
     gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
     raw_kwargs = {**gen, **runtime_generate_kwargs(RuntimePolicy(**RUNTIMES[runtime])),
                   "pad_token_id": steered.adapter.pad_token_id(model, processor)}
     if raw_model is None:
         raw_model = model if runtime == "eager" else copy.deepcopy(model)
     arms: dict[str, Callable[[], Any]] = {
-        "raw": lambda: raw_model.generate(**inputs, **raw_kwargs),
+        "raw": lambda: raw_model.generate(**prepare(), **raw_kwargs),
         "wrapped": lambda: wrapped.generate_batch(chosen, **gen),
         "steered": lambda: steered.generate_batch(chosen, **gen),
     }

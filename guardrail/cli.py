@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="probe thresholds for gated settings (default: the probe's calibrated one)")
     ev.add_argument("--spoken", action="store_true", help="speak every question (espeak-ng) and evaluate the "
                     "audio model on speech; method text_sarsteer then steers with a vector from the typed questions")
+    ev.add_argument("--instruction", help="text after each question (default: the paper's, for audio or text)")
     ev.add_argument("--max-new-tokens", type=int, default=40)
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--out", required=True, help="report directory")
@@ -222,7 +223,8 @@ def _eval(args: argparse.Namespace) -> int:
     held_out = pairs[parse_slice(args.eval_range, len(pairs))]
     settings = sweep(args.methods.split(","), args.alphas, args.ranks, args.gates, args.thresholds)
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
-    report = evaluate(model, processor, calibration, held_out, settings, max_new_tokens=args.max_new_tokens,
+    report = evaluate(model, processor, calibration, held_out, settings, instruction=args.instruction,
+                      max_new_tokens=args.max_new_tokens,
                       batch_size=args.batch_size, model_name=name, progress=progress)
     paths = write_report(report, args.out, command="guardrail " + " ".join(sys.argv[1:]))
     if args.json:

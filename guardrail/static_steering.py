@@ -4,7 +4,7 @@ The eager hooks (`guardrail.hooks`) look their state up in a context variable, w
 ``torch.compile`` cannot trace: every layer would break the graph. Here each steered decoder layer
 gets a hook that does only
 
-    hidden[:, -1] += scale[:batch] * delta[layer]
+    hidden[:, -1] += scale[:batch] * delta[layer]      (one fused addcmul_)
 
 on buffers that live on the model's device for as long as the hooks are installed. Per request
 the guard writes those buffers in place (the per-sample gate ``scale``, the deltas); nothing is
@@ -116,7 +116,7 @@ class SteeringSlot:
             if reads and hidden.shape[1] > 1:  # prefill only: decoding graphs never contain the probe
                 self._read_probe(index, hidden[:, -1], batch, last_read)
             if steers:
-                hidden[:, -1] += self.scale[:batch] * self.delta[index]
+                hidden[:, -1].addcmul_(self.scale[:batch], self.delta[index])  # fused, no temporary
             return output
 
         return hook

@@ -51,6 +51,11 @@ def parse_slice(text: str, length: int) -> slice:
     return slice(start, end)
 
 
+def read_questions(path: str | Path) -> list[str]:
+    """The questions of one file (FigStep JSON, JSON list of strings, or one per line)."""
+    return [question for question, _ in _read(Path(path))]
+
+
 def _read(path: Path) -> list[tuple[str, str]]:
     try:
         text = path.read_text(encoding="utf-8")

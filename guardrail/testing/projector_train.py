@@ -368,6 +368,17 @@ def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8) 
     }
 
 
+def spoken_clips(model: Any, processor: Any, questions: Sequence[str], instruction: str | None) -> list[Clip]:
+    """Clips for questions outside the training data (e.g. FigStep's), spoken as evaluation speaks them."""
+    from guardrail.audio import load_audio
+    from guardrail.evaluation.spoken import speak_to_file
+
+    spoken = [speak_to_file(q) for q in questions]
+    waves = [load_audio(s, target_sr=lalm.SAMPLING_RATE) for s in spoken]
+    encoded = encode_clips(model, processor, waves)
+    return [Clip(q, "", speech.Voice(), instruction, e, []) for q, e in zip(questions, encoded)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m guardrail.testing.projector_train")
     p.add_argument("command", choices=["prepare", "train", "evaluate", "export"])
@@ -377,7 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="questions per split (smoke runs)")
-    p.add_argument("--split", default="held")
+    p.add_argument("--offset", type=int, default=0, help="skip this many --questions (e.g. 50: held-out pairs)")
+    p.add_argument("--split", default="held", help="held (held-out subjects) or train")
+    p.add_argument("--questions", type=Path, help="evaluate on these questions instead (JSON: FigStep format "
+                   "or a list of strings), spoken with the evaluation instruction")
     p.add_argument("--projector", default="checkpoint", help="checkpoint | ridge | fresh | PATH")
     a = p.parse_args(argv)
     work = a.work_dir or default_work_dir()
@@ -397,7 +411,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command == "export":
             print(lalm.save_projector(model, PROJECTOR_FILE))
         else:
-            clips = load_clips(work, a.split)[: a.limit]
+            if a.questions:
+                from guardrail.evaluation.data import read_questions
+                from guardrail.policy import AUDIO_INSTRUCTION
+                texts = read_questions(a.questions)[a.offset :][: a.limit]
+                clips = spoken_clips(model, processor, texts, AUDIO_INSTRUCTION)
+            else:
+                clips = load_clips(work, a.split)[: a.limit]
             print(json.dumps(evaluate(model, processor, clips), indent=1))
     return 0
 
