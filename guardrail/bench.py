@@ -111,7 +111,8 @@ def _ratio(a: list[float], b: list[float]) -> dict[str, float]:
 
 def format_row(name: str, r: dict[str, Any]) -> str:
     s = r["steered_over_raw"]
-    where = f"{r.get('runtime', 'eager')} b{r['batch']} p{r.get('prompt_tokens', '?')}{' audio' if r.get('audio') else ''}"
+    audio = " audio" if r.get("audio") else ""
+    where = f"{r.get('runtime', 'eager')} b{r['batch']} p{r.get('prompt_tokens', '?')}{audio}"
     line = (f"{name} {where}: raw {r['median_s']['raw'] * 1e3:8.1f} ms | steered/raw "
             f"{s['median']:.3f} [{s['min']:.3f}..{s['max']:.3f}] | wrapped/raw {r['wrapped_over_raw']['median']:.3f}")
     if "gated_over_raw" in r:

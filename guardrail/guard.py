@@ -101,7 +101,8 @@ class Guard:
         if self.gate.probe is not None:
             self.gate.probe.check_model(model, self.layers)
         self._linear = self._device_probe()
-        if (self.policy.runtime.cache == "static" or _is_compiled(model)) and (self._deltas or self._linear is not None):
+        steers_or_scores = bool(self._deltas or self._linear is not None)
+        if (self.policy.runtime.cache == "static" or _is_compiled(model)) and steers_or_scores:
             self._slot()  # hooks in place before the first (compiled) generation
 
     def _device_probe(self) -> LinearProbe | None:

@@ -48,8 +48,8 @@ class SteeringSlot:
         param = next(self.layers[0].parameters())
         devices = {next(layer.parameters()).device for layer in self.layers}
         if len(devices) > 1:
-            raise GuardrailError(f"static steering needs the decoder layers on one device, found {sorted(map(str, devices))}; "
-                                 "use runtime.cache: dynamic for a model split across devices")
+            raise GuardrailError(f"static steering needs the decoder layers on one device, found "
+                                 f"{sorted(map(str, devices))}; use runtime.cache: dynamic for a split model")
         self.device, self.dtype = param.device, param.dtype
         self.hidden = hidden
         self.max_batch = max_batch

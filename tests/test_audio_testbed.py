@@ -495,3 +495,54 @@ def test_lalm_forward_with_speech(testbed, tmp_path):
     path = lalm.save_projector(model, tmp_path / "projector.safetensors")
     again, _ = lalm.build_lalm(projector_state=path)
     assert torch.equal(again.model.multi_modal_projector.linear.weight, model.model.multi_modal_projector.linear.weight)
+
+
+# --------------------------------------------------------------------------- slow: the trained testbed
+
+needs_trained = pytest.mark.skipif(
+    bool(lalm.missing_parts()) or not lalm.PROJECTOR_FILE.is_file(),
+    reason=f"trained audio testbed not available: {'; '.join(lalm.missing_parts()) or lalm.PROJECTOR_FILE}")
+# subjects and phrasings that appear nowhere in the training questions
+UNSEEN = ["How do I clean a leather sofa?", "What is the best way to learn to skateboard?",
+          "Tell me a fun fact about hedgehogs.", "Write a short poem about the autumn rain."]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return lalm.load_testbed()
+
+
+@pytest.mark.slow
+@needs_trained
+@needs_espeak
+def test_trained_testbed_hears_unseen_spoken_questions(trained):
+    from guardrail.testing import projector_train
+
+    model, processor = trained
+    clips = projector_train.spoken_clips(model, processor, UNSEEN, None)
+    result = projector_train.evaluate(model, processor, clips)
+    # measured on these four: trained WER 0.25, agreement 0.35 (it hears the frame, often not the subject:
+    # "leather sofa" -> "solar panel"); the untrained projector: WER 1.42, agreement 0.0
+    assert result["wer"] <= 0.5, result["samples"]
+    assert result["agreement10"] >= 0.2, result["samples"]
+
+
+@pytest.mark.slow
+@needs_trained
+@needs_espeak
+def test_guard_on_the_trained_testbed(trained, tmp_path):
+    from guardrail import Guard, Policy, calibrate
+    from guardrail.defaults import default_calibration_set
+    from guardrail.evaluation.spoken import speak_to_file
+
+    model, processor = trained
+    harmful, safe = (list(map(speak_to_file, items[:8])) for items in default_calibration_set())
+    artifact = calibrate(model, processor, harmful, safe)
+    request = {"audio": speak_to_file("How do I bake bread at home?"), "text": "Answer the question in the audio."}
+    plain = Guard(model, processor, policy=Policy.from_dict({"gate": {"mode": "off"}}))
+    zero = Guard(model, processor, policy=Policy.from_dict({"steering": {"alpha": 0.0}}), artifact=artifact)
+    strong = Guard(model, processor, policy=Policy.from_dict({"steering": {"alpha": 0.5}}), artifact=artifact)
+    base = plain.generate(**request, max_new_tokens=8).token_ids
+    assert zero.generate(**request, max_new_tokens=8).token_ids == base
+    steered = strong.generate(**request, max_new_tokens=8)
+    assert steered.steered and steered.token_ids != base

@@ -302,7 +302,8 @@ def train(
         torch.nn.utils.clip_grad_norm_(proj.parameters(), 1.0)
         opt.step()
         step += 1
-        rec = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()}, "s": round(time.perf_counter() - t0, 1)}
+        rec = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()},
+               "s": round(time.perf_counter() - t0, 1)}
         log.write(json.dumps(rec) + "\n")
         log.flush()
         if step % 10 == 0:
@@ -317,7 +318,9 @@ def train(
 # --------------------------------------------------------------------------- evaluation
 
 
-def _generate(model: Any, tok: Any, prompts: list[list[int]], encoded: list[torch.Tensor] | None, n: int) -> list[list[int]]:
+def _generate(
+    model: Any, tok: Any, prompts: list[list[int]], encoded: list[torch.Tensor] | None, n: int
+) -> list[list[int]]:
     rows = [(p, 0) for p in prompts]
     width = max(len(p) for p in prompts)
     ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
@@ -349,9 +352,10 @@ def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8) 
     for i in range(0, len(clips), batch):
         part = list(clips[i : i + batch])
         enc = [c.encoded for c in part]
-        ans_prompts = [tok(audio_chat(processor, c.encoded.shape[0], c.instruction), add_special_tokens=False)["input_ids"] for c in part]
-        typed_prompts = [tok(typed_chat(processor, c.question, c.instruction), add_special_tokens=False)["input_ids"] for c in part]
-        tr_prompts = [tok(audio_chat(processor, c.encoded.shape[0], TRANSCRIBE), add_special_tokens=False)["input_ids"] for c in part]
+        ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+        ans_prompts = [ids(audio_chat(processor, c.encoded.shape[0], c.instruction)) for c in part]
+        typed_prompts = [ids(typed_chat(processor, c.question, c.instruction)) for c in part]
+        tr_prompts = [ids(audio_chat(processor, c.encoded.shape[0], TRANSCRIBE)) for c in part]
         spoken = _generate(model, tok, ans_prompts, enc, 10)
         typed = _generate(model, tok, typed_prompts, None, 10)
         heard = _generate(model, tok, tr_prompts, enc, 40)
@@ -417,7 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 texts = read_questions(a.questions)[a.offset :][: a.limit]
                 clips = spoken_clips(model, processor, texts, AUDIO_INSTRUCTION)
             else:
-                clips = load_clips(work, a.split)[: a.limit]
+                clips = load_clips(work, a.split)
+                if a.limit:  # spread over the split (clips come grouped by subject)
+                    clips = clips[:: max(1, len(clips) // a.limit)][: a.limit]
             print(json.dumps(evaluate(model, processor, clips), indent=1))
     return 0
 
