@@ -57,3 +57,15 @@ def test_training_steps_lower_both_losses_and_move_only_the_projector():
     assert set(first) == {"transcribe", "answer"}
     assert last["transcribe"] < 0.85 * first["transcribe"] and last["answer"] < 0.5 * first["answer"]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items())
+
+
+def test_word_sentences_are_seeded_varied_questions():
+    _, processor = build_tiny("qwen2_audio")
+    words = ["bread", "river", "lantern", "garden", "violin", "pepper", "castle", "winter", "saddle", "mirror"]
+    a = train_questions.word_sentences(words, 20, seed=1)
+    assert a == train_questions.word_sentences(words, 20, seed=1) != train_questions.word_sentences(words, 20, 2)
+    assert all(s.endswith("?") and s.startswith(train_questions.FRAMES) for s in a)
+    assert all(5 <= len(s[:-1].split()) - len(f.split()) <= 10 for s in a for f in train_questions.FRAMES
+               if s.startswith(f + " "))
+    found = pt.tokenizer_words(processor.tokenizer)
+    assert all(w.isalpha() and w.islower() and 4 <= len(w) <= 11 for w in found)

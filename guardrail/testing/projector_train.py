@@ -157,8 +157,31 @@ def prepare(work_dir: Path, voices_per_question: int = 2, seed: int = 0, limit: 
     return path
 
 
+def tokenizer_words(tok: Any, max_id: int = 60_000) -> list[str]:
+    """Lower-case alphabetic single-token words (4-11 letters) among the tokenizer's first ids."""
+    import re
+
+    return sorted({t[1:] for t, i in tok.get_vocab().items()
+                   if t.startswith("\u0120") and i < max_id and re.fullmatch(r"[a-z]{4,11}", t[1:])})
+
+
+def prepare_words(work_dir: Path, n: int = 2500, seed: int = 0) -> Path:
+    """Transcription-only clips of generated sentences (``train_questions.word_sentences``):
+    ``work_dir/words.pt``; training mixes them into the transcription task."""
+    model, processor = lalm.build_lalm()
+    sentences = train_questions.word_sentences(tokenizer_words(processor.tokenizer), n, seed)
+    voices = [speech.voice_for(f"words|{t}", seed) for t in sentences]
+    waves = [speech.speak_as(t, v) for t, v in zip(sentences, voices)]
+    encoded = encode_clips(model, processor, waves)
+    clips = [{"split": "words", "question": t, "subject": "", "voice": list(v), "instruction": TRANSCRIBE,
+              "encoded": e, "answer": []} for t, v, e in zip(sentences, voices, encoded)]
+    path = work_dir / "words.pt"
+    torch.save({"seed": seed, "clips": clips}, path)
+    return path
+
+
 def load_clips(work_dir: Path, split: str) -> list[Clip]:
-    data = torch.load(work_dir / "data.pt", weights_only=False)
+    data = torch.load(work_dir / ("words.pt" if split == "words" else "data.pt"), weights_only=False)
     return [
         Clip(c["question"], c["subject"], speech.Voice(*c["voice"]), c["instruction"], c["encoded"], c["answer"])
         for c in data["clips"]
@@ -274,6 +297,7 @@ def train(
     model.requires_grad_(False)
     proj = model.model.multi_modal_projector.linear
     clips = load_clips(work_dir, "train")
+    words = load_clips(work_dir, "words") if (work_dir / "words.pt").exists() else []
     ckpt_path = work_dir / "ckpt.pt"
     opt = torch.optim.AdamW(proj.parameters(), lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
@@ -292,9 +316,11 @@ def train(
     while step < steps:
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr, warmup=50)
-        picked = rng.sample(clips, batch)
         share = transcribe_share(step, steps)
-        tasks = ["transcribe" if rng.random() < share else "answer" for _ in picked]
+        tasks = ["transcribe" if rng.random() < share else "answer" for _ in range(batch)]
+        # half the transcription clips come from the generated sentences, when there are any
+        picked = [rng.choice(words) if t == "transcribe" and words and rng.random() < 0.5 else rng.choice(clips)
+                  for t in tasks]
         losses = loss_on_batch(model, processor, picked, tasks)
         total = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -385,7 +411,7 @@ def spoken_clips(model: Any, processor: Any, questions: Sequence[str], instructi
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m guardrail.testing.projector_train")
-    p.add_argument("command", choices=["prepare", "train", "evaluate", "export"])
+    p.add_argument("command", choices=["prepare", "prepare-words", "train", "evaluate", "export"])
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=8)
@@ -401,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = a.work_dir or default_work_dir()
     if a.command == "prepare":
         print(prepare(work, limit=a.limit))
+    elif a.command == "prepare-words":
+        print(prepare_words(work, n=a.limit or 2500))
     elif a.command == "train":
         train(work, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads)
     elif a.command in ("evaluate", "export"):

@@ -73,6 +73,20 @@ INSTRUCTIONS: tuple[str | None, ...] = (
 TRANSCRIBE = "Repeat exactly what was said in the audio."
 
 
+# openings for transcription-only sentences (generic question frames; the rest is random vocabulary)
+FRAMES = ("How can I", "What is the", "Tell me about the", "Why does the", "Where can someone find",
+          "Which are the", "Can you suggest ways to", "What are the", "How does one", "Explain the",
+          "Is it possible to", "Who decides the", "When should we", "Describe a")
+
+
+def word_sentences(words: list[str], n: int, seed: int = 0) -> list[str]:
+    """``n`` transcription-only sentences: a question frame and 5-10 words drawn from ``words``
+    (e.g. the tokenizer's single-token English words), for an acoustic mapping that covers far
+    more words than the templated questions. They need no answers, so they cost only speech."""
+    rng = random.Random(f"guardrail.word_sentences:{seed}")
+    return [f"{rng.choice(FRAMES)} {' '.join(rng.sample(words, rng.randint(5, 10)))}?" for _ in range(n)]
+
+
 class Question(NamedTuple):
     text: str
     subject: str
