@@ -24,7 +24,7 @@ from .errors import PolicyError, RequestError
 from .gate import Gate, GateDecision, ScoringProbe
 from .logs import Metrics, decision_event, decision_logger
 from .hooks import HookState, PrefillGate, StopForward, hooks_for
-from .linear_probe import LinearProbe
+from .linear_probe import LinearProbe, steer_flags
 from .static_steering import SteeringSlot, slot_for
 from .policy import Policy, RuntimePolicy
 from .streaming import GuardStream, TokenQueue
@@ -248,8 +248,7 @@ class Guard:
         non-finite score anywhere is a failure of the whole batch: gate.on_error applies)."""
         if not self._deltas:
             return {}
-        on_error = torch.tensor(float(self.policy.gate.on_error == "steer"), device=scores.device)
-        steer = torch.where(torch.isfinite(scores).all(), (scores >= self.gate.threshold).float(), on_error)
+        steer = steer_flags(scores, self.gate.threshold, float(self.policy.gate.on_error == "steer"))
         return {i: steer[:, None].to(d.device, d.dtype) * d for i, d in self._deltas.items()}
 
     def _gated(self, steer: list[bool]) -> dict[int, torch.Tensor]:

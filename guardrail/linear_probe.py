@@ -48,6 +48,14 @@ class LinearProbe:
         return torch.sigmoid(logit + self.bias)
 
 
+def steer_flags(scores: torch.Tensor, threshold: float | torch.Tensor,
+                on_error: float | torch.Tensor) -> torch.Tensor:
+    """1.0 per sample to steer, 0.0 not: ``score >= threshold``; when any score is not finite the
+    whole batch gets ``on_error`` (1.0 steer, 0.0 pass), as ``Gate.decide_scores`` decides on the host.
+    Pure tensor arithmetic: usable inside a compiled graph."""
+    return torch.where(torch.isfinite(scores).all(), (scores >= threshold).float(), on_error)
+
+
 def linear_form(probe: Any) -> LinearProbe | None:
     """The probe as a :class:`LinearProbe`, or None when it is not one this package can read
     (a custom probe object, another ONNX graph) or the torch form disagrees with the probe's

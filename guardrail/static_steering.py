@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .errors import GuardrailError
-from .linear_probe import LinearProbe
+from .linear_probe import LinearProbe, steer_flags
 
 log = logging.getLogger("guardrail")
 
@@ -127,8 +127,7 @@ class SteeringSlot:
         if not finish:
             return
         score = torch.sigmoid(acc + self.bias)
-        finite = torch.isfinite(score).all()
-        steer = torch.where(finite, (score >= self.threshold).float(), self.on_error) * self.can_steer
+        steer = steer_flags(score, self.threshold, self.on_error) * self.can_steer
         armed = self.armed > 0
         self.scale[:batch] = torch.where(armed, steer[:, None].to(self.dtype), self.scale[:batch])
         self.score[:batch] = torch.where(armed, score, self.score[:batch])

@@ -104,20 +104,15 @@ def encode_clips(model: Any, processor: Any, waves: Sequence[Any]) -> list[torch
 def greedy_answers(model: Any, processor: Any, prompts: Sequence[str], n: int, batch: int = 16) -> list[list[int]]:
     """The LM's greedy continuation (``n`` tokens, stopping at end of turn) per text prompt."""
     tok = processor.tokenizer
-    lm = model.language_model if hasattr(model, "language_model") else model
+    stops = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
     answers: list[list[int]] = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch):
             enc = tok(list(prompts[i : i + batch]), return_tensors="pt", padding=True)
             out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
             for row in out[:, enc["input_ids"].shape[1] :].tolist():
-                ids = []
-                for t in row:
-                    ids.append(t)
-                    if t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")):
-                        break
-                answers.append(ids)
-    del lm
+                end = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))  # keep the stop token
+                answers.append(row[:end])
     return answers
 
 
@@ -192,6 +187,10 @@ def load_clips(work_dir: Path, split: str) -> list[Clip]:
 # --------------------------------------------------------------------------- initialisation
 
 
+def _ids(tok: Any, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
 def ridge_init(model: Any, processor: Any, clips: Sequence[Clip], ridge: float = 1.0) -> dict[str, torch.Tensor]:
     """Projector from a ridge regression of word-token embeddings onto encoder frames, with the
     question's tokens spread evenly over each clip's frames."""
@@ -199,7 +198,7 @@ def ridge_init(model: Any, processor: Any, clips: Sequence[Clip], ridge: float =
     emb = model.get_input_embeddings().weight
     xs, ys = [], []
     for c in clips:
-        ids = tok(c.question, add_special_tokens=False)["input_ids"]
+        ids = _ids(tok, c.question)
         n = c.encoded.shape[0]
         idx = torch.tensor([min(len(ids) - 1, j * len(ids) // n) for j in range(n)])
         xs.append(c.encoded.float())
@@ -214,14 +213,15 @@ def ridge_init(model: Any, processor: Any, clips: Sequence[Clip], ridge: float =
 # --------------------------------------------------------------------------- training
 
 
-def _batch_tensors(rows: list[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask."""
-    width = max(len(ids) for ids, _ in rows)
+def _batch_tensors(rows: list[list[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded ids and attention mask: right padding for training, left padding for generation."""
+    width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, _) in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r)
+        mask[i, cols] = 1
     return ids, mask
 
 
@@ -241,15 +241,15 @@ def loss_on_batch(model: Any, processor: Any, clips: Sequence[Clip], tasks: Sequ
     for c, task in zip(clips, tasks):
         n = c.encoded.shape[0]
         if task == "transcribe":
-            prompt = tok(audio_chat(processor, n, TRANSCRIBE), add_special_tokens=False)["input_ids"]
-            target = tok(c.question, add_special_tokens=False)["input_ids"] + [end]
+            prompt = _ids(tok, audio_chat(processor, n, TRANSCRIBE))
+            target = _ids(tok, c.question) + [end]
         else:
-            prompt = tok(audio_chat(processor, n, c.instruction), add_special_tokens=False)["input_ids"]
+            prompt = _ids(tok, audio_chat(processor, n, c.instruction))
             target = list(c.answer)
-            tprompt = tok(typed_chat(processor, c.question, c.instruction), add_special_tokens=False)["input_ids"]
-            teacher.append((tprompt + target, 0))
+            tprompt = _ids(tok, typed_chat(processor, c.question, c.instruction))
+            teacher.append(tprompt + target)
             tspans.append((len(tprompt), len(tprompt) + len(target)))
-        student.append((prompt + target, 0))
+        student.append(prompt + target)
         spans.append((len(prompt), len(prompt) + len(target)))
         targets.append((task, target))
     ids, mask = _batch_tensors(student, tok.pad_token_id)
@@ -347,13 +347,7 @@ def train(
 def _generate(
     model: Any, tok: Any, prompts: list[list[int]], encoded: list[torch.Tensor] | None, n: int
 ) -> list[list[int]]:
-    rows = [(p, 0) for p in prompts]
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):  # left padding for generation
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
+    ids, mask = _batch_tensors(prompts, tok.pad_token_id, left=True)
     with torch.inference_mode():
         if encoded is None:
             embeds = model.get_input_embeddings()(ids)
@@ -378,10 +372,9 @@ def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8) 
     for i in range(0, len(clips), batch):
         part = list(clips[i : i + batch])
         enc = [c.encoded for c in part]
-        ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
-        ans_prompts = [ids(audio_chat(processor, c.encoded.shape[0], c.instruction)) for c in part]
-        typed_prompts = [ids(typed_chat(processor, c.question, c.instruction)) for c in part]
-        tr_prompts = [ids(audio_chat(processor, c.encoded.shape[0], TRANSCRIBE)) for c in part]
+        ans_prompts = [_ids(tok, audio_chat(processor, c.encoded.shape[0], c.instruction)) for c in part]
+        typed_prompts = [_ids(tok, typed_chat(processor, c.question, c.instruction)) for c in part]
+        tr_prompts = [_ids(tok, audio_chat(processor, c.encoded.shape[0], TRANSCRIBE)) for c in part]
         spoken = _generate(model, tok, ans_prompts, enc, 10)
         typed = _generate(model, tok, typed_prompts, None, 10)
         heard = _generate(model, tok, tr_prompts, enc, 40)
