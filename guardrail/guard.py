@@ -316,7 +316,7 @@ class Guard:
         slot = self._slot()
         with torch.inference_mode(), slot.request(
                 self._deltas, batch, steer=None if decision is None else decision.steer, probe=self._linear,
-                threshold=self.gate.threshold or 0.5, on_error_steer=self.policy.gate.on_error == "steer"):
+                threshold=self.gate.threshold if self.gate.threshold is not None else 0.5, on_error_steer=self.policy.gate.on_error == "steer"):
             output = self.model.generate(**inputs, **kwargs)
             scores = slot.decision(batch)[1] if decision is None else None
         if decision is None:

@@ -167,3 +167,9 @@ def test_user_compiled_forward_takes_the_static_path(setup):
     finally:
         model.forward = original
         torch._dynamo.reset()
+
+
+def test_static_path_keeps_a_zero_threshold(setup):
+    static, eager = guard(setup, "probe", {"cache": "static"}, threshold=0.0), guard(setup, "probe", threshold=0.0)
+    tokens, steer, _ = run(static)
+    assert steer == [True] * len(TEXTS) and (tokens, steer) == tuple(run(eager)[:2])
