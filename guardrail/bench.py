@@ -43,6 +43,43 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+class _GenerateClock:
+    """Times ``generate`` of the given models (an instance attribute shadows the method while
+    active). A call's time minus its time in generate is host work: input preparation for every
+    arm, plus the guard's own for the guarded ones. Unlike the ratios, the machine's noise does
+    not swamp this difference."""
+
+    def __init__(self, *models: nn.Module) -> None:
+        self.models, self.calls = list({id(m): m for m in models}.values()), []
+
+    def _wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.calls.append(time.perf_counter() - start)
+
+        return generate
+
+    def __enter__(self) -> "_GenerateClock":
+        for m in self.models:
+            m.generate = self._wrap(m.generate)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for m in self.models:
+            del m.generate
+
+    def split(self, fn: Callable[[], Any]) -> tuple[float, float]:
+        """(total seconds, seconds outside model.generate) for one call."""
+        self.calls.clear()
+        total = _timed(fn)
+        return total, total - sum(self.calls)
+
+
 def _policy(base: Policy, mode: str, runtime: str) -> Policy:
     data = base.model_dump()
     data["gate"]["mode"] = mode
@@ -90,13 +127,19 @@ def overhead(model: nn.Module, processor: Any, artifact: SteeringArtifact,
             fn()
             fn()
         times: dict[str, list[float]] = {name: [] for name in arms}
-        for _ in range(rounds):
-            for name, fn in arms.items():
-                times[name].append(_timed(fn))
+        host: dict[str, list[float]] = {name: [] for name in arms}
+        names = list(arms)
+        with _GenerateClock(model, raw_model) as clock:
+            for r in range(rounds):
+                for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no arm always first
+                    total, outside = clock.split(arms[name])
+                    times[name].append(total)
+                    host[name].append(outside)
     result: dict[str, Any] = {"runtime": runtime, "batch": batch, "rounds": rounds, "new_tokens": new_tokens,
                               "prompt_tokens": int(inputs["input_ids"].shape[1]),
                               "audio": any(r.get("audio") is not None for r in chosen),
-                              "median_s": {k: statistics.median(v) for k, v in times.items()}}
+                              "median_s": {k: statistics.median(v) for k, v in times.items()},
+                              "host_ms": {k: 1e3 * statistics.median(v) for k, v in host.items()}}
     for name in arms:
         if name != "raw":
             result[f"{name}_over_raw"] = _ratio(times[name], times["raw"])
@@ -118,4 +161,6 @@ def format_row(name: str, r: dict[str, Any]) -> str:
     if "gated_over_raw" in r:
         g = r["gated_over_raw"]
         line += f" | gated/raw {g['median']:.3f} [{g['min']:.3f}..{g['max']:.3f}]"
+    if "host_ms" in r:
+        line += " | host ms " + " ".join(f"{k} {v:.2f}" for k, v in r["host_ms"].items())
     return line

@@ -69,3 +69,68 @@ def test_word_sentences_are_seeded_varied_questions():
                if s.startswith(f + " "))
     found = pt.tokenizer_words(processor.tokenizer)
     assert all(w.isalpha() and w.islower() and 4 <= len(w) <= 11 for w in found)
+
+
+def test_lora_training_moves_projector_and_adapter_and_merges_into_plain_weights():
+    from guardrail.testing import lora
+
+    model, processor = build_tiny("qwen2_audio", seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    model.requires_grad_(False)
+    lm = model.model.language_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    lora.add_lora(lm, rank=4)
+    proj = model.model.multi_modal_projector.linear
+    proj.requires_grad_(True)
+    params = [*proj.parameters(), *(p for n, p in lm.named_parameters() if "lora_" in n)]
+    assert len(params) > 2 and all(p.requires_grad for p in params)
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    batch, tasks = clips(model), ["transcribe", "answer", "transcribe", "answer"]
+    first = pt.loss_on_batch(model, processor, batch, tasks)
+    assert set(first) == {"transcribe", "answer", "text"} and first["text"].item() < 1e-6  # B starts at 0
+    for _ in range(31):
+        loss = sum(pt.loss_on_batch(model, processor, batch, tasks).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = pt.loss_on_batch(model, processor, batch, tasks)
+    assert last["transcribe"] < 0.5 * first["transcribe"] and last["answer"] < 0.6 * first["answer"]
+
+    ids = torch.tensor([[3, 5, 7, 11, 13]])
+    with torch.no_grad():
+        adapted = lm(input_ids=ids).last_hidden_state
+        with lora.adapters_off(lm):
+            original = lm(input_ids=ids).last_hidden_state
+    assert not torch.allclose(adapted, original, atol=1e-4)
+    state = lora.lora_state(lm)
+
+    fresh, _ = build_tiny("qwen2_audio", seed=0)  # plain modules, same base weights
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items() if "lm_head" not in k)
+    with torch.no_grad():
+        base = fresh.model.language_model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(base, original, atol=1e-5, rtol=1e-5)
+    lora.merge_lora(fresh.model.language_model, state)
+    with torch.no_grad():
+        merged = fresh.model.language_model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)
+
+
+def test_lora_errors_name_the_problem(tmp_path):
+    import pytest
+
+    from guardrail.testing import lora
+
+    model, _ = build_tiny("qwen2_audio", seed=0)
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        lora.lora_state(model.model.language_model)
+    lora.add_lora(model.model.language_model, rank=2)
+    state = lora.lora_state(model.model.language_model)
+    path = lora.save_lora(state, tmp_path / "a.safetensors", {"kind": "test"})
+    loaded = lora.load_lora(path)
+    assert set(loaded) == set(state)
+    other, _ = build_tiny("qwen2", seed=0)
+    bad = {"scale": loaded["scale"], "nowhere.lora_A": loaded[next(k for k in loaded if k.endswith("lora_A"))],
+           "nowhere.lora_B": loaded[next(k for k in loaded if k.endswith("lora_B"))]}
+    with pytest.raises(KeyError, match="nowhere"):
+        lora.merge_lora(other.model, bad)

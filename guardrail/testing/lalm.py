@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 LM_NAME = "qwen2.5-coder-0.5b-instruct"
 TESTBED = "qwen2-audio-testbed"  # the name the CLI's --testbed takes
 PROJECTOR_FILE = Path(__file__).parent / "parts" / "qwen2-audio-testbed-projector.safetensors"
+LORA_FILE = Path(__file__).parent / "parts" / "qwen2-audio-testbed-lora.safetensors"  # optional LM adapter
 AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
 AUDIO_TOKENS = (AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
 # ids they get in the Qwen2.5 tokenizer (first spare rows; asserted when the tokenizer is built)
@@ -342,12 +343,18 @@ def build_lalm(
 
 
 def load_testbed() -> tuple[Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor]:
-    """The testbed with the projector trained by this project (``PROJECTOR_FILE``, shipped in the
-    package); raises TestbedError when it is missing."""
+    """The testbed with the parts trained by this project, shipped in the package: the projector
+    (``PROJECTOR_FILE``) and, when there is one, the LM's LoRA adapter (``LORA_FILE``, merged
+    into the LM's weights). Raises TestbedError when the projector is missing."""
     if not PROJECTOR_FILE.is_file():
         raise TestbedError(f"no trained projector at {PROJECTOR_FILE}; train one with "
                            "python -m guardrail.testing.projector_train (prepare, train, export)")
-    return build_lalm(PROJECTOR_FILE)
+    model, processor = build_lalm(PROJECTOR_FILE)
+    if LORA_FILE.is_file():
+        from guardrail.testing.lora import load_lora, merge_lora
+
+        merge_lora(model.model.language_model, load_lora(LORA_FILE))
+    return model, processor
 
 
 # --------------------------------------------------------------------------- fast audio path

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from guardrail.testing import lalm, speech, testbeds, train_questions
+from guardrail.testing import lalm, lora, speech, testbeds, train_questions
 from guardrail.testing.train_questions import INSTRUCTIONS, TRANSCRIBE, Question
 
 ANSWER_TOKENS = 16
@@ -233,8 +233,15 @@ def _target_logits(model: Any, embeds: torch.Tensor, mask: torch.Tensor, spans: 
     return F.log_softmax(model.lm_head(picked).float(), dim=-1)
 
 
+def _has_lora(model: Any) -> bool:
+    return any("lora_" in n for n, _ in model.model.language_model.named_parameters())
+
+
 def loss_on_batch(model: Any, processor: Any, clips: Sequence[Clip], tasks: Sequence[str]) -> dict[str, torch.Tensor]:
-    """KL to the typed teacher on answer clips, cross-entropy on transcription clips."""
+    """KL to the typed teacher on answer clips, cross-entropy on transcription clips. With a LoRA
+    adapter on the LM, the teacher is the LM without it, and a third term (``text``) keeps the
+    adapted LM's answers to the typed chats where the teacher's are (its text behaviour, refusals
+    included, must not drift)."""
     tok = processor.tokenizer
     end = tok.convert_tokens_to_ids("<|im_end|>")
     student, teacher, spans, tspans, targets = [], [], [], [], []
@@ -266,11 +273,15 @@ def loss_on_batch(model: Any, processor: Any, clips: Sequence[Clip], tasks: Sequ
         tgt = torch.tensor([t for i in tr_rows for t in targets[i][1]])
         out["transcribe"] = F.nll_loss(lp, tgt)
     if an_rows:
-        with torch.no_grad():
-            tids, tmask = _batch_tensors(teacher, tok.pad_token_id)
+        adapted = _has_lora(model)
+        tids, tmask = _batch_tensors(teacher, tok.pad_token_id)
+        with torch.no_grad(), lora.adapters_off(model.model.language_model):
             tlogp = _target_logits(model, model.get_input_embeddings()(tids), tmask, tspans)
         lp = torch.cat([logp[offsets[i] : offsets[i + 1]] for i in an_rows])
         out["answer"] = F.kl_div(lp, tlogp, log_target=True, reduction="batchmean")
+        if adapted:
+            text_lp = _target_logits(model, model.get_input_embeddings()(tids), tmask, tspans)
+            out["text"] = F.kl_div(text_lp, tlogp, log_target=True, reduction="batchmean")
     return out
 
 
@@ -288,29 +299,39 @@ def transcribe_share(step: int, total: int) -> float:
 
 def train(
     work_dir: Path, steps: int = 3000, batch: int = 8, lr: float = 2e-3, seed: int = 0,
-    save_every: int = 25, threads: int | None = None,
+    save_every: int = 25, threads: int | None = None, lora_rank: int = 0, init: Path | None = None,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Train (or resume) the projector; checkpoints to ``work_dir/ckpt.pt``."""
+    """Train (or resume) the projector, and with ``lora_rank`` a LoRA adapter on the LM's
+    attention; checkpoints to ``work_dir/ckpt.pt``. ``init``: start from this projector file
+    instead of the ridge regression."""
     if threads:
         torch.set_num_threads(threads)
     model, processor = lalm.build_lalm()
     model.requires_grad_(False)
     proj = model.model.multi_modal_projector.linear
+    lm = model.model.language_model
+    if lora_rank:
+        lora.add_lora(lm, lora_rank)
     clips = load_clips(work_dir, "train")
     words = load_clips(work_dir, "words") if (work_dir / "words.pt").exists() else []
     ckpt_path = work_dir / "ckpt.pt"
-    opt = torch.optim.AdamW(proj.parameters(), lr=lr, weight_decay=0.0)
-    rng = random.Random(seed)
-    step = 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+    step, rng = 0, random.Random(seed)
+    ck = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
+    if ck is not None:
         proj.load_state_dict(ck["projector"])
-        opt.load_state_dict(ck["optimizer"])
+        if lora_rank:
+            lora.set_lora(lm, ck["lora"])
         step, rng = ck["step"], ck["rng"]
         print(f"resumed at step {step}", flush=True)
+    elif init is not None:
+        proj.load_state_dict(lalm.load_projector(init))
     else:
         proj.load_state_dict(ridge_init(model, processor, clips))
     proj.requires_grad_(True)
+    params = [*proj.parameters(), *(p for n, p in lm.named_parameters() if "lora_" in n)]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if ck is not None:
+        opt.load_state_dict(ck["optimizer"])
     log = (work_dir / "log.jsonl").open("a")
     t0 = time.perf_counter()
     while step < steps:
@@ -325,7 +346,7 @@ def train(
         total = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(proj.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
         rec = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()},
@@ -335,8 +356,11 @@ def train(
         if step % 10 == 0:
             print(json.dumps(rec), flush=True)
         if step % save_every == 0 or step == steps:
+            state = {"projector": proj.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": rng}
+            if lora_rank:
+                state["lora"] = lora.lora_state(lm)
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"projector": proj.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": rng}, tmp)
+            torch.save(state, tmp)
             tmp.replace(ckpt_path)
     return lalm.projector_state_dict(model)
 
@@ -410,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter of this rank on the LM too")
+    p.add_argument("--init", type=Path, help="start from this projector file (default: ridge regression)")
     p.add_argument("--limit", type=int, default=None, help="questions per split (smoke runs)")
     p.add_argument("--offset", type=int, default=0, help="skip this many --questions (e.g. 50: held-out pairs)")
     p.add_argument("--split", default="held", help="held (held-out subjects) or train")
@@ -423,18 +449,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif a.command == "prepare-words":
         print(prepare_words(work, n=a.limit or 2500))
     elif a.command == "train":
-        train(work, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads)
+        train(work, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads, lora_rank=a.lora_rank, init=a.init)
     elif a.command in ("evaluate", "export"):
         model, processor = lalm.build_lalm()
         proj = model.model.multi_modal_projector.linear
+        adapter = None
         if a.projector == "checkpoint":
-            proj.load_state_dict(torch.load(work / "ckpt.pt", weights_only=False)["projector"])
+            ck = torch.load(work / "ckpt.pt", weights_only=False)
+            proj.load_state_dict(ck["projector"])
+            adapter = ck.get("lora")
+            if adapter is not None:
+                lora.merge_lora(model.model.language_model, adapter)
         elif a.projector == "ridge":
             proj.load_state_dict(ridge_init(model, processor, load_clips(work, "train")))
         elif a.projector != "fresh":
             proj.load_state_dict(lalm.load_projector(a.projector))
         if a.command == "export":
             print(lalm.save_projector(model, PROJECTOR_FILE))
+            if adapter is not None:
+                print(lora.save_lora(adapter, lalm.LORA_FILE, {"kind": "qwen2-audio-testbed LM adapter",
+                                                              "lm": lalm.LM_NAME}))
+            else:
+                lalm.LORA_FILE.unlink(missing_ok=True)
         else:
             if a.questions:
                 from guardrail.evaluation.data import read_questions
