@@ -1,14 +1,17 @@
 """Train the audio testbed's projector so the model treats a spoken question like a typed one.
 
-Only ``Linear(384 -> 896)`` learns; the Whisper tower and the LM stay frozen. Two tasks share
-each batch:
+``Linear(384 -> 896)`` learns, and with ``--lora-rank`` a LoRA adapter on the LM's attention
+(``guardrail.testing.lora``); the Whisper tower and the LM's own weights stay frozen. Two tasks
+share each batch:
 
 * answer: the chat with the spoken question (and, for some clips, an instruction) must give
   the next-token distributions the LM gives on the same chat with the question TYPED, along
   the LM's own greedy answer (forward KL, teacher = the frozen LM on text: behaviour matching);
 * transcribe: with "Repeat exactly what was said in the audio." the model must reproduce the
   question's words (cross-entropy), which forces the content, not just the kind of question,
-  through the projector (the pilot's failure mode).
+  through the projector (the pilot's failure mode);
+* text (only with a LoRA adapter): the adapted LM's answers to the typed chats must stay the
+  frozen LM's (KL), so that the adapter teaches listening without moving text behaviour.
 
 Before training the projector starts from a ridge regression of the token embeddings of the
 words being spoken onto the encoder frames (tokens spread evenly over each clip): a cheap,
@@ -20,6 +23,7 @@ optimiser, step, RNG), ``log.jsonl``. Everything is seeded.
 
     python -m guardrail.testing.projector_train prepare
     python -m guardrail.testing.projector_train train --steps 3000
+    python -m guardrail.testing.projector_train train --steps 420 --lora-rank 16 --init PROJECTOR
     python -m guardrail.testing.projector_train evaluate
 """
 
@@ -387,12 +391,15 @@ def agreement(a: Sequence[int], b: Sequence[int], n: int = 10) -> float:
     return sum(1 for x, y in zip(a[:n], b[:n]) if x == y) / n
 
 
-def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8) -> dict[str, float]:
-    """First-10-token agreement with the typed answer, and transcription word error rate."""
+def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8,
+             original: Any = None) -> dict[str, Any]:
+    """First-10-token agreement with the typed answer, and transcription word error rate. With an
+    adapted LM, ``original`` (the testbed without the adapter) answers the typed questions too:
+    ``agreement10_original_lm`` compares the spoken answers with those."""
     from guardrail.testing.whisper_ct2 import word_error_rate
 
     tok = processor.tokenizer
-    agree, wers, samples = [], [], []
+    agree, agree_orig, wers, samples = [], [], [], []
     for i in range(0, len(clips), batch):
         part = list(clips[i : i + batch])
         enc = [c.encoded for c in part]
@@ -402,17 +409,17 @@ def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8) 
         spoken = _generate(model, tok, ans_prompts, enc, 10)
         typed = _generate(model, tok, typed_prompts, None, 10)
         heard = _generate(model, tok, tr_prompts, enc, 40)
+        if original is not None:
+            agree_orig += [agreement(s, t) for s, t in zip(spoken, _generate(original, tok, typed_prompts, None, 10))]
         for c, s, t, h in zip(part, spoken, typed, heard):
             agree.append(agreement(s, t))
             text = tok.decode(h, skip_special_tokens=True)
             wers.append(word_error_rate(c.question, text))
             samples.append({"question": c.question, "heard": text, "spoken": tok.decode(s), "typed": tok.decode(t)})
-    return {
-        "n": len(clips),
-        "agreement10": sum(agree) / len(agree),
-        "wer": sum(wers) / len(wers),
-        "samples": samples[:6],
-    }
+    out: dict[str, Any] = {"n": len(clips), "agreement10": sum(agree) / len(agree), "wer": sum(wers) / len(wers)}
+    if agree_orig:
+        out["agreement10_original_lm"] = sum(agree_orig) / len(agree_orig)
+    return {**out, "samples": samples[:6]}
 
 
 def spoken_clips(model: Any, processor: Any, questions: Sequence[str], instruction: str | None) -> list[Clip]:
@@ -441,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="held", help="held (held-out subjects) or train")
     p.add_argument("--questions", type=Path, help="evaluate on these questions instead (JSON: FigStep format "
                    "or a list of strings), spoken with the evaluation instruction")
-    p.add_argument("--projector", default="checkpoint", help="checkpoint | ridge | fresh | PATH")
+    p.add_argument("--projector", default="checkpoint",
+                   help="checkpoint | testbed (the shipped parts) | ridge | fresh | PATH (a projector file)")
     a = p.parse_args(argv)
     work = a.work_dir or default_work_dir()
     if a.command == "prepare":
@@ -451,9 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif a.command == "train":
         train(work, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads, lora_rank=a.lora_rank, init=a.init)
     elif a.command in ("evaluate", "export"):
-        model, processor = lalm.build_lalm()
+        model, processor = lalm.load_testbed() if a.projector == "testbed" else lalm.build_lalm()
         proj = model.model.multi_modal_projector.linear
-        adapter = None
+        adapter = lora.load_lora(lalm.LORA_FILE) if a.projector == "testbed" and lalm.LORA_FILE.is_file() else None
         if a.projector == "checkpoint":
             ck = torch.load(work / "ckpt.pt", weights_only=False)
             proj.load_state_dict(ck["projector"])
@@ -462,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lora.merge_lora(model.model.language_model, adapter)
         elif a.projector == "ridge":
             proj.load_state_dict(ridge_init(model, processor, load_clips(work, "train")))
-        elif a.projector != "fresh":
+        elif a.projector not in ("fresh", "testbed"):
             proj.load_state_dict(lalm.load_projector(a.projector))
         if a.command == "export":
             print(lalm.save_projector(model, PROJECTOR_FILE))
@@ -481,7 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 clips = load_clips(work, a.split)
                 if a.limit:  # spread over the split (clips come grouped by subject)
                     clips = clips[:: max(1, len(clips) // a.limit)][: a.limit]
-            print(json.dumps(evaluate(model, processor, clips), indent=1))
+            original = lalm.build_lalm()[0] if adapter is not None else None
+            print(json.dumps(evaluate(model, processor, clips, original=original), indent=1))
     return 0
 
 
