@@ -521,8 +521,8 @@ def test_trained_testbed_hears_unseen_spoken_questions(trained):
     model, processor = trained
     clips = projector_train.spoken_clips(model, processor, UNSEEN, None)
     result = projector_train.evaluate(model, processor, clips)
-    # measured on these four: trained WER 0.25, agreement 0.35 (it hears the frame, often not the subject:
-    # "leather sofa" -> "solar panel"); the untrained projector: WER 1.42, agreement 0.0
+    # measured on these four: projector + LoRA adapter WER 0.17, agreement 0.375 (projector alone 0.25 / 0.35;
+    # it hears the frame, often not the subject: "leather sofa" -> "solar panel"); untrained: 1.42 / 0.0
     assert result["wer"] <= 0.5, result["samples"]
     assert result["agreement10"] >= 0.2, result["samples"]
 
