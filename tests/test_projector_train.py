@@ -83,8 +83,9 @@ def test_lora_training_moves_projector_and_adapter_and_merges_into_plain_weights
     lora.add_lora(lm, rank=4)
     proj = model.model.multi_modal_projector.linear
     proj.requires_grad_(True)
-    params = [*proj.parameters(), *(p for n, p in lm.named_parameters() if "lora_" in n)]
+    params = [*proj.parameters(), *lora.adapter_parameters(lm)]
     assert len(params) > 2 and all(p.requires_grad for p in params)
+    assert len(lora.adapter_parameters(lm)) == len([n for n, _ in lm.named_parameters() if "lora_" in n])
     opt = torch.optim.AdamW(params, lr=3e-3)
     batch, tasks = clips(model), ["transcribe", "answer", "transcribe", "answer"]
     first = pt.loss_on_batch(model, processor, batch, tasks)

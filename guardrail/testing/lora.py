@@ -26,16 +26,22 @@ def add_lora(lm: torch.nn.Module, rank: int, alpha: float | None = None) -> torc
     return inject_adapter_in_model(config, lm)
 
 
-def _lora_layers(lm: torch.nn.Module) -> list[torch.nn.Module]:
+def _lora_layers(lm: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(module path, peft LoRA layer) for every adapted layer of the LM."""
     from peft.tuners.lora import LoraLayer
 
-    return [m for m in lm.modules() if isinstance(m, LoraLayer)]
+    return [(name, m) for name, m in lm.named_modules() if isinstance(m, LoraLayer)]
+
+
+def adapter_parameters(lm: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The adapter's trainable tensors (empty when the LM has no adapter)."""
+    return [p for _, m in _lora_layers(lm) for part in (m.lora_A, m.lora_B) for p in part.parameters()]
 
 
 @contextlib.contextmanager
 def adapters_off(lm: torch.nn.Module) -> Iterator[None]:
     """The LM as it was before the adapter (the frozen teacher), inside the block."""
-    layers = _lora_layers(lm)
+    layers = [m for _, m in _lora_layers(lm)]
     for m in layers:
         m.enable_adapters(False)
     try:
@@ -49,11 +55,10 @@ def lora_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``{module path + '.lora_A' / '.lora_B': tensor}`` plus ``scale`` (a 0-d tensor)."""
     state: dict[str, torch.Tensor] = {}
     scale = None
-    for name, m in lm.named_modules():
-        if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {}):
-            state[f"{name}.lora_A"] = m.lora_A["default"].weight.detach().clone()
-            state[f"{name}.lora_B"] = m.lora_B["default"].weight.detach().clone()
-            scale = m.scaling["default"]
+    for name, m in _lora_layers(lm):
+        state[f"{name}.lora_A"] = m.lora_A["default"].weight.detach().clone()
+        state[f"{name}.lora_B"] = m.lora_B["default"].weight.detach().clone()
+        scale = m.scaling["default"]
     if scale is None:
         raise ValueError("the model holds no LoRA adapter")
     state["scale"] = torch.tensor(float(scale))

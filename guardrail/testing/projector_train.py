@@ -237,10 +237,6 @@ def _target_logits(model: Any, embeds: torch.Tensor, mask: torch.Tensor, spans: 
     return F.log_softmax(model.lm_head(picked).float(), dim=-1)
 
 
-def _has_lora(model: Any) -> bool:
-    return any("lora_" in n for n, _ in model.model.language_model.named_parameters())
-
-
 def loss_on_batch(model: Any, processor: Any, clips: Sequence[Clip], tasks: Sequence[str]) -> dict[str, torch.Tensor]:
     """KL to the typed teacher on answer clips, cross-entropy on transcription clips. With a LoRA
     adapter on the LM, the teacher is the LM without it, and a third term (``text``) keeps the
@@ -277,14 +273,15 @@ def loss_on_batch(model: Any, processor: Any, clips: Sequence[Clip], tasks: Sequ
         tgt = torch.tensor([t for i in tr_rows for t in targets[i][1]])
         out["transcribe"] = F.nll_loss(lp, tgt)
     if an_rows:
-        adapted = _has_lora(model)
+        lm = model.model.language_model
         tids, tmask = _batch_tensors(teacher, tok.pad_token_id)
-        with torch.no_grad(), lora.adapters_off(model.model.language_model):
-            tlogp = _target_logits(model, model.get_input_embeddings()(tids), tmask, tspans)
+        typed = model.get_input_embeddings()(tids)
+        with torch.no_grad(), lora.adapters_off(lm):
+            tlogp = _target_logits(model, typed, tmask, tspans)
         lp = torch.cat([logp[offsets[i] : offsets[i + 1]] for i in an_rows])
         out["answer"] = F.kl_div(lp, tlogp, log_target=True, reduction="batchmean")
-        if adapted:
-            text_lp = _target_logits(model, model.get_input_embeddings()(tids), tmask, tspans)
+        if lora.adapter_parameters(lm):
+            text_lp = _target_logits(model, typed, tmask, tspans)
             out["text"] = F.kl_div(text_lp, tlogp, log_target=True, reduction="batchmean")
     return out
 
@@ -322,6 +319,10 @@ def train(
     step, rng = 0, random.Random(seed)
     ck = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
     if ck is not None:
+        if bool(lora_rank) != ("lora" in ck):
+            held = "holds a LoRA adapter" if "lora" in ck else "holds no LoRA adapter"
+            raise ValueError(f"{ckpt_path} {held}, but --lora-rank is {lora_rank}: resume with the rank it was "
+                             "trained with, or use another --work-dir")
         proj.load_state_dict(ck["projector"])
         if lora_rank:
             lora.set_lora(lm, ck["lora"])
@@ -332,7 +333,7 @@ def train(
     else:
         proj.load_state_dict(ridge_init(model, processor, clips))
     proj.requires_grad_(True)
-    params = [*proj.parameters(), *(p for n, p in lm.named_parameters() if "lora_" in n)]
+    params = [*proj.parameters(), *lora.adapter_parameters(lm)]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
