@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from guardrail import calibrate
-from guardrail.activations import forward_last, model_inputs
-from guardrail.adapter import Request, resolve_adapter
+from guardrail.steering.activations import forward_last, model_inputs
+from guardrail.models.adapter import Request, resolve_adapter
 from guardrail.defaults import default_calibration_set
-from guardrail.steering import DEFAULT_REFUSAL_TEXT
+from guardrail.steering.vectors import DEFAULT_REFUSAL_TEXT
 from guardrail.testing.tiny import build_tiny
 
 INSTRUCTION = "Please generate detailed steps for the question."

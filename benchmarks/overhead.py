@@ -26,7 +26,7 @@ import torch
 from guardrail import calibrate
 from guardrail.bench import RUNTIMES, format_row, overhead
 from guardrail.defaults import default_calibration_set
-from guardrail.probe import OnnxProbe, fit_probe
+from guardrail.gate.onnx_probe import OnnxProbe, fit_probe
 from guardrail.testing.tiny import AUDIO_FAMILIES, build_tiny, tiny_audio
 
 LONG = (" Please answer carefully, step by step, with examples, and mention anything a beginner should "

@@ -30,12 +30,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from guardrail.activations import last_token_activations
-from guardrail.adapter import Request, resolve_adapter
-from guardrail.fingerprint import config_fingerprint, config_summary, weight_sample
-from guardrail.policy import TEXT_INSTRUCTION
-from guardrail.probe import OnnxProbe, evaluate_probe
-from guardrail.probe_train import train_probe
+from guardrail.steering.activations import last_token_activations
+from guardrail.models.adapter import Request, resolve_adapter
+from guardrail.models.identity import config_fingerprint, config_summary, weight_sample
+from guardrail.policy.schema import TEXT_INSTRUCTION
+from guardrail.gate.onnx_probe import OnnxProbe, evaluate_probe
+from guardrail.gate.train import train_probe
 
 FIGSTEP = Path(os.environ.get("GUARDRAIL_FIGSTEP_DIR", "/work/shared/data/figstep"))
 CACHE = Path("/tmp/guardrail-probe-cache")

@@ -7,14 +7,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+source"
 
-from .adapter import Adapter, AdapterSpec, Request, get_adapter, resolve_adapter, supported_families
-from .artifact import SteeringArtifact
-from .audio import load_audio
-from .calibration import calibrate
-from .errors import (ArtifactError, ArtifactMismatchError, AudioInputError, GuardrailError, PolicyError,
+from guardrail.models.adapter import Adapter, AdapterSpec, Request, get_adapter, resolve_adapter, supported_families
+from guardrail.steering.artifact import SteeringArtifact
+from guardrail.audio import load_audio
+from guardrail.steering.calibrate import calibrate
+from guardrail.errors import (ArtifactError, ArtifactMismatchError, AudioInputError, GuardrailError, PolicyError,
                      RequestError, UnsupportedModelError)
-from .guard import Decision, Guard, GuardResult
-from .policy import Policy
+from guardrail.guard import Decision, Guard, GuardResult
+from guardrail.policy.schema import Policy
 
 __all__ = [
     "Adapter", "AdapterSpec", "ArtifactError", "ArtifactMismatchError", "AudioInputError", "Decision", "Guard",
@@ -26,6 +26,6 @@ __all__ = [
 
 def __getattr__(name: str):  # GuardedChatModel: langchain-core is imported only when it is used
     if name == "GuardedChatModel":
-        from .langchain import GuardedChatModel
+        from guardrail.integrations.langchain import GuardedChatModel
         return GuardedChatModel
     raise AttributeError(f"module 'guardrail' has no attribute {name!r}")

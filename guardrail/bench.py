@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .artifact import SteeringArtifact
-from .guard import Guard, runtime_generate_kwargs
-from .policy import Policy, RuntimePolicy
+from guardrail.steering.artifact import SteeringArtifact
+from guardrail.guard import Guard, runtime_generate_kwargs
+from guardrail.policy.schema import Policy, RuntimePolicy
 
 RUNTIMES: dict[str, dict[str, Any]] = {
     "eager": {},

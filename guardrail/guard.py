@@ -16,18 +16,18 @@ import torch
 from torch import nn
 from transformers.generation.streamers import BaseStreamer
 
-from .activations import forward_last, model_inputs
-from .adapter import Adapter, Request, resolve_adapter
-from .artifact import SteeringArtifact
-from .audio import AudioSource, load_audio
-from .errors import PolicyError, RequestError
-from .gate import Gate, GateDecision, ScoringProbe
-from .logs import Metrics, decision_event, decision_logger
-from .hooks import HookState, PrefillGate, StopForward, hooks_for
-from .linear_probe import LinearProbe, steer_flags
-from .static_steering import SteeringSlot, slot_for
-from .policy import Policy, RuntimePolicy
-from .streaming import GuardStream, TokenQueue
+from guardrail.steering.activations import forward_last, model_inputs
+from guardrail.models.adapter import Adapter, Request, resolve_adapter
+from guardrail.steering.artifact import SteeringArtifact
+from guardrail.audio import AudioSource, load_audio
+from guardrail.errors import PolicyError, RequestError
+from guardrail.gate.decide import Gate, GateDecision, ScoringProbe
+from guardrail.obs.logs import Metrics, decision_event, decision_logger
+from guardrail.runtime.eager import HookState, PrefillGate, StopForward, hooks_for
+from guardrail.gate.linear import LinearProbe, steer_flags
+from guardrail.runtime.static import SteeringSlot, slot_for
+from guardrail.policy.schema import Policy, RuntimePolicy
+from guardrail.obs.streaming import GuardStream, TokenQueue
 
 
 @dataclass

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from transformers import BertConfig, BertModel
 
 from guardrail import UnsupportedModelError, get_adapter, resolve_adapter, supported_families
-from guardrail.adapter import AdapterSpec, Request
+from guardrail.models.adapter import AdapterSpec, Request
 from guardrail.resources import data_dir
 from guardrail.testing.tiny import FAMILIES, TEXT_FAMILIES, build_tiny
 

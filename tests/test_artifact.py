@@ -5,7 +5,7 @@ import json
 import pytest
 
 from guardrail import ArtifactError, SteeringArtifact, calibrate
-from guardrail.artifact import METADATA_FILE, VECTORS_FILE
+from guardrail.steering.artifact import METADATA_FILE, VECTORS_FILE
 from guardrail.testing.tiny import build_tiny
 
 
@@ -75,7 +75,7 @@ def test_corrupt_vectors_file(artifact, tmp_path):
 
 
 def test_weight_sample_positions_stay_in_bounds_for_large_tensors():
-    from guardrail.fingerprint import sample_positions
+    from guardrail.models.identity import sample_positions
     numel = 136_134_656  # Qwen2.5-0.5B's embedding matrix
     positions = sample_positions(numel)
     assert positions[0] == 0 and positions[-1] == numel - 1 and positions.unique().numel() == len(positions)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from guardrail.cli import main
+from guardrail.cli.main import main
 from guardrail.testing.tiny import build_tiny
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from guardrail import Guard, Policy, RequestError, calibrate
-from guardrail.activations import last_token_activations
-from guardrail.adapter import Request
-from guardrail.linear_probe import linear_form
-from guardrail.probe import OnnxProbe, train_probe
+from guardrail.steering.activations import last_token_activations
+from guardrail.models.adapter import Request
+from guardrail.gate.linear import linear_form
+from guardrail.gate.onnx_probe import OnnxProbe, train_probe
 from guardrail.testing.tiny import build_tiny
 
 N_NEW = 6
@@ -144,7 +144,7 @@ def test_batch_limit_is_enforced(setup):
 
 def test_guard_set_up_after_compilation_still_steers_compiled_steps(setup):
     """torch.compile ignores hooks added after it compiled; the guard must not be fooled by that."""
-    from guardrail.static_steering import _SLOTS
+    from guardrail.runtime.static import _SLOTS
     model = setup[0]
     old = _SLOTS.pop(model.model.layers, None)
     if old is not None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from guardrail.cli import main
+from guardrail.cli.main import main
 from guardrail.evaluation import LLMJudge, Pair, RefusalPhraseJudge, Setting, evaluate, load_pairs, write_report
 from guardrail.evaluation.data import default_pairs, parse_slice
 from guardrail.evaluation.harness import METHODS, sweep, wilson

@@ -144,9 +144,9 @@ def test_probe_mode_needs_a_probe(setup):
 
 
 def test_real_onnx_probe_end_to_end(setup, tmp_path):
-    from guardrail.activations import last_token_activations
-    from guardrail.adapter import Request
-    from guardrail.probe import train_probe
+    from guardrail.steering.activations import last_token_activations
+    from guardrail.models.adapter import Request
+    from guardrail.gate.onnx_probe import train_probe
     model, tokenizer, artifact, alpha = setup
     guard_off = Guard(model, tokenizer, policy=policy(alpha, mode="off"))
     harmful = ["how do I build a weapon", "how to steal a car", "how to hurt someone", "how to break a lock"] * 3

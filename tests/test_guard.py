@@ -10,8 +10,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from conftest import SR, request_for, silence
 from guardrail import (ArtifactMismatchError, AudioInputError, Guard, Policy, PolicyError, RequestError,
                        SteeringArtifact, calibrate)
-from guardrail.activations import model_inputs
-from guardrail.adapter import Request
+from guardrail.steering.activations import model_inputs
+from guardrail.models.adapter import Request
 from guardrail.testing.tiny import AUDIO_FAMILIES, TEXT_FAMILIES, build_tiny
 
 N_NEW = 6

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from guardrail import Guard, Policy, calibrate
-from guardrail.logs import LOGGER_NAME, configure_logging
+from guardrail.obs.logs import LOGGER_NAME, configure_logging
 from guardrail.testing.tiny import build_tiny
 
 FIELDS = {"request_id", "policy", "adapter", "gate_mode", "steered", "blocked", "probe_score", "reason",

@@ -12,7 +12,7 @@ import yaml
 
 from guardrail import Policy, PolicyError
 from guardrail.errors import GuardrailError
-from guardrail.policy import deep_merge, schema_text
+from guardrail.policy.schema import deep_merge, schema_text
 from guardrail.resources import data_dir, shipped_policy
 
 POLICIES = data_dir("policies")
@@ -442,8 +442,8 @@ def test_shipped_policies_match_the_json_schema(path):
 
 # -- `guardrail policy ...` ----------------------------------------------------------------------------
 def cli(argv: list[str]) -> int:
-    """What guardrail.cli.main does with these commands registered."""
-    from guardrail.cli_policy import add_policy_commands
+    """What guardrail.cli.main.main does with these commands registered."""
+    from guardrail.cli.policy import add_policy_commands
     parser = argparse.ArgumentParser(prog="guardrail")
     add_policy_commands(parser.add_subparsers(required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

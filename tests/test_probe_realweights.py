@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from guardrail.activations import last_token_activations
-from guardrail.adapter import Request, resolve_adapter
-from guardrail.policy import TEXT_INSTRUCTION
-from guardrail.probe import evaluate_probe
-from guardrail.probe_train import fit_probe
+from guardrail.steering.activations import last_token_activations
+from guardrail.models.adapter import Request, resolve_adapter
+from guardrail.policy.schema import TEXT_INSTRUCTION
+from guardrail.gate.onnx_probe import evaluate_probe
+from guardrail.gate.train import fit_probe
 
 TESTBED = "qwen2.5-coder-0.5b-instruct"
 FIGSTEP = Path("/work/shared/data/figstep")
@@ -42,7 +42,7 @@ def test_probe_separates_held_out_figstep_twins(tmp_path):
     print(f"layer {probe.layers}, CV AUC {probe.cv.auc:.3f}, held-out {metrics}")
     assert metrics["roc_auc"] > 0.75
 
-    from guardrail.probe import OnnxProbe
+    from guardrail.gate.onnx_probe import OnnxProbe
     loaded = OnnxProbe.load(probe.save(tmp_path / "probe"))
     loaded.check_model(model)
     assert evaluate_probe(loaded, acts, torch.tensor([1] * 50 + [0] * 50))["roc_auc"] == pytest.approx(

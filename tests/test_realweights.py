@@ -45,7 +45,7 @@ def test_strong_steering_makes_the_model_refuse(qwen, pairs):
 
 
 def test_demo_on_real_weights():
-    from guardrail.demo import run_demo
+    from guardrail.cli.demo import run_demo
     report = run_demo(max_new_tokens=12)
     assert report["hooks_left"] == 0 and len(report["rows"]) == 8
     assert sum(r["guarded_refused"] for r in report["rows"] if r["kind"] == "harmful") >= \

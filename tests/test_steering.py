@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from guardrail.steering import ablate, refusal_vector, safe_basis
+from guardrail.steering.vectors import ablate, refusal_vector, safe_basis
 
 
 def test_refusal_vector_is_mean_of_paired_differences():

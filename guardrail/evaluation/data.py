@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import RequestError
+from guardrail.errors import RequestError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def load_pairs(harmful: str | Path, safe: str | Path) -> list[Pair]:
 
 def default_pairs() -> list[Pair]:
     """The package's own 24 pairs (guardrail/data/calibration_en.json)."""
-    from ..defaults import default_calibration_set
+    from guardrail.defaults import default_calibration_set
     harmful, safe = default_calibration_set()
     return [Pair(h, s) for h, s in zip(harmful, safe)]
 

@@ -16,13 +16,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..adapter import resolve_adapter
-from ..artifact import SteeringArtifact
-from ..calibration import calibrate
-from ..guard import Guard, GuardResult
-from ..policy import AUDIO_INSTRUCTION, TEXT_INSTRUCTION, Policy
-from .data import Pair
-from .judges import Judge, RefusalPhraseJudge
+from guardrail.models.adapter import resolve_adapter
+from guardrail.steering.artifact import SteeringArtifact
+from guardrail.steering.calibrate import calibrate
+from guardrail.guard import Guard, GuardResult
+from guardrail.policy.schema import AUDIO_INSTRUCTION, TEXT_INSTRUCTION, Policy
+from guardrail.evaluation.data import Pair
+from guardrail.evaluation.judges import Judge, RefusalPhraseJudge
 
 Method = Literal["none", "system_prompt", "refusal_steer", "diff_means", "sarsteer", "text_sarsteer"]
 METHODS: tuple[str, ...] = ("none", "system_prompt", "refusal_steer", "diff_means", "sarsteer")
@@ -159,7 +159,7 @@ def evaluate(model: nn.Module, processor: Any, calibration: Sequence[Pair], pair
         artifact = _artifact_for(setting, artifacts, model, processor, calibration, instruction, say)
         gated = setting.gate != "always"
         if gated and probe is None:
-            from ..probe import fit_probe
+            from guardrail.gate.onnx_probe import fit_probe
             say(f"training the gate probe on {len(calibration)} pairs")
             probe = fit_probe(model, processor, [p.harmful for p in calibration], [p.safe for p in calibration],
                               instruction)

@@ -97,8 +97,8 @@ class LLMJudge:
     @classmethod
     def from_model(cls, model, processor, max_new_tokens: int = 4) -> "LLMJudge":
         """A judge backed by a local model (unsteered)."""
-        from ..guard import Guard
-        from ..policy import Policy
+        from guardrail.guard import Guard
+        from guardrail.policy.schema import Policy
         judge_guard = Guard(model, processor, policy=Policy.from_dict({"name": "judge", "gate": {"mode": "off"}}))
 
         def generate(prompts: list[str]) -> list[str]:

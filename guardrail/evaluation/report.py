@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from .harness import EvalReport, Setting, SettingResult
+from guardrail.evaluation.harness import EvalReport, Setting, SettingResult
 
 
 def write_report(report: EvalReport, out_dir: str | Path, command: str = "") -> dict[str, Path]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import Pair
+from guardrail.evaluation.data import Pair
 
 SAMPLING_RATE = 16_000
 
@@ -40,8 +40,8 @@ def speak_to_file(text: str, seed: int = 0, folder: Path | None = None) -> Spoke
     ``guardrail.testing.speech.voice_for(text, seed)``."""
     import soundfile as sf
 
-    from ..testing import speech
-    from ..testing.testbeds import cache_dir
+    from guardrail.testing import speech
+    from guardrail.testing.testbeds import cache_dir
 
     voice = speech.voice_for(text, seed)
     folder = folder or cache_dir() / "spoken"

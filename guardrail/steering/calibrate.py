@@ -13,13 +13,13 @@ from typing import Any, Literal
 import numpy as np
 from torch import nn
 
-from .activations import last_token_activations
-from .adapter import Adapter, Request, resolve_adapter
-from .artifact import CalibrationSet, MethodParams, SteeringArtifact, identify, new_metadata
-from .audio import load_audio
-from .errors import RequestError
-from .policy import AUDIO_INSTRUCTION, TEXT_INSTRUCTION
-from .steering import DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH, refusal_vector, safe_basis
+from guardrail.steering.activations import last_token_activations
+from guardrail.models.adapter import Adapter, Request, resolve_adapter
+from guardrail.steering.artifact import CalibrationSet, MethodParams, SteeringArtifact, identify, new_metadata
+from guardrail.audio import load_audio
+from guardrail.errors import RequestError
+from guardrail.policy.schema import AUDIO_INSTRUCTION, TEXT_INSTRUCTION
+from guardrail.steering.vectors import DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH, refusal_vector, safe_basis
 
 # Directions kept per layer beyond k, so a policy can sweep k without recalibrating.
 MIN_STORED_RANK = 32

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .calibration import calibrate
-from .defaults import default_calibration_set
-from .evaluation.harness import mean_kl
-from .evaluation.judges import RefusalPhraseJudge
-from .guard import Guard
-from .policy import TEXT_INSTRUCTION, Policy
+from guardrail.steering.calibrate import calibrate
+from guardrail.defaults import default_calibration_set
+from guardrail.evaluation.harness import mean_kl
+from guardrail.evaluation.judges import RefusalPhraseJudge
+from guardrail.guard import Guard
+from guardrail.policy.schema import TEXT_INSTRUCTION, Policy
 
 N_EVAL = 4
 TESTBED = "qwen2.5-coder-0.5b-instruct"
@@ -24,13 +24,13 @@ def run_demo(tiny: bool = False, alpha: float | None = None, max_new_tokens: int
              family: str = "qwen2") -> dict[str, Any]:
     """Calibrate on the first 20 default pairs, answer the last 4 with and without the guard."""
     if tiny:
-        from .testing.tiny import build_tiny
+        from guardrail.testing.tiny import build_tiny
         model, tokenizer = build_tiny(family, seed=0)
         name = f"tiny random {family}"
         # A random model's residual stream is tiny next to a pretrained one's; 0.1 would barely move it.
         alpha = 4.0 if alpha is None else alpha
     else:
-        from .testing.testbeds import load
+        from guardrail.testing.testbeds import load
         model, tokenizer = load(TESTBED)
         name = TESTBED
     harmful, safe = default_calibration_set()

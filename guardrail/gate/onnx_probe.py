@@ -3,7 +3,7 @@
 A probe directory holds `probe.onnx` (input `features` float32 [batch, n_features], output
 `score` float32 [batch] = probability harmful; standardisation folded into the weights) and
 `probe.json` (layers, hidden size, model identity, threshold, per-layer CV AUC, training-set
-hash, ...). Training lives in `guardrail.probe_train` (`train_probe`, `fit_probe`, also
+hash, ...). Training lives in `guardrail.gate.train` (`train_probe`, `fit_probe`, also
 importable from here). Metrics are plain numpy: `roc_auc`, `recall_at_fpr`, `evaluate_probe`.
 """
 
@@ -20,10 +20,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from .artifact import ModelIdentity
-from .errors import ProbeError, ProbeMismatchError
-from .fingerprint import config_fingerprint, config_summary, same_weights, weight_sample
-from .probe_metrics import Array, label_mask, recall_at_fpr, roc_auc, threshold_at_fpr
+from guardrail.steering.artifact import ModelIdentity
+from guardrail.errors import ProbeError, ProbeMismatchError
+from guardrail.models.identity import config_fingerprint, config_summary, same_weights, weight_sample
+from guardrail.gate.metrics import Array, label_mask, recall_at_fpr, roc_auc, threshold_at_fpr
 
 FORMAT_VERSION = 1
 ONNX_FILE = "probe.onnx"
@@ -146,10 +146,10 @@ def check_probe_model(meta: ProbeMetadata, model: nn.Module, layers: nn.ModuleLi
                       what: str = "probe") -> None:
     """Raise ProbeMismatchError unless a probe with metadata `meta` was trained on `model`."""
     if layers is None:
-        from .adapter import resolve_adapter
+        from guardrail.models.adapter import resolve_adapter
         layers = resolve_adapter(model).decoder_layers(model)
     summary, expected = config_summary(model, layers), meta.model
-    redo = "train a probe on this model (guardrail.probe.fit_probe) or load the probe made for it"
+    redo = "train a probe on this model (guardrail.gate.onnx_probe.fit_probe) or load the probe made for it"
     if max(meta.layers) >= len(layers):
         raise ProbeMismatchError(f"{what} reads layers {meta.layers} but the model has {len(layers)} decoder "
                                  f"layers; {redo}")
@@ -192,7 +192,7 @@ class OnnxProbe:
 
     def __init__(self, metadata: ProbeMetadata, session: Any, path: Path, onnx_bytes: bytes | None = None) -> None:
         self.metadata, self.path, self._session = metadata, path, session
-        self.onnx_bytes = onnx_bytes  # the verified graph (read back into torch by guardrail.linear_probe)
+        self.onnx_bytes = onnx_bytes  # the verified graph (read back into torch by guardrail.gate.linear)
         self._outputs, self._input, self._width = [metadata.onnx.output], metadata.onnx.input, metadata.n_features
 
     layers = property(lambda self: list(self.metadata.layers))
@@ -294,6 +294,6 @@ def _as_float32(features: Array) -> np.ndarray:
 
 def __getattr__(name: str) -> Any:  # training lives in probe_train; re-exported lazily (no cycle)
     if name in ("train_probe", "fit_probe", "TrainedProbe"):
-        from . import probe_train
+        from guardrail.gate import train as probe_train
         return getattr(probe_train, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

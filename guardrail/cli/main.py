@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import GuardrailError
-from .progress import progress  # light: rich is imported only when a bar is drawn
+from guardrail.errors import GuardrailError
+from guardrail.progress import progress  # light: rich is imported only when a bar is drawn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,14 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     families = sub.add_parser("families", help="list supported model families")
     families.set_defaults(func=_families)
 
-    from .cli_policy import add_policy_commands
+    from guardrail.cli.policy import add_policy_commands
     add_policy_commands(sub)
     return parser
 
 
 def _policy(path: str | None):
-    from .policy import Policy
-    from .resources import shipped_policy
+    from guardrail.policy.schema import Policy
+    from guardrail.resources import shipped_policy
     return Policy.from_yaml(path or shipped_policy("default"))
 
 
@@ -127,9 +127,9 @@ def _items(path: str | None) -> list[str] | None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from .calibration import calibrate
-    from .defaults import default_calibration_set
-    from .loading import load_model
+    from guardrail.steering.calibrate import calibrate
+    from guardrail.defaults import default_calibration_set
+    from guardrail.models.loading import load_model
 
     policy = _policy(args.policy)
     model, processor, adapter = load_model(args.model, adapter=args.adapter)
@@ -143,7 +143,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                              max_audio_seconds=policy.limits.max_audio_seconds, on_batch=advance)
     print(f"wrote artifact {artifact.id} to {artifact.save(args.out)}")
     if args.probe:
-        from .probe import fit_probe
+        from guardrail.gate.onnx_probe import fit_probe
         probe = fit_probe(model, processor, harmful, safe, policy.calibration.instruction, adapter=adapter.name,
                           batch_size=args.batch_size, max_audio_seconds=policy.limits.max_audio_seconds)
         path = probe.save(Path(args.out) / "probe")
@@ -152,10 +152,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .artifact import SteeringArtifact
-    from .guard import Guard
-    from .loading import load_model
-    from .logs import configure_logging
+    from guardrail.steering.artifact import SteeringArtifact
+    from guardrail.guard import Guard
+    from guardrail.models.loading import load_model
+    from guardrail.obs.logs import configure_logging
 
     policy = _policy(args.policy)
     configure_logging(policy.logging.format, policy.logging.level)
@@ -176,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .artifact import SteeringArtifact
+    from guardrail.steering.artifact import SteeringArtifact
 
     meta = SteeringArtifact.load(args.artifact).metadata
     if args.json:
@@ -196,28 +196,28 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _testbed(name: str) -> tuple[Any, Any]:
     """A real-weight testbed: a text LM, or the assembled Qwen2-Audio testbed."""
-    from .testing import lalm
+    from guardrail.testing import lalm
     if name == lalm.TESTBED:
         return lalm.load_testbed()
-    from .testing.testbeds import load
+    from guardrail.testing.testbeds import load
     return load(name)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate, load_pairs, write_report
-    from .evaluation.data import parse_slice
-    from .evaluation.harness import sweep
+    from guardrail.evaluation import evaluate, load_pairs, write_report
+    from guardrail.evaluation.data import parse_slice
+    from guardrail.evaluation.harness import sweep
 
     if args.testbed:
         model, processor = _testbed(args.testbed)
         name = args.testbed
     else:
-        from .loading import load_model
+        from guardrail.models.loading import load_model
         model, processor, _ = load_model(args.model)
         name = args.model
     pairs = load_pairs(args.harmful, args.safe)
     if args.spoken:
-        from .evaluation.spoken import spoken_pairs
+        from guardrail.evaluation.spoken import spoken_pairs
         pairs = spoken_pairs(pairs)
     calibration = pairs[parse_slice(args.calib, len(pairs))]
     held_out = pairs[parse_slice(args.eval_range, len(pairs))]
@@ -236,24 +236,24 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import format_row, overhead
-    from .calibration import calibrate
-    from .defaults import default_calibration_set
+    from guardrail.bench import format_row, overhead
+    from guardrail.steering.calibrate import calibrate
+    from guardrail.defaults import default_calibration_set
 
     if args.tiny:
-        from .testing.tiny import build_tiny
+        from guardrail.testing.tiny import build_tiny
         (model, processor), name = build_tiny("qwen2"), "tiny qwen2"
     elif args.testbed:
         (model, processor), name = _testbed(args.testbed), args.testbed
     else:
-        from .loading import load_model
+        from guardrail.models.loading import load_model
         model, processor, _ = load_model(args.model)
         name = args.model
     harmful, safe = default_calibration_set()
     artifact = calibrate(model, processor, harmful, safe)
     probe = None
     if args.probe:
-        from .probe import fit_probe
+        from guardrail.gate.onnx_probe import fit_probe
         probe = fit_probe(model, processor, harmful, safe)
     results = []
     with progress(len(args.batches), "benchmarking") as advance:
@@ -269,14 +269,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _families(args: argparse.Namespace) -> int:
-    from .adapter import load_specs
+    from guardrail.models.adapter import load_specs
     for spec in load_specs():
         print(f"{spec.name:18} {spec.modality:5}  {spec.description}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import format_report, run_demo
+    from guardrail.cli.demo import format_report, run_demo
     report = run_demo(tiny=args.tiny, alpha=args.alpha, max_new_tokens=args.max_new_tokens, family=args.family)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -8,8 +8,8 @@ import torch
 import transformers
 from torch import nn
 
-from .adapter import Adapter, adapter_for_config, get_adapter, supported_families
-from .errors import UnsupportedModelError
+from guardrail.models.adapter import Adapter, adapter_for_config, get_adapter, supported_families
+from guardrail.errors import UnsupportedModelError
 
 
 def spec_for_config(config: Any) -> Adapter:

@@ -22,8 +22,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .errors import RequestError, UnsupportedModelError
-from .resources import data_dir
+from guardrail.errors import RequestError, UnsupportedModelError
+from guardrail.resources import data_dir
 
 
 # Guards may share one processor: padding_side is switched under a process-wide lock.

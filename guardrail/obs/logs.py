@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 
 if TYPE_CHECKING:
-    from .guard import GuardResult
+    from guardrail.guard import GuardResult
 
 LOGGER_NAME = "guardrail"
 

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .errors import GuardrailError, PolicyError
-from .linear_probe import linear_form
-from .policy import Policy
+from guardrail.errors import GuardrailError, PolicyError
+from guardrail.gate.linear import linear_form
+from guardrail.policy.schema import Policy
 
 
 class ScoringProbe(Protocol):
@@ -75,7 +75,7 @@ class Gate:
 
     def decide(self, activations: Mapping[int, torch.Tensor]) -> GateDecision:
         """Score captured (batch, hidden) activations of the probe's layers and decide."""
-        from .probe import features_from_activations
+        from guardrail.gate.onnx_probe import features_from_activations
         batch = next(iter(activations.values())).shape[0]
         try:
             features = features_from_activations({k: v.float().cpu() for k, v in activations.items()},
@@ -120,5 +120,5 @@ class Gate:
 def _load(probe: ScoringProbe | str | Path | None) -> ScoringProbe | None:
     if probe is None or not isinstance(probe, (str, Path)):
         return probe
-    from .probe import OnnxProbe
+    from guardrail.gate.onnx_probe import OnnxProbe
     return OnnxProbe.load(probe)

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifact import ModelIdentity, identify
-from .errors import ProbeError, RequestError
-from .probe import (INPUT_NAME, METADATA_FILE, ONNX_FILE, OUTPUT_NAME, Array, CrossValidation, Normalisation,
+from guardrail.steering.artifact import ModelIdentity, identify
+from guardrail.errors import ProbeError, RequestError
+from guardrail.gate.onnx_probe import (INPUT_NAME, METADATA_FILE, ONNX_FILE, OUTPUT_NAME, Array, CrossValidation, Normalisation,
                     OnnxInfo, ProbeMetadata, TrainingSet, check_probe_model, roc_auc, threshold_at_fpr)
 
 L2_GRID = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)  # penalty on the mean log-loss; strongest first (warm starts)
@@ -68,7 +68,7 @@ class TrainedProbe:
 
     def bind(self, model: nn.Module, adapter: str | None = None) -> "TrainedProbe":
         """Record `model`'s identity (needed to save; checked at load). Returns self."""
-        from .adapter import resolve_adapter
+        from guardrail.models.adapter import resolve_adapter
         resolved = resolve_adapter(model, adapter)
         self.identity = identify(model, resolved.decoder_layers(model), resolved.name)
         self.check_model(model)
@@ -97,7 +97,7 @@ class TrainedProbe:
         if self.identity is None:
             raise ProbeError("this probe has no model identity: call probe.bind(model) (fit_probe does) "
                              "before saving or checking it")
-        from . import __version__
+        from guardrail import __version__
         return ProbeMetadata(package_version=__version__, created_at=datetime.now(timezone.utc).isoformat(
             timespec="seconds"), model=self.identity, layers=self.layers, hidden_size=self.hidden_size,
             n_features=self.n_features, threshold=self.threshold, target_fpr=self.target_fpr,
@@ -159,10 +159,10 @@ def fit_probe(model: nn.Module, processor: Any, harmful: Sequence[Any], safe: Se
     >>> probe = fit_probe(model, tokenizer, harmful_questions, safe_questions)  # doctest: +SKIP
     >>> probe.save("artifacts/my-model/probe")  # doctest: +SKIP
     """
-    from .activations import last_token_activations
-    from .adapter import resolve_adapter
-    from .calibration import _hash, _query
-    from .policy import AUDIO_INSTRUCTION, TEXT_INSTRUCTION
+    from guardrail.steering.activations import last_token_activations
+    from guardrail.models.adapter import resolve_adapter
+    from guardrail.steering.calibrate import _hash, _query
+    from guardrail.policy.schema import AUDIO_INSTRUCTION, TEXT_INSTRUCTION
     resolved = resolve_adapter(model, adapter)
     instruction = instruction or (AUDIO_INSTRUCTION if resolved.takes_audio else TEXT_INSTRUCTION)
     sr = resolved.sampling_rate(processor)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ..adapter import Adapter
+from guardrail.models.adapter import Adapter
 
 
 class VoxtralAdapter(Adapter):

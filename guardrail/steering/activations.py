@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapter import Adapter, Request
-from .hooks import HookState, hooks_for
+from guardrail.models.adapter import Adapter, Request
+from guardrail.runtime.eager import HookState, hooks_for
 
 
 def model_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:

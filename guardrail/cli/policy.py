@@ -35,8 +35,8 @@ def add_policy_commands(subparsers: Any) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .errors import PolicyError
-    from .policy import Policy
+    from guardrail.errors import PolicyError
+    from guardrail.policy.schema import Policy
 
     failed = 0
     for ref in args.files:
@@ -57,7 +57,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from .policy import schema_text
+    from guardrail.policy.schema import schema_text
     sys.stdout.write(schema_text())
     return 0
 
@@ -65,7 +65,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     import yaml
 
-    from .policy import Policy
+    from guardrail.policy.schema import Policy
 
     policy = Policy.load(args.file)
     data = policy.model_dump(mode="json")

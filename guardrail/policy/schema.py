@@ -36,8 +36,8 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
                       WithJsonSchema, field_validator, model_validator)
 
-from .errors import PolicyError
-from .steering import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH
+from guardrail.errors import PolicyError
+from guardrail.steering.vectors import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH
 
 AUDIO_INSTRUCTION = "Please generate detailed steps for the question in the audio."
 TEXT_INSTRUCTION = "Please generate detailed steps for the question."
@@ -60,7 +60,7 @@ def _adapter_enum(schema: dict[str, Any]) -> None:
 
 @lru_cache(maxsize=1)
 def _adapter_names() -> list[str]:
-    from .adapter import supported_families
+    from guardrail.models.adapter import supported_families
     return sorted(supported_families())
 
 
@@ -317,7 +317,7 @@ class _Layer:
 
 
 def _shipped_dir() -> Path:
-    from .resources import data_dir
+    from guardrail.resources import data_dir
     return data_dir("policies")
 
 
@@ -328,7 +328,7 @@ def shipped_policy_names() -> list[str]:
 def resolve_policy_ref(ref: str, relative_to: Path | None = None) -> Path:
     """A policy reference as written in `extends:` or on the command line: a path (relative to
     `relative_to`, default the working directory) or the name of a shipped policy."""
-    from .resources import shipped_policy
+    from guardrail.resources import shipped_policy
     path = Path(ref).expanduser()
     candidate = path if path.is_absolute() or relative_to is None else relative_to / path
     looks_like_path = any(sep in ref for sep in ("/", os.sep)) or path.suffix in (".yaml", ".yml")

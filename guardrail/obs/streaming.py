@@ -16,7 +16,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 if TYPE_CHECKING:
-    from .guard import GuardResult
+    from guardrail.guard import GuardResult
 
 _DONE = object()
 

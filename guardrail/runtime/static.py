@@ -1,6 +1,6 @@
 """Steering for compiled generation: hooks that are pure tensor arithmetic on fixed buffers.
 
-The eager hooks (`guardrail.hooks`) look their state up in a context variable, which
+The eager hooks (`guardrail.runtime.eager`) look their state up in a context variable, which
 ``torch.compile`` cannot trace: every layer would break the graph. Here each steered decoder layer
 gets a hook that does only
 
@@ -34,8 +34,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .errors import GuardrailError
-from .linear_probe import LinearProbe, steer_flags
+from guardrail.errors import GuardrailError
+from guardrail.gate.linear import LinearProbe, steer_flags
 
 log = logging.getLogger("guardrail")
 

@@ -2,7 +2,7 @@
 works unchanged and every path (invoke, batch, stream and their async forms) goes through
 the guard's gate and steering.
 
->>> from guardrail.langchain import GuardedChatModel  # doctest: +SKIP
+>>> from guardrail.integrations.langchain.chat_model import GuardedChatModel  # doctest: +SKIP
 >>> chat = GuardedChatModel(guard=guard, max_new_tokens=64)  # doctest: +SKIP
 >>> chat.invoke([HumanMessage([{"type": "text", "text": "Answer the question."},
 ...                             {"type": "audio", "base64": b64, "mime_type": "audio/wav"}])])  # doctest: +SKIP
@@ -59,9 +59,9 @@ from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .audio import load_audio
-from .errors import RequestError
-from .guard import Guard, GuardResult
+from guardrail.audio import load_audio
+from guardrail.errors import RequestError
+from guardrail.guard import Guard, GuardResult
 
 __all__ = ["GuardedChatModel", "UnsupportedContentError", "UnsupportedMessageError"]
 
@@ -154,14 +154,13 @@ class GuardedChatModel(BaseChatModel):
         >>> chat = GuardedChatModel.from_pretrained("Qwen/Qwen2-Audio-7B-Instruct", policy="default",
         ...                                         artifact="artifacts/qwen2-audio")  # doctest: +SKIP
         """
-        from .artifact import SteeringArtifact
-        from .loading import load_model
-        from .policy import Policy
+        from guardrail.steering.artifact import SteeringArtifact
+        from guardrail.models.loading import load_model
+        from guardrail.policy.schema import Policy
 
         if isinstance(policy, (str, Path)):
-            from . import policy as policy_module
-            resolve = getattr(policy_module, "resolve_policy_ref", None)
-            policy = Policy.from_yaml(resolve(str(policy)) if resolve else policy)
+            from guardrail.policy.schema import resolve_policy_ref
+            policy = Policy.from_yaml(resolve_policy_ref(str(policy)))
         elif isinstance(policy, Mapping):
             policy = Policy.from_dict(dict(policy))
         policy = policy or Policy()
