@@ -27,7 +27,8 @@ import torch
 
 from guardrail import calibrate
 from guardrail.steering.activations import forward_last, model_inputs
-from guardrail.models.adapter import Request, resolve_adapter
+from guardrail.models.adapter import resolve_adapter
+from guardrail.requests import Request
 from guardrail.defaults import default_calibration_set
 from guardrail.steering.vectors import DEFAULT_REFUSAL_TEXT
 from guardrail.testing.tiny import build_tiny

@@ -20,7 +20,7 @@ from pathlib import Path
 from guardrail import calibrate
 from guardrail.evaluation import EvalReport, Setting, SettingResult, evaluate, load_pairs, write_report
 from guardrail.evaluation.data import default_pairs
-from guardrail.policy.schema import TEXT_INSTRUCTION
+from guardrail.defaults import TEXT_INSTRUCTION
 from guardrail.testing.testbeds import load
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "figstep"

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from guardrail.steering.activations import last_token_activations
-from guardrail.models.adapter import Request, resolve_adapter
+from guardrail.models.adapter import resolve_adapter
+from guardrail.requests import Request
 from guardrail.models.identity import config_fingerprint, config_summary, weight_sample
-from guardrail.policy.schema import TEXT_INSTRUCTION
+from guardrail.defaults import TEXT_INSTRUCTION
 from guardrail.gate.onnx_probe import OnnxProbe, evaluate_probe
 from guardrail.gate.train import train_probe
 

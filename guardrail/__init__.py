@@ -1,19 +1,17 @@
 """lalm-guardrail: SARSteer refusal steering for large audio-language models."""
 
-from importlib.metadata import PackageNotFoundError, version
+from guardrail.version import __version__
 
-try:
-    __version__ = version("lalm-guardrail")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+source"
+from guardrail.models.adapter import Adapter, AdapterSpec, get_adapter, resolve_adapter, supported_families
 
-from guardrail.models.adapter import Adapter, AdapterSpec, Request, get_adapter, resolve_adapter, supported_families
+from guardrail.requests import Request
 from guardrail.steering.artifact import SteeringArtifact
 from guardrail.audio import load_audio
 from guardrail.steering.calibrate import calibrate
 from guardrail.errors import (ArtifactError, ArtifactMismatchError, AudioInputError, GuardrailError, PolicyError,
                      RequestError, UnsupportedModelError)
-from guardrail.guard import Decision, Guard, GuardResult
+from guardrail.guard import Guard
+from guardrail.results import Decision, GuardResult
 from guardrail.policy.schema import Policy
 
 __all__ = [

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from guardrail.errors import AudioInputError
+from guardrail.errors import AudioInputError, AudioTypeError
 
 __all__ = ["AudioSource", "AudioTypeError", "MAX_CHANNELS", "describe_source", "load_audio"]
 
@@ -32,10 +32,6 @@ The samples may be a numpy array or a torch tensor."""
 MAX_CHANNELS = 8
 
 _ACCEPTED = "Pass a WAV/FLAC/OGG file path, encoded file bytes, or (np.ndarray, sampling_rate)."
-
-
-class AudioTypeError(AudioInputError, TypeError):
-    """An audio input has the wrong type (a bare array, a list, a file object...)."""
 
 
 def describe_source(source: Any) -> str:

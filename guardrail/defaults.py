@@ -1,9 +1,21 @@
-"""The package's own default calibration set (text questions, English)."""
+"""Defaults shared across the package: the calibration instruction, the audio rate, the
+package's own calibration set (text questions, English) and where artifacts go by default."""
 
 from __future__ import annotations
 
 import json
 from importlib.resources import files
+
+# The instruction appended to each question (the paper's wording for audio; its text twin).
+AUDIO_INSTRUCTION = "Please generate detailed steps for the question in the audio."
+TEXT_INSTRUCTION = "Please generate detailed steps for the question."
+SAMPLING_RATE = 16_000  # Hz: what the Whisper-style encoders of every shipped family expect
+ARTIFACT_DIR = "artifacts/default"  # where `guardrail calibrate` writes when not told otherwise
+
+
+def default_instruction(takes_audio: bool) -> str:
+    """The calibration instruction for an audio model (question spoken) or a text model (typed)."""
+    return AUDIO_INSTRUCTION if takes_audio else TEXT_INSTRUCTION
 
 
 def default_calibration_set() -> tuple[list[str], list[str]]:

@@ -1,5 +1,24 @@
-"""Typed errors. Each subclasses ValueError or TypeError so callers can catch broadly,
-and each message says what went wrong and what to do about it."""
+"""Every error this package raises on purpose, in one hierarchy.
+
+Catch `GuardrailError` for all of them. Errors about bad input also subclass the built-in
+`ValueError` (a wrong value) or `TypeError` (a wrong type), so code that already catches those
+keeps working; `GuardrailError` itself, raised for failures inside the runtime (a model split
+across devices for static steering, say), subclasses neither. Each message says what went
+wrong and what to do about it.
+
+    GuardrailError
+    +-- AudioInputError (ValueError)          empty, corrupt, non-finite, undecodable, too long
+    |   +-- AudioTypeError (TypeError)        a bare array, a list, a file object...
+    +-- UnsupportedModelError (TypeError)     no adapter for this model
+    +-- ArtifactError (ValueError)            a steering artifact is missing or corrupt
+    |   +-- ArtifactMismatchError             ... or made for another model
+    |   +-- ProbeError                        a gate probe is missing, corrupt or failed
+    |       +-- ProbeMismatchError            ... or made for another model (also an ArtifactMismatchError)
+    +-- PolicyError (ValueError)              a policy file or object is invalid
+    +-- RequestError (ValueError)             a malformed generation request
+        +-- UnsupportedContentError           a content block the model cannot take
+        +-- UnsupportedMessageError           a message sequence the guard cannot represent
+"""
 
 from __future__ import annotations
 
@@ -10,6 +29,10 @@ class GuardrailError(Exception):
 
 class AudioInputError(GuardrailError, ValueError):
     """An audio input is empty, corrupt, non-finite, undecodable or too long."""
+
+
+class AudioTypeError(AudioInputError, TypeError):
+    """An audio input has the wrong type (a bare array, a list, a file object...)."""
 
 
 class UnsupportedModelError(GuardrailError, TypeError):
@@ -30,6 +53,14 @@ class PolicyError(GuardrailError, ValueError):
 
 class RequestError(GuardrailError, ValueError):
     """A generation request is malformed (missing text, audio for a text model, ...)."""
+
+
+class UnsupportedContentError(RequestError):
+    """A message content block the guarded model cannot take (images, remote URLs, several audios...)."""
+
+
+class UnsupportedMessageError(RequestError):
+    """A message sequence the guard cannot represent (chat history, a system prompt, no user turn)."""
 
 
 class ProbeError(ArtifactError):

@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,60 +16,19 @@ from torch import nn
 from transformers.generation.streamers import BaseStreamer
 
 from guardrail.steering.activations import forward_last, model_inputs
-from guardrail.models.adapter import Adapter, Request, resolve_adapter
+from guardrail.models.adapter import Adapter, resolve_adapter
+from guardrail.requests import Request
 from guardrail.steering.artifact import SteeringArtifact
 from guardrail.audio import AudioSource, load_audio
 from guardrail.errors import PolicyError, RequestError
 from guardrail.gate.decide import Gate, GateDecision, ScoringProbe
+from guardrail.results import Decision, GuardResult, Timings
 from guardrail.obs.logs import Metrics, decision_event, decision_logger
 from guardrail.runtime.eager import HookState, PrefillGate, StopForward, hooks_for
 from guardrail.gate.linear import LinearProbe, steer_flags
 from guardrail.runtime.static import SteeringSlot, slot_for
 from guardrail.policy.schema import Policy, RuntimePolicy
 from guardrail.obs.streaming import GuardStream, TokenQueue
-
-
-@dataclass
-class Timings:
-    prefill_ms: float = 0.0   # until the first new token exists (host clock)
-    decode_ms: float = 0.0
-    total_ms: float = 0.0     # including input building and decoding to text
-
-
-@dataclass
-class Decision:
-    """Why a request was (or was not) steered: the record to log and audit."""
-
-    request_id: str
-    policy: str
-    adapter: str
-    gate_mode: str
-    steered: bool
-    reason: str
-    layers: list[int]
-    alpha: float
-    artifact_id: str | None
-    probe_score: float | None = None
-    blocked: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "length"   # "stop" (EOS), "length" (token budget) or "blocked"
-    timings: Timings = field(default_factory=Timings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class GuardResult:
-    text: str
-    token_ids: list[int]        # generated tokens only, up to (not including) the first EOS
-    steered: bool
-    decision: Decision
-
-    @property
-    def blocked(self) -> bool:
-        return self.decision.blocked
 
 
 class Guard:
@@ -338,9 +296,8 @@ class Guard:
             raise RequestError(f"request {index}: text must be a str, got {type(text).__name__}")
         if audio is None and not text.strip():
             raise RequestError(f"request {index} has neither audio nor text; pass at least one")
-        if audio is not None and not self.adapter.takes_audio:
-            raise RequestError(f"request {index} carries audio but {self.adapter.name!r} is a text-only model")
         if audio is not None:
+            self.adapter.require_audio_support(f"request {index}")
             audio = load_audio(audio, target_sr=self.adapter.sampling_rate(self.processor),
                                max_seconds=self.policy.limits.max_audio_seconds)
         return Request(text=text, audio=audio)

@@ -6,7 +6,8 @@ from pydantic import ValidationError
 from transformers import BertConfig, BertModel
 
 from guardrail import UnsupportedModelError, get_adapter, resolve_adapter, supported_families
-from guardrail.models.adapter import AdapterSpec, Request
+from guardrail.models.adapter import AdapterSpec
+from guardrail.requests import Request
 from guardrail.resources import data_dir
 from guardrail.testing.tiny import FAMILIES, TEXT_FAMILIES, build_tiny
 

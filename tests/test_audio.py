@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from guardrail.audio import AudioTypeError, describe_source, load_audio
+from guardrail.audio import describe_source, load_audio
+from guardrail.errors import AudioTypeError
 from guardrail.errors import AudioInputError, GuardrailError
 
 SR = 16000

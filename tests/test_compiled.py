@@ -9,7 +9,7 @@ import torch
 
 from guardrail import Guard, Policy, RequestError, calibrate
 from guardrail.steering.activations import last_token_activations
-from guardrail.models.adapter import Request
+from guardrail.requests import Request
 from guardrail.gate.linear import linear_form
 from guardrail.gate.onnx_probe import OnnxProbe, train_probe
 from guardrail.testing.tiny import build_tiny

@@ -145,7 +145,7 @@ def test_probe_mode_needs_a_probe(setup):
 
 def test_real_onnx_probe_end_to_end(setup, tmp_path):
     from guardrail.steering.activations import last_token_activations
-    from guardrail.models.adapter import Request
+    from guardrail.requests import Request
     from guardrail.gate.onnx_probe import train_probe
     model, tokenizer, artifact, alpha = setup
     guard_off = Guard(model, tokenizer, policy=policy(alpha, mode="off"))

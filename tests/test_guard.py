@@ -11,7 +11,7 @@ from conftest import SR, request_for, silence
 from guardrail import (ArtifactMismatchError, AudioInputError, Guard, Policy, PolicyError, RequestError,
                        SteeringArtifact, calibrate)
 from guardrail.steering.activations import model_inputs
-from guardrail.models.adapter import Request
+from guardrail.requests import Request
 from guardrail.testing.tiny import AUDIO_FAMILIES, TEXT_FAMILIES, build_tiny
 
 N_NEW = 6

@@ -18,7 +18,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 
 from guardrail import Guard, Policy, RequestError, calibrate, load_audio
-from guardrail.integrations.langchain.chat_model import GuardedChatModel, UnsupportedContentError, UnsupportedMessageError
+from guardrail.errors import UnsupportedContentError, UnsupportedMessageError
+from guardrail.integrations.langchain import GuardedChatModel
 from guardrail.testing.tiny import build_tiny, tiny_audio
 
 SR = 16_000

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from guardrail.steering.activations import last_token_activations
-from guardrail.models.adapter import Request, resolve_adapter
-from guardrail.policy.schema import TEXT_INSTRUCTION
+from guardrail.models.adapter import resolve_adapter
+from guardrail.requests import Request
+from guardrail.defaults import TEXT_INSTRUCTION
 from guardrail.gate.onnx_probe import evaluate_probe
 from guardrail.gate.train import fit_probe
 

@@ -14,7 +14,8 @@ from guardrail.defaults import default_calibration_set
 from guardrail.evaluation.harness import mean_kl
 from guardrail.evaluation.judges import RefusalPhraseJudge
 from guardrail.guard import Guard
-from guardrail.policy.schema import TEXT_INSTRUCTION, Policy
+from guardrail.policy.schema import Policy
+from guardrail.defaults import TEXT_INSTRUCTION
 
 N_EVAL = 4
 TESTBED = "qwen2.5-coder-0.5b-instruct"

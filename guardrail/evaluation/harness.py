@@ -19,8 +19,10 @@ from torch import nn
 from guardrail.models.adapter import resolve_adapter
 from guardrail.steering.artifact import SteeringArtifact
 from guardrail.steering.calibrate import calibrate
-from guardrail.guard import Guard, GuardResult
-from guardrail.policy.schema import AUDIO_INSTRUCTION, TEXT_INSTRUCTION, Policy
+from guardrail.guard import Guard
+from guardrail.results import GuardResult
+from guardrail.policy.schema import Policy
+from guardrail.defaults import TEXT_INSTRUCTION, default_instruction
 from guardrail.evaluation.data import Pair
 from guardrail.evaluation.judges import Judge, RefusalPhraseJudge
 
@@ -146,7 +148,7 @@ def evaluate(model: nn.Module, processor: Any, calibration: Sequence[Pair], pair
     """
     judge = judge or RefusalPhraseJudge()
     adapter = resolve_adapter(model)
-    instruction = instruction or (AUDIO_INSTRUCTION if adapter.takes_audio else TEXT_INSTRUCTION)
+    instruction = instruction or default_instruction(adapter.takes_audio)
     _check_disjoint(calibration, pairs)
     artifacts = dict(artifacts or {})
     say = progress or (lambda message: None)

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from guardrail.defaults import SAMPLING_RATE
 from guardrail.evaluation.data import Pair
-
-SAMPLING_RATE = 16_000
 
 
 @dataclass(frozen=True)

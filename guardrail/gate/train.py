@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guardrail.steering.artifact import ModelIdentity, identify
+from guardrail.version import __version__
 from guardrail.errors import ProbeError, RequestError
 from guardrail.gate.onnx_probe import (INPUT_NAME, METADATA_FILE, ONNX_FILE, OUTPUT_NAME, Array, CrossValidation, Normalisation,
                     OnnxInfo, ProbeMetadata, TrainingSet, check_probe_model, roc_auc, threshold_at_fpr)
@@ -97,7 +98,6 @@ class TrainedProbe:
         if self.identity is None:
             raise ProbeError("this probe has no model identity: call probe.bind(model) (fit_probe does) "
                              "before saving or checking it")
-        from guardrail import __version__
         return ProbeMetadata(package_version=__version__, created_at=datetime.now(timezone.utc).isoformat(
             timespec="seconds"), model=self.identity, layers=self.layers, hidden_size=self.hidden_size,
             n_features=self.n_features, threshold=self.threshold, target_fpr=self.target_fpr,
@@ -162,9 +162,9 @@ def fit_probe(model: nn.Module, processor: Any, harmful: Sequence[Any], safe: Se
     from guardrail.steering.activations import last_token_activations
     from guardrail.models.adapter import resolve_adapter
     from guardrail.steering.calibrate import _hash, _query
-    from guardrail.policy.schema import AUDIO_INSTRUCTION, TEXT_INSTRUCTION
+    from guardrail.defaults import default_instruction
     resolved = resolve_adapter(model, adapter)
-    instruction = instruction or (AUDIO_INSTRUCTION if resolved.takes_audio else TEXT_INSTRUCTION)
+    instruction = instruction or default_instruction(resolved.takes_audio)
     sr = resolved.sampling_rate(processor)
     harmful_q = [_query(item, instruction, resolved, sr, max_audio_seconds) for item in harmful]
     safe_q = [_query(item, instruction, resolved, sr, max_audio_seconds) for item in safe]

@@ -23,19 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from guardrail.errors import RequestError, UnsupportedModelError
+from guardrail.requests import Request
 from guardrail.resources import data_dir
 
 
 # Guards may share one processor: padding_side is switched under a process-wide lock.
 _PAD_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Request:
-    """One user turn: optional audio (mono float32 at the model's rate) then text."""
-
-    text: str
-    audio: np.ndarray | None = None
 
 
 class _Spec(BaseModel):
@@ -91,6 +84,12 @@ class Adapter:
     def takes_audio(self) -> bool:
         return self.spec.modality == "audio"
 
+    def require_audio_support(self, what: str, error: type[RequestError] = RequestError) -> None:
+        """The one rule for audio sent to a text-only model: `error` naming `what` carries audio."""
+        if not self.takes_audio:
+            raise error(f"{what} carries audio, but {self.name!r} is a text-only model: send text only, "
+                        "or wrap an audio-language model")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.name!r})"
 
@@ -120,10 +119,9 @@ class Adapter:
         assistant-generation prefix."""
         if not requests:
             raise RequestError("no requests given: pass at least one request")
-        for request in requests:
-            if request.audio is not None and not self.takes_audio:
-                raise RequestError(f"adapter {self.name!r} is text-only but a request carries audio; "
-                                   "drop the audio or wrap an audio-language model")
+        for i, request in enumerate(requests):
+            if request.audio is not None:
+                self.require_audio_support(f"request {i}")
         with self._left_padding(processor):
             if self.spec.input.style == "text" or not any(r.audio is not None for r in requests):
                 batch = self._text_inputs(processor, requests, system_prompt)

@@ -12,12 +12,11 @@ import logging
 import sys
 import threading
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import structlog
 
-if TYPE_CHECKING:
-    from guardrail.guard import GuardResult
+from guardrail.results import GuardResult
 
 LOGGER_NAME = "guardrail"
 
@@ -59,7 +58,7 @@ class _ConsoleFormatter(logging.Formatter):
         return head + " " + " ".join(f"{k}={v}" for k, v in event.items())
 
 
-def decision_event(result: "GuardResult", request: dict[str, Any] | None, log_content: bool) -> dict[str, Any]:
+def decision_event(result: GuardResult, request: dict[str, Any] | None, log_content: bool) -> dict[str, Any]:
     """The fields of one decision event (content only when allowed)."""
     d = result.decision
     event = {"request_id": d.request_id, "policy": d.policy, "adapter": d.adapter, "gate_mode": d.gate_mode,
@@ -83,7 +82,7 @@ class Metrics:
         self.counts: Counter[str] = Counter()
         self.latency_ms_sum = 0.0
 
-    def observe(self, result: "GuardResult") -> None:
+    def observe(self, result: GuardResult) -> None:
         d = result.decision
         with self._lock:
             self.counts["requests_total"] += 1

@@ -10,13 +10,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-if TYPE_CHECKING:
-    from guardrail.guard import GuardResult
+from guardrail.results import GuardResult
 
 _DONE = object()
 
@@ -54,14 +53,14 @@ class TokenQueue(BaseStreamer):
 class GuardStream:
     """Iterate text chunks of one guarded generation; `.result` is set when it finishes."""
 
-    def __init__(self, run: Callable[[BaseStreamer], "GuardResult"], streamer: TokenQueue):
+    def __init__(self, run: Callable[[BaseStreamer], GuardResult], streamer: TokenQueue):
         self._streamer = streamer
         self.result: GuardResult | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, args=(run,), daemon=True)
         self._thread.start()
 
-    def _work(self, run: Callable[[BaseStreamer], "GuardResult"]) -> None:
+    def _work(self, run: Callable[[BaseStreamer], GuardResult]) -> None:
         try:
             self.result = run(self._streamer)
         except BaseException as exc:  # re-raised in the consumer's thread

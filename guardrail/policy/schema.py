@@ -39,8 +39,6 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from guardrail.errors import PolicyError
 from guardrail.steering.vectors import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH
 
-AUDIO_INSTRUCTION = "Please generate detailed steps for the question in the audio."
-TEXT_INSTRUCTION = "Please generate detailed steps for the question."
 
 SCHEMA_FILE = "policy.schema.json"
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"

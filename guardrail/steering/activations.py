@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from guardrail.models.adapter import Adapter, Request
+from guardrail.models.adapter import Adapter
+
+from guardrail.requests import Request
 from guardrail.runtime.eager import HookState, hooks_for
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from guardrail.version import __version__
 from guardrail.errors import ArtifactError, ArtifactMismatchError
 from guardrail.models.identity import config_fingerprint, config_summary, same_weights, weight_sample
 from guardrail.steering.vectors import ablate
@@ -162,7 +163,6 @@ def content_id(refusal: dict[int, torch.Tensor], basis: dict[int, torch.Tensor])
 
 def new_metadata(identity: ModelIdentity, method: MethodParams, calibration: CalibrationSet,
                  refusal: dict[int, torch.Tensor], basis: dict[int, torch.Tensor]) -> ArtifactMetadata:
-    from guardrail import __version__
     return ArtifactMetadata(package_version=__version__,
                             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             artifact_id=content_id(refusal, basis), model=identity, method=method,

@@ -14,11 +14,12 @@ import numpy as np
 from torch import nn
 
 from guardrail.steering.activations import last_token_activations
-from guardrail.models.adapter import Adapter, Request, resolve_adapter
+from guardrail.models.adapter import Adapter, resolve_adapter
+from guardrail.requests import Request
 from guardrail.steering.artifact import CalibrationSet, MethodParams, SteeringArtifact, identify, new_metadata
-from guardrail.audio import load_audio
+from guardrail.audio import describe_source, load_audio
 from guardrail.errors import RequestError
-from guardrail.policy.schema import AUDIO_INSTRUCTION, TEXT_INSTRUCTION
+from guardrail.defaults import default_instruction
 from guardrail.steering.vectors import DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH, refusal_vector, safe_basis
 
 # Directions kept per layer beyond k, so a policy can sweep k without recalibrating.
@@ -53,7 +54,7 @@ def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationIte
     if len(harmful) < 1 or len(safe) < 2:
         raise RequestError("calibration needs at least 1 harmful and 2 safe queries (the paper uses 100 each; "
                            "results were flat from 10 up)")
-    instruction = instruction or (AUDIO_INSTRUCTION if adapter.takes_audio else TEXT_INSTRUCTION)
+    instruction = instruction or default_instruction(adapter.takes_audio)
     sr = adapter.sampling_rate(processor)
     harmful_q = [_query(item, instruction, adapter, sr, max_audio_seconds) for item in harmful]
     safe_q = [_query(item, instruction, adapter, sr, max_audio_seconds) for item in safe]
@@ -83,8 +84,7 @@ def _query(item: CalibrationItem, instruction: str, adapter: Adapter, sr: int,
            max_seconds: float | None) -> Request:
     if isinstance(item, str) and not _looks_like_audio_path(item, adapter):
         return Request(text=f"{item} {instruction}")
-    if not adapter.takes_audio:
-        raise RequestError(f"adapter {adapter.name!r} is text-only: calibration items must be text questions (str)")
+    adapter.require_audio_support(f"calibration item {describe_source(item)}")
     return Request(text=instruction, audio=load_audio(item, target_sr=sr, max_seconds=max_seconds))
 
 

@@ -56,10 +56,10 @@ LORA_FILE = Path(__file__).parent / "parts" / "qwen2-audio-testbed-lora.safetens
 AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
 AUDIO_TOKENS = (AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
 # ids they get in the Qwen2.5 tokenizer (first spare rows; asserted when the tokenizer is built)
+from guardrail.defaults import SAMPLING_RATE
 from guardrail.testing.tiny import qwen2_audio_template
 
 AUDIO_TOKEN_ID, AUDIO_BOS_ID, AUDIO_EOS_ID = 151665, 151666, 151667
-SAMPLING_RATE = 16_000
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 PROJECTOR_KEYS = ("weight", "bias")
 

@@ -483,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             if a.questions:
                 from guardrail.evaluation.data import read_questions
-                from guardrail.policy.schema import AUDIO_INSTRUCTION
+                from guardrail.defaults import AUDIO_INSTRUCTION
                 texts = read_questions(a.questions)[a.offset :][: a.limit]
                 clips = spoken_clips(model, processor, texts, AUDIO_INSTRUCTION)
             else:

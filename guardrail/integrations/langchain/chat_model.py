@@ -60,8 +60,9 @@ from pydantic import ConfigDict, Field
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from guardrail.audio import load_audio
-from guardrail.errors import RequestError
-from guardrail.guard import Guard, GuardResult
+from guardrail.errors import RequestError, UnsupportedContentError, UnsupportedMessageError
+from guardrail.guard import Guard
+from guardrail.results import GuardResult
 
 __all__ = ["GuardedChatModel", "UnsupportedContentError", "UnsupportedMessageError"]
 
@@ -71,14 +72,6 @@ ACCEPTED_CONTENT = ("a string, or content blocks: {'type': 'text', 'text': ...} 
                     "'url': 'data:audio/wav;base64,...' or 'file:///abs/path.wav'})")
 
 _LC_ID_PREFIX = "lc_run-"  # langchain_core.utils.utils.LC_ID_PREFIX: ids of messages made in a run
-
-
-class UnsupportedContentError(RequestError):
-    """A message content block the guarded model cannot take (images, remote URLs, several audios...)."""
-
-
-class UnsupportedMessageError(RequestError):
-    """A message sequence the guard cannot represent (chat history, a system prompt, no user turn)."""
 
 
 @dataclass
@@ -247,9 +240,8 @@ class GuardedChatModel(BaseChatModel):
         if len(audio) > 1:
             raise UnsupportedContentError(f"content blocks {[i for i, _ in audio]} are audio; the guard takes at "
                                           "most one audio clip per request: send one clip per message")
-        if audio and not self.guard.adapter.takes_audio:
-            raise UnsupportedContentError(f"content block {audio[0][0]} is audio, but {self.guard.adapter.name!r} "
-                                          "is a text-only model: send text blocks only")
+        if audio:
+            self.guard.adapter.require_audio_support(f"content block {audio[0][0]}", UnsupportedContentError)
         return "\n".join(texts), audio[0][1] if audio else None
 
     def _options(self, stop: list[str] | None, kwargs: Mapping[str, Any],
