@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import json
 from importlib.resources import files
+from pathlib import Path
 
 # The instruction appended to each question (the paper's wording for audio; its text twin).
 AUDIO_INSTRUCTION = "Please generate detailed steps for the question in the audio."
 TEXT_INSTRUCTION = "Please generate detailed steps for the question."
 SAMPLING_RATE = 16_000  # Hz: what the Whisper-style encoders of every shipped family expect
 ARTIFACT_DIR = "artifacts/default"  # where `guardrail calibrate` writes when not told otherwise
+
+
+PROBE_SUBDIR = "probe"  # `calibrate --probe` writes the gate probe into ARTIFACT/probe
+
+
+def default_probe(artifact: str | Path | None, gate_mode: str) -> str | None:
+    """The probe a probe-gated deployment uses when none is named: ARTIFACT/probe, if it exists."""
+    if artifact is None or gate_mode != "probe" or not isinstance(artifact, (str, Path)):
+        return None
+    candidate = Path(artifact) / PROBE_SUBDIR
+    return str(candidate) if candidate.is_dir() else None
 
 
 def default_instruction(takes_audio: bool) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.errors import GuardrailError
+from guardrail.defaults import PROBE_SUBDIR, default_probe
 from guardrail.progress import progress  # light: rich is imported only when a bar is drawn
 
 
@@ -146,7 +147,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         from guardrail.gate.onnx_probe import fit_probe
         probe = fit_probe(model, processor, harmful, safe, policy.calibration.instruction, adapter=adapter.name,
                           batch_size=args.batch_size, max_audio_seconds=policy.limits.max_audio_seconds)
-        path = probe.save(Path(args.out) / "probe")
+        path = probe.save(Path(args.out) / PROBE_SUBDIR)
         print(f"wrote probe (layers {probe.layers}, threshold {probe.threshold:.3f}) to {path}")
     return 0
 
@@ -161,9 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(policy.logging.format, policy.logging.level)
     model, processor, adapter = load_model(args.model, adapter=args.adapter)
     artifact = SteeringArtifact.load(args.artifact) if args.artifact else None
-    probe = args.probe
-    if probe is None and args.artifact and policy.gate.mode == "probe" and (Path(args.artifact) / "probe").is_dir():
-        probe = str(Path(args.artifact) / "probe")
+    probe = args.probe or default_probe(args.artifact, policy.gate.mode)
     guard = Guard(model, processor, policy=policy, artifact=artifact, adapter=adapter, probe=probe)
     result = guard.generate(audio=args.audio, text=args.text, max_new_tokens=args.max_new_tokens)
     if args.json:

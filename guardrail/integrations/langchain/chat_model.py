@@ -59,6 +59,7 @@ from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from guardrail.defaults import default_probe
 from guardrail.audio import load_audio
 from guardrail.errors import RequestError, UnsupportedContentError, UnsupportedMessageError
 from guardrail.guard import Guard
@@ -164,9 +165,8 @@ class GuardedChatModel(BaseChatModel):
         adapter = adapter or getattr(section, "adapter", None)
         artifact = artifact if artifact is not None else getattr(section, "artifact", None)
         probe = probe if probe is not None else getattr(section, "probe", None)
-        if probe is None and isinstance(artifact, (str, Path)) and policy.gate.mode == "probe" \
-                and (Path(artifact) / "probe").is_dir():
-            probe = str(Path(artifact) / "probe")
+        if probe is None:
+            probe = default_probe(artifact, policy.gate.mode)
         if isinstance(artifact, (str, Path)):
             artifact = SteeringArtifact.load(artifact)
         model, processor, chosen = load_model(str(model_path), adapter=adapter, dtype=dtype, device=device)
