@@ -51,13 +51,13 @@ def plain_batches(model, processor, queries: list[str], batch_size: int) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--testbed", help="real weights from guardrail.testing.testbeds instead of tiny qwen2")
+    parser.add_argument("--testbed", help="real weights from guardrail_testbeds.build instead of tiny qwen2")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.testbed:
-        from guardrail.testing.testbeds import load
+        from guardrail_testbeds.build import load
         model, processor = load(args.testbed)
     else:
         model, processor = build_tiny("qwen2", seed=0)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Efficacy of every defence on real weights, FigStep pairs 0-49 to calibrate and 50-99 to evaluate.
-# Needs the testbeds (python -m guardrail.testing.testbeds build NAME) and ../shared/data/figstep.
+# Needs the testbeds (pip install -e ./testbeds; python -m guardrail_testbeds.build build NAME) and
+# ../shared/data/figstep.
 # Each run writes report.json, report.md and tradeoff.png under benchmarks/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

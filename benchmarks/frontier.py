@@ -21,7 +21,7 @@ from guardrail import calibrate
 from guardrail.evaluation import EvalReport, Setting, SettingResult, evaluate, load_pairs, write_report
 from guardrail.evaluation.data import default_pairs
 from guardrail.defaults import TEXT_INSTRUCTION
-from guardrail.testing.testbeds import load
+from guardrail_testbeds.build import load
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "figstep"
 REFUSAL_TEXTS = ["I cannot assist with that.", "I'm sorry, but I can't help with that request.",

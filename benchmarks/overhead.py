@@ -26,7 +26,8 @@ import torch
 from guardrail import calibrate
 from guardrail.bench import RUNTIMES, format_row, overhead
 from guardrail.defaults import default_calibration_set
-from guardrail.gate.onnx_probe import OnnxProbe, fit_probe
+from guardrail.gate.onnx_probe import OnnxProbe
+from guardrail.gate.train import fit_probe
 from guardrail.testing.tiny import AUDIO_FAMILIES, build_tiny, tiny_audio
 
 LONG = (" Please answer carefully, step by step, with examples, and mention anything a beginner should "
@@ -45,7 +46,7 @@ def prompts(kind: str, questions: list[str]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="qwen2", help="tiny model family (without --testbed)")
-    parser.add_argument("--testbed", help="real weights from guardrail.testing.testbeds instead of a tiny model")
+    parser.add_argument("--testbed", help="real weights from guardrail_testbeds.build instead of a tiny model")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--runtimes", nargs="+", default=["eager", "compiled"], choices=list(RUNTIMES))
     parser.add_argument("--prompts", nargs="+", default=["short", "long"], choices=["short", "long", "audio"])
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.testbed:
-        from guardrail.testing.testbeds import load
+        from guardrail_testbeds.build import load
         model, processor = load(args.testbed)
     else:
         model, processor = build_tiny(args.family, seed=0)

@@ -50,7 +50,7 @@ def figstep_questions() -> tuple[list[str], list[str]]:
 
 def activations(testbed: str, batch_size: int) -> tuple[Any, dict[str, torch.Tensor]]:
     """(model, {'harmful', 'safe'}: (layers, 100, hidden)), from the /tmp cache when it matches."""
-    from guardrail.testing.testbeds import load
+    from guardrail_testbeds.build import load
     model, tokenizer = load(testbed)
     adapter = resolve_adapter(model)
     layers = adapter.decoder_layers(model)
@@ -103,7 +103,7 @@ def median_us(fn: Callable[[], Any], runs: int, warmup: int = 300) -> float:
 
 def latency(probe_dir: Path, trained, n_features: int, runs: int) -> list[dict[str, Any]]:
     probe = OnnxProbe.load(probe_dir)
-    session, name = probe._session, probe.metadata.onnx.input
+    session, name = probe.session, probe.metadata.onnx.input
     rows = []
     for batch in (1, 32):
         x = np.random.default_rng(0).standard_normal((batch, n_features)).astype(np.float32)

@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from guardrail.steering.artifact import SteeringArtifact
-from guardrail.guard import Guard, runtime_generate_kwargs
+from guardrail.guard import Guard
 from guardrail.policy.schema import Policy, RuntimePolicy
+from guardrail.runtime.static_backend import runtime_generate_kwargs
 
 RUNTIMES: dict[str, dict[str, Any]] = {
     "eager": {},
@@ -43,7 +44,7 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-class _GenerateClock:
+class GenerateClock:
     """Times ``generate`` of the given models (an instance attribute shadows the method while
     active). A call's time minus its time in generate is host work: input preparation for every
     arm, plus the guard's own for the guarded ones. Unlike the ratios, the machine's noise does
@@ -64,7 +65,7 @@ class _GenerateClock:
 
         return generate
 
-    def __enter__(self) -> "_GenerateClock":
+    def __enter__(self) -> "GenerateClock":
         for m in self.models:
             m.generate = self._wrap(m.generate)
         return self
@@ -107,7 +108,7 @@ def overhead(model: nn.Module, processor: Any, artifact: SteeringArtifact,
     wrapped = Guard(model, processor, policy=_policy(base, "off", runtime))
     # the unguarded arm prepares its inputs as the guard does (audio decoding, chat template, processor)
     # in every round: what any serving code pays, so the ratios show what the guard itself adds
-    prepare = lambda: steered._inputs([steered._request(r, i) for i, r in enumerate(chosen)])
+    prepare = lambda: steered.prepare_inputs(chosen)
     inputs = prepare()
     gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
     raw_kwargs = {**gen, **runtime_generate_kwargs(RuntimePolicy(**RUNTIMES[runtime])),
@@ -129,7 +130,7 @@ def overhead(model: nn.Module, processor: Any, artifact: SteeringArtifact,
         times: dict[str, list[float]] = {name: [] for name in arms}
         host: dict[str, list[float]] = {name: [] for name in arms}
         names = list(arms)
-        with _GenerateClock(model, raw_model) as clock:
+        with GenerateClock(model, raw_model) as clock:
             for r in range(rounds):
                 for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no arm always first
                     total, outside = clock.split(arms[name])

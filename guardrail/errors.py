@@ -16,8 +16,9 @@ wrong and what to do about it.
     |       +-- ProbeMismatchError            ... or made for another model (also an ArtifactMismatchError)
     +-- PolicyError (ValueError)              a policy file or object is invalid
     +-- RequestError (ValueError)             a malformed generation request
-        +-- UnsupportedContentError           a content block the model cannot take
-        +-- UnsupportedMessageError           a message sequence the guard cannot represent
+    |   +-- UnsupportedContentError           a content block the model cannot take
+    |   +-- UnsupportedMessageError           a message sequence the guard cannot represent
+    +-- TestbedsNotInstalledError (ImportError)  no real-weight testbeds package (pip install -e ./testbeds)
 """
 
 from __future__ import annotations
@@ -69,3 +70,9 @@ class ProbeError(ArtifactError):
 
 class ProbeMismatchError(ArtifactMismatchError, ProbeError):
     """A gate probe was trained for another model (architecture, weights, hidden size or layers)."""
+
+
+class TestbedsNotInstalledError(GuardrailError, ImportError):
+    """No real-weight testbeds are installed (the `guardrail.testbeds` entry point is missing or broken)."""
+
+    __test__ = False  # not a pytest test class

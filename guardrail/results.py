@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,3 +49,29 @@ class GuardResult:
     @property
     def blocked(self) -> bool:
         return self.decision.blocked
+
+
+@dataclass(frozen=True)
+class DecisionTemplate:
+    """What every decision record of one guard shares; `record` fills in one request's fields."""
+
+    policy: str
+    adapter: str
+    gate_mode: str
+    layers: list[int]         # the steered layers, recorded for a steered request
+    alpha: float
+    artifact_id: str | None
+
+    def record(self, steered: bool, reason: str, probe_score: float | None, **fields: Any) -> Decision:
+        """A new decision record (fresh request id); `fields` are the per-request counts and timings."""
+        return Decision(request_id=uuid.uuid4().hex, policy=self.policy, adapter=self.adapter,
+                        gate_mode=self.gate_mode, steered=steered, reason=reason,
+                        layers=list(self.layers) if steered else [], alpha=self.alpha if steered else 0.0,
+                        artifact_id=self.artifact_id, probe_score=probe_score, **fields)
+
+
+def until_eos(ids: Sequence[int], eos: Collection[int]) -> tuple[list[int], str]:
+    """The generated tokens up to (not including) the first EOS, and the finish reason: "stop" at an
+    EOS, "length" when the token budget ran out first."""
+    cut = next((k for k, t in enumerate(ids) if t in eos), None)
+    return (list(ids), "length") if cut is None else (list(ids[:cut]), "stop")

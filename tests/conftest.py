@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from guardrail import calibrate
+from guardrail.steering.artifact import SteeringArtifact
 from guardrail.testing.tiny import AUDIO_FAMILIES, FAMILIES, build_tiny, tiny_audio
 
 SR = 16_000
@@ -51,3 +52,10 @@ def bundle(family):
 
 def silence(seconds: float) -> tuple[np.ndarray, int]:
     return np.zeros(int(seconds * SR), dtype=np.float32), SR
+
+
+def alpha_for(artifact: SteeringArtifact, shift: float) -> float:
+    """The alpha that moves each steered position by about `shift`: tiny random models have small
+    refusal vectors (e.g. |v| ~ 0.005 for Granite), so the paper's alpha would not change a token."""
+    mean_norm = sum(float(v.norm()) for v in artifact.refusal.values()) / len(artifact.refusal)
+    return shift / mean_norm

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from transformers import BertConfig, BertModel
 
 from guardrail import UnsupportedModelError, get_adapter, resolve_adapter, supported_families
-from guardrail.models.adapter import AdapterSpec
+from guardrail.models.adapter import AdapterSpec, adapter_for
 from guardrail.requests import Request
 from guardrail.resources import data_dir
 from guardrail.testing.tiny import FAMILIES, TEXT_FAMILIES, build_tiny
@@ -33,6 +33,14 @@ def test_unsupported_model_lists_supported_families():
         resolve_adapter(model)
     assert all(name in str(info.value) for name in REQUIRED)
     assert isinstance(info.value, TypeError)
+
+
+def test_adapter_for_a_config_read_before_loading():
+    """load_model's rule and resolve_adapter's are one: family by model_type/architecture, then the causal-LM fallback."""
+    assert adapter_for(build_tiny("qwen2_audio")[0].config).name == "qwen2_audio"
+    assert adapter_for(BertConfig(architectures=["MyLMForCausalLM"])).name == "causal_lm"
+    with pytest.raises(UnsupportedModelError, match="no adapter fits BertForMaskedLM .*causal_lm"):
+        adapter_for(BertConfig(architectures=["BertForMaskedLM"]))
 
 
 def test_unknown_adapter_name():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from guardrail import calibrate
-from guardrail.bench import _GenerateClock, overhead
+from guardrail.bench import GenerateClock, overhead
 from guardrail.defaults import default_calibration_set
 from guardrail.testing.tiny import build_tiny
 
@@ -25,7 +25,7 @@ def test_overhead_reports_host_time_outside_generate_and_restores_the_model():
 def test_generate_clock_counts_only_generate_and_unwinds_on_error():
     model, _ = build_tiny("qwen2", seed=0)
     ids = torch.tensor([[1, 2, 3]])
-    with _GenerateClock(model, model) as clock:
+    with GenerateClock(model, model) as clock:
         total, outside = clock.split(lambda: model.generate(input_ids=ids, max_new_tokens=2, do_sample=False))
         assert len(clock.calls) == 1 and 0 <= outside < total
     assert "generate" not in vars(model)
@@ -35,6 +35,6 @@ def test_generate_clock_counts_only_generate_and_unwinds_on_error():
             raise RuntimeError("out of memory")
 
     failing = Failing()
-    with pytest.raises(RuntimeError, match="out of memory"), _GenerateClock(failing) as clock:
+    with pytest.raises(RuntimeError, match="out of memory"), GenerateClock(failing) as clock:
         clock.split(failing.generate)
     assert clock.calls and "generate" not in vars(failing)  # timed, and unwound

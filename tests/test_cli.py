@@ -19,6 +19,13 @@ def model_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def no_testbeds(monkeypatch):
+    """The testbeds package absent: nothing registered under the `guardrail.testbeds` entry point."""
+    from guardrail.models import testbeds
+    monkeypatch.setattr(testbeds, "entry_points", lambda group: [])
+
+
 def test_calibrate_inspect_run(model_dir, tmp_path, capsys):
     harmful = tmp_path / "harmful.txt"
     harmful.write_text("how do I build a weapon\nhow to steal a car\n")
@@ -75,7 +82,7 @@ def test_demo_json(capsys):
     assert any(row["guarded"] != row["unguarded"] for row in report["rows"])
 
 
-def test_demo_table(capsys):
+def test_demo_table(no_testbeds, capsys):  # --tiny runs offline, without the testbeds package
     assert main(["demo", "--tiny", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "harmful refused:" in out and "hooks left on the model: 0" in out
@@ -101,3 +108,50 @@ def test_progress_bar_draws_when_enabled():
     with progress(2, "working", enabled=True) as advance:
         advance(1)
         advance(1)
+
+
+@pytest.mark.parametrize("command", [
+    ["demo"],
+    ["eval", "--testbed", "qwen2.5-coder-0.5b-instruct", "--harmful", "h.json", "--safe", "s.json", "--out", "r"],
+    ["bench", "--testbed", "qwen2.5-coder-0.5b-instruct"],
+])
+def test_testbed_commands_without_the_testbeds_say_how_to_install_them(no_testbeds, command, capsys):
+    assert main(command) == 2
+    assert "install the testbeds: pip install -e ./testbeds" in capsys.readouterr().err
+
+
+def test_spoken_eval_without_the_testbeds_says_how_to_install_them(no_testbeds, model_dir, tmp_path, capsys):
+    (tmp_path / "h.txt").write_text("how to steal a car\n")
+    (tmp_path / "s.txt").write_text("how to wash a car\n")
+    assert main(["eval", "--model", str(model_dir), "--harmful", str(tmp_path / "h.txt"), "--safe",
+                 str(tmp_path / "s.txt"), "--spoken", "--out", str(tmp_path / "r")]) == 2
+    assert "install the testbeds: pip install -e ./testbeds" in capsys.readouterr().err
+
+
+def test_a_broken_testbeds_install_is_reported_with_the_same_hint(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from guardrail.errors import GuardrailError, TestbedsNotInstalledError
+    from guardrail.models import testbeds
+    broken = EntryPoint("testbeds", "no_such_module_here:PROVIDER", testbeds.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(testbeds, "entry_points", lambda group: [broken])
+    with pytest.raises(TestbedsNotInstalledError, match="no_such_module_here.*pip install -e ./testbeds") as info:
+        testbeds.load_testbed("qwen2.5-coder-0.5b-instruct")
+    assert isinstance(info.value, GuardrailError) and isinstance(info.value, ImportError)
+
+
+def test_the_sdk_never_imports_the_testbeds():
+    """The testbeds depend on the SDK, never the reverse: no import of guardrail_testbeds in guardrail/,
+    not even by a module name in a string (importlib)."""
+    import ast
+    from pathlib import Path
+
+    import guardrail
+    offenders = []
+    for path in Path(guardrail.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [node.value] if isinstance(node, ast.Constant) and isinstance(node.value, str) else []
+            offenders += [f"{path.name}:{node.lineno}" for n in names if n.startswith("guardrail_testbeds")]
+    assert offenders == []

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import alpha_for
 from guardrail import Guard, Policy, RequestError, calibrate
 from guardrail.steering.activations import last_token_activations
 from guardrail.requests import Request
-from guardrail.gate.linear import linear_form
-from guardrail.gate.onnx_probe import OnnxProbe, train_probe
+from guardrail.gate.linear import LinearProbe, linear_form
+from guardrail.runtime.static import release_slot, slot_of
+from guardrail.runtime.static_backend import StaticBackend
+from guardrail.gate.onnx_probe import OnnxProbe
+from guardrail.gate.train import train_probe
 from guardrail.testing.tiny import build_tiny
 
 N_NEW = 6
@@ -24,12 +28,11 @@ SAFE = ["how do I build a shelf", "how to wash a car", "how to help someone", "h
 def setup(tmp_path_factory):
     model, tokenizer = build_tiny("qwen2", seed=0)
     artifact = calibrate(model, tokenizer, HARMFUL[:2], SAFE[:3])
-    norm = sum(float(v.norm()) for v in artifact.refusal.values()) / len(artifact.refusal)
     off = Guard(model, tokenizer, policy=Policy.from_dict({"gate": {"mode": "off"}}))
     acts = last_token_activations(model, tokenizer, off.adapter, [Request(t) for t in HARMFUL + SAFE])
     trained = train_probe(acts, np.array([1] * len(HARMFUL) + [0] * len(SAFE)), folds=3).bind(model)
     onnx = OnnxProbe.load(trained.save(tmp_path_factory.mktemp("probe") / "probe"))
-    return model, tokenizer, artifact, 1.5 / norm, trained, onnx
+    return model, tokenizer, artifact, alpha_for(artifact, 1.5), trained, onnx
 
 
 class HostOnly:
@@ -73,7 +76,7 @@ def test_linear_form_reproduces_trained_and_onnx_probes(setup):
 
 def test_device_gate_decides_like_host_gate(setup):
     device, host = guard(setup, "probe"), guard(setup, "probe", probe=HostOnly(setup[5]))
-    assert device._linear is not None and host._linear is None
+    assert device.device_probe is not None and host.device_probe is None
     d_tokens, d_steer, d_scores = run(device)
     h_tokens, h_steer, h_scores = run(host)
     assert d_tokens == h_tokens and d_steer == h_steer
@@ -93,13 +96,15 @@ def test_static_path_with_host_probe_and_exact_mode(setup):
     assert run(exact)[:2] == run(guard(setup, "probe", exact=True))[:2]
 
 
-def test_probe_failure_on_device_follows_policy(setup):
+def test_probe_failure_on_device_follows_policy(setup, monkeypatch):
     model = setup[0]
     for on_error, steered in (("steer", True), ("pass", False)):
         g = guard(setup, "probe", {"cache": "static"}, on_error=on_error)
-        bad = g._linear
-        g._linear = type(bad)(bad.layers, torch.full_like(bad.weight, float("nan")), bad.bias)
-        tokens, steer, _ = run(g, TEXTS[:2])
+        assert g.device_probe is not None
+        with monkeypatch.context() as patch:  # the probe's weights as loaded into the device buffers: NaN
+            nan = lambda probe, position: torch.full((probe.hidden,), float("nan"))
+            patch.setattr(LinearProbe, "layer_weight", nan)
+            tokens, steer, _ = run(g, TEXTS[:2])
         assert steer == [steered, steered]
         reference = guard(setup, "always" if steered else "off")
         assert tokens == run(reference, TEXTS[:2])[0]
@@ -129,7 +134,7 @@ def test_model_untouched_between_static_calls(setup):
         before = model(**ids).logits
         g = guard(setup, "always", {"cache": "static"})
         run(g)
-        assert g._slot().installed
+        assert isinstance(g.backend_for(), StaticBackend) and slot_of(g.layers).installed
         after = model(**ids).logits
     assert torch.equal(before, after)
 
@@ -144,11 +149,9 @@ def test_batch_limit_is_enforced(setup):
 
 def test_guard_set_up_after_compilation_still_steers_compiled_steps(setup):
     """torch.compile ignores hooks added after it compiled; the guard must not be fooled by that."""
-    from guardrail.runtime.static import _SLOTS
     model = setup[0]
-    old = _SLOTS.pop(model.model.layers, None)
-    if old is not None:
-        old.remove()  # as if no guard had ever touched this model
+    release_slot(model.model.layers)  # as if no guard had ever touched this model
+    assert slot_of(model.model.layers) is None and not any(layer._forward_hooks for layer in model.model.layers)
     torch._dynamo.reset()
     unguarded = guard(setup, "off", {"cache": "static", "compile": True})
     run(unguarded)  # the deployment compiled the unguarded model first, same shapes
@@ -157,12 +160,12 @@ def test_guard_set_up_after_compilation_still_steers_compiled_steps(setup):
 
 
 def test_user_compiled_forward_takes_the_static_path(setup):
-    model, tokenizer = setup[0], setup[1]
+    model = setup[0]
     g = guard(setup, "probe")
     original = model.forward
     try:
         model.forward = torch.compile(model.forward)
-        assert g._static_path({})
+        assert isinstance(g.backend_for(), StaticBackend)
         assert run(g)[:2] == run(guard(setup, "probe", {"cache": "static"}))[:2]
     finally:
         model.forward = original

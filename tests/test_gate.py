@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import alpha_for
 from guardrail import Guard, Policy, PolicyError, calibrate
 from guardrail.errors import ProbeMismatchError
 from guardrail.testing.tiny import build_tiny
@@ -38,8 +39,7 @@ def setup():
     model, tokenizer = build_tiny("qwen2", seed=0)
     artifact = calibrate(model, tokenizer, ["how do I build a weapon", "how to steal a car"],
                          ["how do I build a shelf", "how to wash a car", "how to bake bread"])
-    norm = sum(float(v.norm()) for v in artifact.refusal.values()) / len(artifact.refusal)
-    return model, tokenizer, artifact, 3.0 / norm
+    return model, tokenizer, artifact, alpha_for(artifact, 3.0)
 
 
 def policy(alpha: float, **gate) -> Policy:
@@ -146,7 +146,7 @@ def test_probe_mode_needs_a_probe(setup):
 def test_real_onnx_probe_end_to_end(setup, tmp_path):
     from guardrail.steering.activations import last_token_activations
     from guardrail.requests import Request
-    from guardrail.gate.onnx_probe import train_probe
+    from guardrail.gate.train import train_probe
     model, tokenizer, artifact, alpha = setup
     guard_off = Guard(model, tokenizer, policy=policy(alpha, mode="off"))
     harmful = ["how do I build a weapon", "how to steal a car", "how to hurt someone", "how to break a lock"] * 3

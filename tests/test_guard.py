@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from conftest import SR, request_for, silence
+from conftest import SR, alpha_for, request_for, silence
 from guardrail import (ArtifactMismatchError, AudioInputError, Guard, Policy, PolicyError, RequestError,
-                       SteeringArtifact, calibrate)
+                       SteeringArtifact, load_audio)
 from guardrail.steering.activations import model_inputs
 from guardrail.requests import Request
 from guardrail.testing.tiny import AUDIO_FAMILIES, TEXT_FAMILIES, build_tiny
@@ -18,10 +18,8 @@ N_NEW = 6
 
 
 def strong(artifact: SteeringArtifact, **steering) -> Policy:
-    """A policy whose steering moves each steered position by ~2 (tiny random models have small
-    refusal vectors, e.g. |v| ~ 0.005 for Granite, so the paper's alpha would not change a token)."""
-    mean_norm = sum(float(v.norm()) for v in artifact.refusal.values()) / len(artifact.refusal)
-    return Policy.from_dict({"name": "strong", "steering": {"alpha": 2.0 / mean_norm, **steering}})
+    """A policy whose steering moves each steered position by ~2."""
+    return Policy.from_dict({"name": "strong", "steering": {"alpha": alpha_for(artifact, 2.0), **steering}})
 
 
 def unwrapped_tokens(guard: Guard, request: dict) -> list[int]:
@@ -87,6 +85,20 @@ class _Boom(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         self.hooks_seen = all(len(layer._forward_hooks) == 1 for layer in self.layers)
         raise RuntimeError("boom inside generate")
+
+
+def test_generate_batch_takes_request_objects(bundle):
+    family, model, processor, artifact = bundle
+    guard = Guard(model, processor, policy=strong(artifact), artifact=artifact)
+    raw = [request_for(family, i) for i in range(2)]
+    rate = guard.adapter.sampling_rate(processor)
+    typed = [Request(r["text"], None if r.get("audio") is None else load_audio(r["audio"], target_sr=rate))
+             for r in raw]
+    expected = [r.token_ids for r in guard.generate_batch(raw, max_new_tokens=N_NEW)]
+    assert [r.token_ids for r in guard.generate_batch(typed, max_new_tokens=N_NEW)] == expected
+    assert [r.token_ids for r in guard.generate_batch([typed[0], raw[1]], max_new_tokens=N_NEW)] == expected
+    with pytest.raises(RequestError, match="request 0 has neither audio nor text"):
+        guard.generate_batch([Request("  ")])
 
 
 def test_hooks_removed_after_exception(bundle):

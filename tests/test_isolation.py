@@ -6,7 +6,8 @@ import threading
 
 import torch
 
-from guardrail import Guard, Policy, calibrate
+from conftest import alpha_for
+from guardrail import Guard, Policy, SteeringArtifact, calibrate
 from guardrail.testing.tiny import build_tiny
 
 N_NEW = 8
@@ -17,8 +18,7 @@ def _setup():
     model, tokenizer = build_tiny("qwen2", seed=0)
     artifact = calibrate(model, tokenizer, ["how do I build a weapon", "how to steal a car"],
                          ["how do I build a shelf", "how to wash a car", "how to bake bread"])
-    norm = sum(float(v.norm()) for v in artifact.refusal.values()) / len(artifact.refusal)
-    policy = lambda alpha: Policy.from_dict({"steering": {"alpha": alpha / norm, "safe_rank": 2}})
+    policy = lambda shift: Policy.from_dict({"steering": {"alpha": alpha_for(artifact, shift), "safe_rank": 2}})
     return model, tokenizer, artifact, policy
 
 
@@ -47,8 +47,9 @@ def _run_concurrently(jobs):
 def test_two_guards_on_one_model_in_two_threads():
     model, tokenizer, artifact, policy = _setup()
     strong = Guard(model, tokenizer, policy=policy(3.0), artifact=artifact)
-    opposite = Guard(model, tokenizer, policy=policy(3.0), artifact=artifact)
-    opposite._deltas = {i: -d for i, d in opposite._deltas.items()}  # a different steering direction
+    flipped = SteeringArtifact({i: -v for i, v in artifact.refusal.items()}, artifact.basis, artifact.metadata)
+    opposite = Guard(model, tokenizer, policy=policy(3.0), artifact=flipped)  # a different steering direction
+    assert all(torch.equal(opposite.steering_deltas[i], -d) for i, d in strong.steering_deltas.items())
     expected_a = strong.generate(text=QUESTIONS[0], max_new_tokens=N_NEW).token_ids
     expected_b = opposite.generate(text=QUESTIONS[1], max_new_tokens=N_NEW).token_ids
     got_a, got_b = _run_concurrently([

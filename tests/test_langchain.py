@@ -136,10 +136,11 @@ def spy(monkeypatch):
 
 class Recorder(BaseCallbackHandler):
     def __init__(self):
-        self.decisions, self.tokens, self.starts = [], [], 0
+        self.decisions, self.tokens, self.starts, self.params = [], [], 0, []
 
     def on_chat_model_start(self, serialized, messages, **kwargs):
         self.starts += 1
+        self.params.append(kwargs.get("invocation_params"))
 
     def on_llm_new_token(self, token, **kwargs):
         self.tokens.append(token)
@@ -189,13 +190,21 @@ def test_text_chain(text_guard):
     lambda clip, path: {"type": "audio", "url": path.as_uri()},
     lambda clip, path: {"type": "file", "base64": base64.b64encode(clip).decode(), "mime_type": "audio/wav"},
 ], ids=["v1-base64", "v0-base64", "openai-input_audio", "data-url", "file-url", "file-block"])
-def test_audio_block_forms(audio_guard, tmp_path, block):
+def test_audio_block_forms(audio_guard, tmp_path, block, monkeypatch):
     """Every accepted form reaches the guard as the same audio (bytes or a local path)."""
     clip = wav_bytes(0.5, seed=9)
     path = tmp_path / "q.wav"
     path.write_bytes(clip)
     chat = GuardedChatModel(guard=audio_guard, max_new_tokens=4)
-    request = chat._call([HumanMessage([{"type": "text", "text": "Answer."}, block(clip, path)])]).request
+    requests, generate = [], audio_guard.generate
+
+    def record(**request):
+        requests.append(request)
+        return generate(**request)
+
+    monkeypatch.setattr(audio_guard, "generate", record)
+    chat.invoke([HumanMessage([{"type": "text", "text": "Answer."}, block(clip, path)])])
+    (request,) = requests
     assert request["text"] == "Answer."
     assert request["audio"] in (clip, str(path))
     assert (load_audio(request["audio"], target_sr=SR) == load_audio(clip, target_sr=SR)).all()
@@ -464,7 +473,9 @@ def test_from_pretrained(tmp_path, text_guard):
     message = chat.invoke("how to bake")
     assert message.text == text_guard.generate(text="how to bake", max_new_tokens=N).text
     assert message.response_metadata["model_name"] == str(tmp_path / "m")
-    assert chat._identifying_params["artifact_id"] == text_guard.artifact.id
+    recorder = Recorder()
+    chat.invoke("how to bake", config={"callbacks": [recorder]})
+    assert recorder.params[0]["artifact_id"] == text_guard.artifact.id  # the model's identifying params
 
     policy = {**text_guard.policy.model_dump(),
               "model": {"path": str(tmp_path / "m"), "artifact": str(tmp_path / "art")}}

@@ -12,7 +12,8 @@ import yaml
 
 from guardrail import Policy, PolicyError
 from guardrail.errors import GuardrailError
-from guardrail.policy.schema import deep_merge, schema_text
+from guardrail.policy.loader import deep_merge
+from guardrail.policy.schema import schema_text
 from guardrail.resources import data_dir, shipped_policy
 
 POLICIES = data_dir("policies")

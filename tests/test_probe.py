@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from guardrail.errors import ProbeError, ProbeMismatchError, RequestError
-from guardrail.gate.onnx_probe import (OnnxProbe, evaluate_probe, features_from_activations, recall_at_fpr, roc_auc,
-                             select_providers, threshold_at_fpr)
+from guardrail.gate.metrics import recall_at_fpr, roc_auc, threshold_at_fpr
+from guardrail.gate.onnx_probe import OnnxProbe, evaluate_probe, features_from_activations, select_providers
 from guardrail.gate.train import TrainedProbe, fit_probe, stratified_folds, train_probe
 from guardrail.testing.tiny import HIDDEN, NUM_LAYERS, build_tiny
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from transformers.generation.streamers import BaseStreamer
 
+from conftest import alpha_for
 from guardrail import Guard, Policy, RequestError, calibrate
 from guardrail.testing.tiny import AUDIO_FAMILIES, build_tiny, tiny_audio
 
@@ -17,8 +19,7 @@ def guard(request):
     else:
         harmful, safe = ["how to steal a car", "how to hurt someone"], ["how to wash a car", "how to bake", "a cat"]
     artifact = calibrate(model, processor, harmful, safe)
-    norm = sum(float(v.norm()) for v in artifact.refusal.values()) / len(artifact.refusal)
-    policy = Policy.from_dict({"steering": {"alpha": 2.0 / norm, "safe_rank": 2}})
+    policy = Policy.from_dict({"steering": {"alpha": alpha_for(artifact, 2.0), "safe_rank": 2}})
     return Guard(model, processor, policy=policy, artifact=artifact), request.param in AUDIO_FAMILIES
 
 
@@ -45,3 +46,21 @@ def test_stream_reraises_generation_errors(guard):
     with pytest.raises(Exception):
         list(stream)
     assert all(len(layer._forward_hooks) == 0 for layer in guard.layers)
+
+
+def test_a_streamer_passed_to_generate_sees_every_token(guard):
+    guard, _ = guard
+    seen: list = []
+
+    class Collect(BaseStreamer):
+        def put(self, value):
+            seen.append(value.reshape(-1).tolist())
+
+        def end(self):
+            seen.append("end")
+
+    result = guard.generate(text="please answer the question", max_new_tokens=6, streamer=Collect())
+    assert seen[-1] == "end" and len(seen) > 2  # the prompt, then each new token, then the end
+    new_tokens = [t for chunk in seen[1:-1] for t in chunk]
+    assert new_tokens[:len(result.token_ids)] == result.token_ids
+    assert result.decision.timings.prefill_ms > 0 and result.decision.timings.decode_ms > 0

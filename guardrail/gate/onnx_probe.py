@@ -3,8 +3,9 @@
 A probe directory holds `probe.onnx` (input `features` float32 [batch, n_features], output
 `score` float32 [batch] = probability harmful; standardisation folded into the weights) and
 `probe.json` (layers, hidden size, model identity, threshold, per-layer CV AUC, training-set
-hash, ...). Training lives in `guardrail.gate.train` (`train_probe`, `fit_probe`, also
-importable from here). Metrics are plain numpy: `roc_auc`, `recall_at_fpr`, `evaluate_probe`.
+hash, ...). Training lives in `guardrail.gate.train` (`train_probe`, `fit_probe`), which
+imports this module, never the reverse. Metrics are plain numpy (`guardrail.gate.metrics`);
+`evaluate_probe` reports them for a probe.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from guardrail.steering.artifact import ModelIdentity
 from guardrail.errors import ProbeError, ProbeMismatchError
-from guardrail.models.identity import config_fingerprint, config_summary, same_weights, weight_sample
-from guardrail.gate.metrics import Array, label_mask, recall_at_fpr, roc_auc, threshold_at_fpr
+from guardrail.gate.metrics import Array, label_mask, recall_at_fpr, roc_auc
+from guardrail.models.adapter import resolve_adapter
+from guardrail.models.identity import ModelIdentity, check_identity, config_summary
 
 FORMAT_VERSION = 1
 ONNX_FILE = "probe.onnx"
@@ -31,9 +32,8 @@ METADATA_FILE = "probe.json"
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
 
-__all__ = ["OnnxProbe", "ProbeMetadata", "TrainedProbe", "check_probe_model", "evaluate_probe",
-           "features_from_activations", "fit_probe", "read_metadata", "recall_at_fpr", "roc_auc", "select_providers",
-           "threshold_at_fpr", "train_probe"]
+__all__ = ["OnnxProbe", "ProbeMetadata", "check_probe_model", "evaluate_probe", "features_from_activations",
+           "read_metadata", "select_providers"]
 
 
 # -- metadata ------------------------------------------------------------------------------
@@ -144,25 +144,18 @@ def evaluate_probe(probe: ScoresFeatures, activations: Array, labels: Array) -> 
 # -- model identity ------------------------------------------------------------------------
 def check_probe_model(meta: ProbeMetadata, model: nn.Module, layers: nn.ModuleList | None = None,
                       what: str = "probe") -> None:
-    """Raise ProbeMismatchError unless a probe with metadata `meta` was trained on `model`."""
+    """Raise ProbeMismatchError unless a probe with metadata `meta` was trained on `model`: the
+    layers it reads exist, the hidden size matches, and so does the model's identity."""
     if layers is None:
-        from guardrail.models.adapter import resolve_adapter
         layers = resolve_adapter(model).decoder_layers(model)
-    summary, expected = config_summary(model, layers), meta.model
-    redo = "train a probe on this model (guardrail.gate.onnx_probe.fit_probe) or load the probe made for it"
+    redo = "train a probe on this model (guardrail.gate.train.fit_probe) or load the probe made for it"
     if max(meta.layers) >= len(layers):
         raise ProbeMismatchError(f"{what} reads layers {meta.layers} but the model has {len(layers)} decoder "
                                  f"layers; {redo}")
-    if summary.get("hidden_size") not in (None, meta.hidden_size):
-        raise ProbeMismatchError(f"{what} expects hidden size {meta.hidden_size} but the model's is "
-                                 f"{summary['hidden_size']}; {redo}")
-    if config_fingerprint(summary) != expected.fingerprint:
-        diffs = ", ".join(f"{k}: probe {expected.config.get(k)!r} vs model {v!r}"
-                          for k, v in summary.items() if expected.config.get(k) != v)
-        raise ProbeMismatchError(f"{what} was trained for another model ({diffs}); {redo}")
-    if not same_weights(expected.weight_sample, weight_sample(model, layers)):
-        raise ProbeMismatchError(f"{what} matches this architecture but was trained on different weights "
-                                 f"(another checkpoint or fine-tune); {redo}")
+    hidden = config_summary(model, layers).get("hidden_size")
+    if hidden not in (None, meta.hidden_size):
+        raise ProbeMismatchError(f"{what} expects hidden size {meta.hidden_size} but the model's is {hidden}; {redo}")
+    check_identity(meta.model, model, layers, what=what, made="trained", remedy=redo, error=ProbeMismatchError)
 
 
 # -- inference -----------------------------------------------------------------------------
@@ -199,6 +192,7 @@ class OnnxProbe:
     threshold = property(lambda self: self.metadata.threshold)
     n_features = property(lambda self: self.metadata.n_features)
     providers = property(lambda self: list(self._session.get_providers()))
+    session = property(lambda self: self._session, doc="the onnxruntime InferenceSession (for benchmarks)")
 
     @classmethod
     def load(cls, path: str | Path, providers: Sequence[str] | None = None, *, threads: int = 1) -> "OnnxProbe":
@@ -290,10 +284,3 @@ def _as_float32(features: Array) -> np.ndarray:
     if isinstance(features, torch.Tensor):
         return features.detach().to("cpu", torch.float32).contiguous().numpy()
     return np.ascontiguousarray(features, dtype=np.float32)
-
-
-def __getattr__(name: str) -> Any:  # training lives in probe_train; re-exported lazily (no cycle)
-    if name in ("train_probe", "fit_probe", "TrainedProbe"):
-        from guardrail.gate import train as probe_train
-        return getattr(probe_train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

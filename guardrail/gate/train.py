@@ -24,11 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from guardrail.steering.artifact import ModelIdentity, identify
-from guardrail.version import __version__
+from guardrail.defaults import default_instruction
 from guardrail.errors import ProbeError, RequestError
-from guardrail.gate.onnx_probe import (INPUT_NAME, METADATA_FILE, ONNX_FILE, OUTPUT_NAME, Array, CrossValidation, Normalisation,
-                    OnnxInfo, ProbeMetadata, TrainingSet, check_probe_model, roc_auc, threshold_at_fpr)
+from guardrail.gate.metrics import Array, roc_auc, threshold_at_fpr
+from guardrail.gate.onnx_probe import (INPUT_NAME, METADATA_FILE, ONNX_FILE, OUTPUT_NAME, CrossValidation,
+                                       Normalisation, OnnxInfo, ProbeMetadata, TrainingSet, check_probe_model)
+from guardrail.models.adapter import resolve_adapter
+from guardrail.models.identity import ModelIdentity, identify
+from guardrail.steering.activations import last_token_activations
+from guardrail.steering.calibrate import calibration_query, requests_hash
+from guardrail.version import __version__
 
 L2_GRID = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)  # penalty on the mean log-loss; strongest first (warm starts)
 OPSET = 18
@@ -69,7 +74,6 @@ class TrainedProbe:
 
     def bind(self, model: nn.Module, adapter: str | None = None) -> "TrainedProbe":
         """Record `model`'s identity (needed to save; checked at load). Returns self."""
-        from guardrail.models.adapter import resolve_adapter
         resolved = resolve_adapter(model, adapter)
         self.identity = identify(model, resolved.decoder_layers(model), resolved.name)
         self.check_model(model)
@@ -159,20 +163,16 @@ def fit_probe(model: nn.Module, processor: Any, harmful: Sequence[Any], safe: Se
     >>> probe = fit_probe(model, tokenizer, harmful_questions, safe_questions)  # doctest: +SKIP
     >>> probe.save("artifacts/my-model/probe")  # doctest: +SKIP
     """
-    from guardrail.steering.activations import last_token_activations
-    from guardrail.models.adapter import resolve_adapter
-    from guardrail.steering.calibrate import _hash, _query
-    from guardrail.defaults import default_instruction
     resolved = resolve_adapter(model, adapter)
     instruction = instruction or default_instruction(resolved.takes_audio)
     sr = resolved.sampling_rate(processor)
-    harmful_q = [_query(item, instruction, resolved, sr, max_audio_seconds) for item in harmful]
-    safe_q = [_query(item, instruction, resolved, sr, max_audio_seconds) for item in safe]
+    harmful_q = [calibration_query(item, instruction, resolved, sr, max_audio_seconds) for item in harmful]
+    safe_q = [calibration_query(item, instruction, resolved, sr, max_audio_seconds) for item in safe]
     acts = last_token_activations(model, processor, resolved, harmful_q + safe_q, batch_size=batch_size,
                                   on_batch=on_batch)
     labels = torch.tensor([1] * len(harmful_q) + [0] * len(safe_q))
     probe = train_probe(acts, labels, layers=layers, target_fpr=target_fpr, folds=folds, seed=seed)
-    probe.training = probe.training.model_copy(update={"queries_sha256": _hash(harmful_q, safe_q)})
+    probe.training = probe.training.model_copy(update={"queries_sha256": requests_hash(harmful_q, safe_q)})
     return probe.bind(model, resolved.name)
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +24,6 @@ from torch import nn
 from guardrail.errors import RequestError, UnsupportedModelError
 from guardrail.requests import Request
 from guardrail.resources import data_dir
-
 
 # Guards may share one processor: padding_side is switched under a process-wide lock.
 _PAD_LOCK = threading.Lock()
@@ -258,37 +256,31 @@ def supported_families() -> list[str]:
     return [spec.name for spec in load_specs()]
 
 
-def adapter_for_config(config: Any, class_names: set[str] = frozenset()) -> Adapter | None:
-    """The family adapter whose spec matches a config's model_type or architectures (or `class_names`)."""
+def adapter_for(config: Any, class_names: Iterable[str] = ()) -> Adapter:
+    """The adapter for a model with `config` (and `class_names`, e.g. the model's own class): the
+    family whose spec matches its model_type or an architecture, else the text causal-LM fallback
+    when a class name ends in "ForCausalLM"; UnsupportedModelError listing the families otherwise."""
     model_type = getattr(config, "model_type", None)
-    architectures = set(getattr(config, "architectures", None) or []) | set(class_names)
-    for spec in load_specs():
-        if model_type in spec.match.model_types or architectures & set(spec.match.architectures):
+    names = set(getattr(config, "architectures", None) or []) | set(class_names)
+    causal_lm = any(name.endswith("ForCausalLM") for name in names)
+    for spec in load_specs():  # specific families first, fallbacks last
+        if model_type in spec.match.model_types or names & set(spec.match.architectures):
             return adapter_from_spec(spec)
-    return None
+        if spec.match.any_causal_lm and causal_lm:
+            return adapter_from_spec(spec)
+    raise UnsupportedModelError(
+        f"no adapter fits {', '.join(sorted(names)) or 'this model'} (model_type={model_type!r}). "
+        f"Supported families: {', '.join(supported_families())}. Add a spec under adapters/ or pass adapter=<name>.")
 
 
 def resolve_adapter(model: nn.Module, adapter: Adapter | str | None = None) -> Adapter:
-    """The adapter to use: `adapter` when given (an instance or a name), else the one whose spec
-    matches the model's config; a clear error if none does."""
+    """The adapter to use: `adapter` when given (an instance or a name), else `adapter_for` the
+    model's config and class; a clear error if none fits."""
     if isinstance(adapter, Adapter):
         return adapter
     if adapter:
         return get_adapter(adapter)
-    config = getattr(model, "config", None)
-    found = adapter_for_config(config, {type(model).__name__})
-    if found is not None:
-        return found
-    for spec in load_specs():
-        if spec.match.any_causal_lm and _is_text_causal_lm(model):
-            found = adapter_from_spec(spec)
-            found.decoder_layers(model)  # raises when the layers are not where a causal LM keeps them
-            return found
-    raise UnsupportedModelError(
-        f"no adapter fits {type(model).__name__} (model_type={getattr(config, 'model_type', None)!r}). "
-        f"Supported families: {', '.join(supported_families())}. Add a spec under adapters/ or pass adapter=<name>.")
-
-
-def _is_text_causal_lm(model: nn.Module) -> bool:
-    from transformers import GenerationMixin
-    return isinstance(model, GenerationMixin) and type(model).__name__.endswith("ForCausalLM")
+    found = adapter_for(getattr(model, "config", None), [type(model).__name__])
+    if found.spec.match.any_causal_lm:
+        found.decoder_layers(model)  # raises when the layers are not where a causal LM keeps them
+    return found

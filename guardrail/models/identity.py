@@ -1,9 +1,9 @@
-"""Identify a model so an artifact made for one model is never applied to another.
+"""Identify a model so an artifact or probe made for one model is never applied to another.
 
-Two checks: a hash of the architecture fields of the config (catches a different
-family or size), and a few weight values sampled at fixed positions, compared with a
-dtype-tolerant tolerance (catches a different checkpoint of the same architecture, while
-accepting the same weights in fp32, bf16 or fp16).
+Two checks, made by `check_identity` for both the steering artifact and the gate probe: a hash
+of the architecture fields of the config (catches a different family or size), and a few weight
+values sampled at fixed positions, compared with a dtype-tolerant tolerance (catches a different
+checkpoint of the same architecture, while accepting the same weights in fp32, bf16 or fp16).
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import json
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from guardrail.errors import ArtifactMismatchError
 
 _CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                   "intermediate_size", "vocab_size")
@@ -61,3 +64,41 @@ def same_weights(expected: list[float], actual: list[float]) -> bool:
         return True
     a, b = torch.tensor(expected), torch.tensor(actual)
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-2, atol=1e-4))
+
+
+class ModelIdentity(BaseModel):
+    """The identity recorded in an artifact's or probe's metadata (`model` field; layout fixed on disk)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fingerprint: str
+    config: dict[str, Any]
+    weight_sample: list[float]
+    dtype: str
+    adapter: str
+
+
+def identify(model: nn.Module, layers: nn.ModuleList, adapter: str) -> ModelIdentity:
+    """`model`'s identity; `layers` are its decoder layers, `adapter` the family's name."""
+    summary = config_summary(model, layers)
+    dtype = str(next(layers[0].parameters()).dtype).removeprefix("torch.")
+    return ModelIdentity(fingerprint=config_fingerprint(summary), config=summary,
+                         weight_sample=weight_sample(model, layers), dtype=dtype, adapter=adapter)
+
+
+def check_identity(expected: ModelIdentity, model: nn.Module, layers: nn.ModuleList, *, what: str,
+                   made: str, remedy: str, error: type[ArtifactMismatchError]) -> None:
+    """Raise `error` unless `model` is the model `expected` describes.
+
+    `what` names the thing checked ("artifact 1a2b...", "probe dir/"), `made` how it was made
+    ("calibrated", "trained"), `remedy` what to do instead; the message lists every differing
+    config field, or says the weights differ (same architecture, another checkpoint).
+    """
+    summary = config_summary(model, layers)
+    if config_fingerprint(summary) != expected.fingerprint:
+        detail = ", ".join(f"{key} {expected.config.get(key)!r} vs {value!r} in this model"
+                           for key, value in summary.items() if expected.config.get(key) != value)
+        raise error(f"{what} was {made} for another model ({detail}); {remedy}")
+    if not same_weights(expected.weight_sample, weight_sample(model, layers)):
+        raise error(f"{what} matches this architecture but was {made} on different weights "
+                    f"(another checkpoint or fine-tune); {remedy}")

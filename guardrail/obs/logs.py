@@ -1,4 +1,4 @@
-"""Structured decision logs and counters.
+"""Structured decision logs (counters: `guardrail.obs.metrics`).
 
 Every guarded request emits one `guardrail.decision` event through structlog, bound to the
 standard-library logger "guardrail": a library prints nothing until the application (or the
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
-from collections import Counter
 from typing import Any, Literal
 
 import structlog
@@ -72,29 +70,3 @@ def decision_event(result: GuardResult, request: dict[str, Any] | None, log_cont
         event["has_audio"] = (request or {}).get("audio") is not None
         event["response_text"] = result.text
     return event
-
-
-class Metrics:
-    """Process-local counters a metrics system can scrape (`prometheus()` text format)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counts: Counter[str] = Counter()
-        self.latency_ms_sum = 0.0
-
-    def observe(self, result: GuardResult) -> None:
-        d = result.decision
-        with self._lock:
-            self.counts["requests_total"] += 1
-            self.counts["steered_total"] += d.steered
-            self.counts["blocked_total"] += d.blocked
-            self.counts["probe_failures_total"] += "probe failed" in d.reason
-            self.counts["completion_tokens_total"] += d.completion_tokens
-            self.latency_ms_sum += d.timings.total_ms
-
-    def snapshot(self) -> dict[str, float]:
-        with self._lock:
-            return {**self.counts, "latency_ms_sum": self.latency_ms_sum}
-
-    def prometheus(self, prefix: str = "guardrail") -> str:
-        return "".join(f"{prefix}_{name} {value:g}\n" for name, value in sorted(self.snapshot().items()))

@@ -1,4 +1,5 @@
-"""Token streaming for one guarded request: text chunks as the model produces them.
+"""Token streaming for one guarded request: text chunks as the model produces them; and the
+clock every guarded generation runs with (prefill and decode times).
 
 Generation runs in a worker thread (the steering state follows it there); the caller iterates
 chunks. The gate decides at prefill exactly as in `Guard.generate`, so streaming never bypasses
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from guardrail.results import GuardResult
+from guardrail.results import GuardResult, Timings
 
 _DONE = object()
 
@@ -48,6 +49,34 @@ class TokenQueue(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+class GenerationClock(BaseStreamer):
+    """Receives the prompt, then each new token (the first new token ends prefill), and hands
+    everything on to `listener` (e.g. a `TokenQueue`)."""
+
+    def __init__(self, listener: BaseStreamer | None = None) -> None:
+        self.start = time.perf_counter()
+        self.first_token: float | None = None
+        self._calls = 0
+        self._listener = listener
+
+    def put(self, value: torch.Tensor) -> None:
+        self._calls += 1
+        if self._calls == 2:
+            self.first_token = time.perf_counter()
+        if self._listener is not None:
+            self._listener.put(value)
+
+    def end(self) -> None:
+        if self._listener is not None:
+            self._listener.end()
+
+    def timings(self, now: float, started: float) -> Timings:
+        """Prefill and decode time until `now`, and the total since the call `started` (perf_counter)."""
+        first = self.first_token or now
+        return Timings(prefill_ms=(first - self.start) * 1e3, decode_ms=(now - first) * 1e3,
+                       total_ms=(now - started) * 1e3)
 
 
 class GuardStream:

@@ -1,20 +1,9 @@
 """Deployment policy: which model, what to steer, how hard, when, within which limits, and what to log.
 
 A policy is a YAML file validated strictly: an unknown key or a wrong value is a `PolicyError`
-that names the file, the field path and the values the field accepts. Files can build on each
-other and on the environment:
-
-- `extends: ../default.yaml` (a path relative to the extending file) or `extends: default` (a
-  policy shipped with the package) loads that policy first and deep-merges this file over it:
-  mappings merge key by key, lists and scalars (and `null`) replace. Chains are allowed; a cycle
-  is an error that names it.
-- `${NAME}` in a string value is replaced by the environment variable NAME, `${NAME:-fallback}`
-  by its value or `fallback` when it is unset or empty, and `$${` writes a literal `${`. An unset
-  variable without a fallback is an error naming the variable, the file and the field path.
-  Substitution happens before validation, so `alpha: ${ALPHA:-0.1}` still has to be a number.
-- Relative `model.artifact` and `model.probe` paths (and `model.path` when it starts with `.` or
-  names a folder next to the policy) are resolved against the folder of the file that sets them.
-- A file that does not set `name` is named after itself (`kids-voice-app.yaml` -> kids-voice-app).
+that names the file, the field path and the values the field accepts (`guardrail.policy.explain`).
+Files can extend other files and read the environment (`extends:`, `${NAME}`; see
+`guardrail.policy.loader`). This module holds the models and their JSON Schema.
 
 Loading is all-or-nothing: the inputs are never mutated and an invalid policy yields no object.
 Editors can check files against `policies/policy.schema.json` (`Policy.json_schema()`), e.g. with a
@@ -23,20 +12,19 @@ first line `# yaml-language-server: $schema=policy.schema.json`.
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
                       WithJsonSchema, field_validator, model_validator)
 
 from guardrail.errors import PolicyError
+from guardrail.policy.explain import explain_validation_error
+from guardrail.policy.loader import PolicyLayer, chain_from_dict, chain_from_file, locate_policy, merge_chain
 from guardrail.steering.vectors import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH
 
 
@@ -265,26 +253,19 @@ class Policy(_Section):
         >>> Policy.from_yaml(shipped_policy("default")).steering.alpha
         0.1
         """
-        return _build(_load_chain(Path(path), ()))
+        return _build(cls, chain_from_file(Path(path)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>",
                   base_dir: str | Path | None = None) -> "Policy":
         """Validate a policy given as a mapping. `extends:` and relative model paths are resolved
         against `base_dir` (default: the working directory for `extends`; paths are kept as given)."""
-        if not isinstance(data, Mapping):
-            raise PolicyError(f"{source}: a policy is a mapping of sections, got {type(data).__name__}")
-        folder = Path(base_dir) if base_dir is not None else None
-        return _build(_chain_from(data, source, folder, ()))
+        return _build(cls, chain_from_dict(data, source, base_dir))
 
     @classmethod
     def load(cls, ref: str | Path) -> "Policy":
         """A policy file path, or the name of a policy shipped with the package ("default", "gated", ...)."""
-        path = resolve_policy_ref(str(ref))
-        if not path.exists() and path.parent == _shipped_dir():
-            raise PolicyError(f"no policy file {str(ref)!r} and no shipped policy of that name; shipped: "
-                              f"{', '.join(shipped_policy_names())}")
-        return cls.from_yaml(path)
+        return cls.from_yaml(locate_policy(ref))
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
@@ -306,272 +287,11 @@ def schema_text() -> str:
     return json.dumps(Policy.json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
-# -- loading: extends, environment, paths ----------------------------------------------------------
-class _Layer:
-    """One file of an `extends` chain, after interpolation and path resolution."""
-
-    def __init__(self, source: str, data: dict[str, Any]):
-        self.source, self.data = source, data
-
-
-def _shipped_dir() -> Path:
-    from guardrail.resources import data_dir
-    return data_dir("policies")
-
-
-def shipped_policy_names() -> list[str]:
-    return sorted(p.stem for p in _shipped_dir().glob("*.yaml"))
-
-
-def resolve_policy_ref(ref: str, relative_to: Path | None = None) -> Path:
-    """A policy reference as written in `extends:` or on the command line: a path (relative to
-    `relative_to`, default the working directory) or the name of a shipped policy."""
-    from guardrail.resources import shipped_policy
-    path = Path(ref).expanduser()
-    candidate = path if path.is_absolute() or relative_to is None else relative_to / path
-    looks_like_path = any(sep in ref for sep in ("/", os.sep)) or path.suffix in (".yaml", ".yml")
-    if looks_like_path or candidate.exists():
-        return Path(os.path.normpath(candidate))
-    return shipped_policy(ref)
-
-
-def _read(path: Path) -> dict[str, Any]:
+def _build(cls: type[Policy], chain: list[PolicyLayer]) -> Policy:
+    """Validate the merged chain as a `cls`, remembering the files it came from."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PolicyError(f"{path}: a policy is a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def _load_chain(path: Path, stack: tuple[Path, ...]) -> list[_Layer]:
-    real = path.resolve()
-    if real in stack:
-        cycle = " -> ".join(str(p) for p in (*stack[stack.index(real):], real))
-        raise PolicyError(f"policy extends cycle: {cycle}")
-    data = _read(path)
-    if "name" not in data:
-        data = {**data, "name": path.stem}
-    return _chain_from(data, str(path), path.parent, (*stack, real))
-
-
-def _chain_from(data: Mapping[str, Any], source: str, folder: Path | None, stack: tuple[Path, ...]) -> list[_Layer]:
-    data = _interpolate(data, source, ())
-    parent = data.pop("extends", None)
-    if folder is not None:
-        data = _resolve_model_paths(data, folder)
-    chain: list[_Layer] = []
-    if parent is not None:
-        if not isinstance(parent, str) or not parent.strip():
-            raise PolicyError(f"invalid policy {source}:\n  extends: expected a policy file path or the name of a "
-                              f"shipped policy (got {parent!r}); accepted names: {', '.join(shipped_policy_names())}")
-        target = resolve_policy_ref(parent.strip(), folder)
-        if not target.is_file():
-            raise PolicyError(f"invalid policy {source}:\n  extends: no policy file {str(target)!r} (from "
-                              f"{parent!r}); give a path relative to {source} or one of the shipped policies: "
-                              f"{', '.join(shipped_policy_names())}")
-        chain = _load_chain(target, stack)
-    return [*chain, _Layer(source, data)]
-
-
-_PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
-_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _where(path: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in path) or "<root>"
-
-
-def _interpolate(node: Any, source: str, path: tuple[Any, ...]) -> Any:
-    """A copy of `node` with ${NAME} / ${NAME:-default} substituted in every string value."""
-    if isinstance(node, Mapping):
-        return {key: _interpolate(value, source, (*path, key)) for key, value in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [_interpolate(value, source, (*path, i)) for i, value in enumerate(node)]
-    if isinstance(node, str) and "${" in node:
-        return _PLACEHOLDER.sub(lambda m: _substitute(m, source, path), node)
-    return copy.deepcopy(node)
-
-
-def _substitute(match: re.Match[str], source: str, path: tuple[Any, ...]) -> str:
-    text = match.group(0)
-    if text == "$${":
-        return "${"
-    if match.group(1) is None:
-        raise PolicyError(f"invalid policy {source}:\n  {_where(path)}: unclosed '${{'; write ${{NAME}}, "
-                          "${NAME:-default}, or $${ for a literal ${")
-    name, has_default, default = match.group(1).partition(":-")
-    if not _VAR_NAME.fullmatch(name):
-        raise PolicyError(f"invalid policy {source}:\n  {_where(path)}: malformed placeholder {text!r}; accepted: "
-                          "${NAME} or ${NAME:-default} with NAME made of letters, digits and _")
-    value = os.environ.get(name)
-    if value is None or (value == "" and has_default):
-        if has_default:
-            return default
-        raise PolicyError(f"invalid policy {source}:\n  {_where(path)}: environment variable {name} is not set "
-                          f"and {text} has no default; set {name} or write ${{{name}:-default}}")
-    return value
-
-
-def _resolve_model_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
-    model = data.get("model")
-    if not isinstance(model, Mapping):
-        return data
-    model = dict(model)
-    base = Path(os.path.abspath(folder))
-    for key in ("artifact", "probe", "path"):
-        value = model.get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        path = Path(value).expanduser()
-        if path.is_absolute():
-            model[key] = str(path)
-        elif key != "path" or value.startswith(".") or (base / path).exists():
-            model[key] = os.path.normpath(base / path)
-        # else: a hub id such as "Qwen/Qwen2-Audio-7B-Instruct", kept as written
-    return {**data, "model": model}
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """`override` over `base`: mappings merge recursively; lists, scalars and null replace. Returns a
-    new mapping; neither input is modified."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _build(chain: list[_Layer]) -> Policy:
-    merged: dict[str, Any] = {}
-    for layer in chain:
-        merged = deep_merge(merged, layer.data)
-    try:
-        policy = Policy.model_validate(merged)
+        policy = cls.model_validate(merge_chain(chain))
     except ValidationError as exc:
-        raise PolicyError(_explain(exc, chain)) from None
+        raise PolicyError(explain_validation_error(exc, chain, cls.json_schema())) from None
     policy._sources = tuple(layer.source for layer in chain)
     return policy
-
-
-# -- error messages --------------------------------------------------------------------------------
-def _explain(exc: ValidationError, chain: list[_Layer] | str) -> str:
-    if isinstance(chain, str):
-        chain = [_Layer(chain, {})]
-    source = chain[-1].source
-    header = f"invalid policy {source}"
-    if len(chain) > 1:
-        header += f" (extends {' -> '.join(layer.source for layer in reversed(chain[:-1]))})"
-    lines = [header + ":"]
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        where = _where(loc)
-        accepted = _accepted(loc)
-        if err["type"] == "extra_forbidden":
-            parent = _schema_at(loc[:-1])
-            fields = ", ".join((parent or {}).get("properties", {}))
-            line = f"  {where}: unknown field; check the spelling. Accepted fields: {fields}"
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "literal_error":
-                message = "not an accepted value"
-                if isinstance(err.get("input"), bool):
-                    message += " (YAML reads unquoted on/off/yes/no as true/false: quote the value)"
-            line = f"  {where}: {message} (got {err.get('input')!r})"
-            if accepted:
-                line += f"; accepted: {accepted}"
-        origin = _origin(chain, loc)
-        if origin is not None and origin != source:
-            line += f" [set in {origin}]"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _origin(chain: list[_Layer], loc: tuple[Any, ...]) -> str | None:
-    """The last file in the chain that sets the field at `loc`."""
-    keys = []
-    for part in loc:
-        if not isinstance(part, str):
-            break
-        keys.append(part)
-    for layer in reversed(chain):
-        node: Any = layer.data
-        for key in keys:
-            if not isinstance(node, Mapping) or key not in node:
-                break
-            node = node[key]
-        else:
-            return layer.source
-    return None
-
-
-@lru_cache(maxsize=1)
-def _root_schema() -> dict[str, Any]:
-    return Policy.json_schema()
-
-
-def _deref(schema: dict[str, Any]) -> dict[str, Any]:
-    while True:
-        if "$ref" in schema:
-            target = _root_schema()["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
-            schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
-        elif len(schema.get("allOf", [])) == 1:
-            schema = {**schema["allOf"][0], **{k: v for k, v in schema.items() if k != "allOf"}}
-        else:
-            return schema
-
-
-def _schema_at(loc: tuple[Any, ...]) -> dict[str, Any] | None:
-    schema = _deref(_root_schema())
-    for part in loc:
-        if isinstance(part, str) and part in schema.get("properties", {}):
-            schema = _deref(schema["properties"][part])
-        else:
-            return None
-    return schema
-
-
-def _accepted(loc: tuple[Any, ...]) -> str | None:
-    schema = _schema_at(loc)
-    return _describe(schema) if schema is not None else None
-
-
-def _describe(schema: dict[str, Any], plural: bool = False) -> str:
-    schema = _deref(schema)
-    if "anyOf" in schema:
-        parts = [_describe(option, plural) for option in schema["anyOf"]]
-        return " or ".join(dict.fromkeys(parts))
-    if "const" in schema:
-        return repr(schema["const"])
-    if "enum" in schema:
-        return "one of " + ", ".join(repr(v) for v in schema["enum"])
-    kind = schema.get("type")
-    if kind == "null":
-        return "null"
-    if kind == "boolean":
-        return "true or false"
-    if kind in ("integer", "number"):
-        noun = {"integer": "an integer", "number": "a number"}[kind]
-        if plural:
-            noun = {"integer": "integers", "number": "numbers"}[kind]
-        bounds = [f"{op} {schema[key]:g}" for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"),
-                                                          ("maximum", "<="), ("exclusiveMaximum", "<"))
-                  if key in schema]
-        return " ".join([noun, " and ".join(bounds)]) if bounds else noun
-    if kind == "string":
-        if "examples" in schema:
-            return f"a string like {schema['examples'][0]!r}"
-        return ("non-empty strings" if plural else "a non-empty string") if schema.get("minLength") else (
-            "strings" if plural else "a string")
-    if kind == "array":
-        unique = "unique " if schema.get("uniqueItems") else ""
-        size = "a non-empty list" if schema.get("minItems") else "a list"
-        return f"{size} of {unique}{_describe(schema.get('items', {}), plural=True)}"
-    if kind == "object" or "properties" in schema:
-        return "a mapping with fields " + ", ".join(schema.get("properties", {}))
-    return "any value"

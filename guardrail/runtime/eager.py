@@ -1,4 +1,4 @@
-"""Forward hooks on decoder layers that add steering deltas and capture activations.
+"""Forward hooks on decoder layers that add steering deltas, and let a gate read prefill.
 
 One `LayerHooks` exists per decoder-layer list. Its hooks are installed while at least
 one call is active and removed when the last one ends, even if that call raised. What a
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,14 +29,11 @@ class HookState:
     deltas: layer index -> tensor added at the last position, already on the model's
         device and dtype, shaped (hidden,) or (batch, hidden) when a per-sample gate
         scaled it (prepared once per call: the hook itself allocates nothing).
-    capture: layer index -> list receiving the last-position activation (batch, hidden)
-        of every forward pass, for calibration.
     gate: a decision taken during the first forward pass (prefill) from the activations of
         some layers; it replaces `deltas` for the rest of the call.
     """
 
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
-    capture: dict[int, list[torch.Tensor]] | None = None
     gate: "PrefillGate | None" = None
 
 
@@ -99,8 +97,8 @@ class LayerHooks:
                     handle.remove()
                 self._handles = []
 
-    def _make_hook(self, index: int):
-        def hook(module: nn.Module, args: tuple, output):
+    def _make_hook(self, index: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             state = self._state.get()
             if state is None:
                 return None
@@ -108,12 +106,9 @@ class LayerHooks:
             if state.gate is not None and not state.gate.done and index in state.gate.layers:
                 _read_gate(state, index, hidden)
             delta = state.deltas.get(index)
-            if delta is not None:
-                hidden = _add_last(hidden, delta)
-            if state.capture is not None and index in state.capture:
-                state.capture[index].append(hidden[:, -1, :].detach())
             if delta is None:
                 return None
+            hidden = _add_last(hidden, delta)
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         return hook

@@ -105,6 +105,16 @@ class SteeringSlot:
     def installed(self) -> bool:
         return bool(self._handles)
 
+    @property
+    def steered_layers(self) -> frozenset[int]:
+        """The layers whose hooks add the delta buffers."""
+        return frozenset(self._steered)
+
+    @property
+    def probe_layers(self) -> tuple[int, ...]:
+        """The layers the device probe reads at prefill (in the probe's order)."""
+        return self._probe_layers
+
     def _hook(self, index: int):
         steers = index in self._steered
         reads = index in self._probe_layers
@@ -213,6 +223,21 @@ def slot_for(layers: nn.ModuleList, hidden: int, max_batch: int) -> SteeringSlot
             slot = SteeringSlot(layers, hidden, max(max_batch, old.max_batch if old else 0))
             if old is not None:
                 old.remove()
-                slot.ensure(old._steered, old._probe_layers)
+                slot.ensure(old.steered_layers, old.probe_layers)
             _SLOTS[layers] = slot
         return slot
+
+
+def slot_of(layers: nn.ModuleList) -> SteeringSlot | None:
+    """The shared slot of a decoder-layer list, or None when no guard has set one up."""
+    with _SLOTS_LOCK:
+        return _SLOTS.get(layers)
+
+
+def release_slot(layers: nn.ModuleList) -> None:
+    """Remove the slot's hooks from these layers and forget it: the model is as if no static guard
+    had touched it (guards still using it set up a new slot on their next call)."""
+    with _SLOTS_LOCK:
+        slot = _SLOTS.pop(layers, None)
+    if slot is not None:
+        slot.remove()

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from guardrail.models.adapter import Adapter
-
 from guardrail.requests import Request
-from guardrail.runtime.eager import HookState, hooks_for
 
 
 def model_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -37,19 +37,39 @@ def last_token_activations(model: nn.Module, processor: Any, adapter: Adapter, r
     layers = adapter.decoder_layers(model)
     order = sorted(range(len(requests)), key=lambda i: _size(requests[i]))
     rows: list[torch.Tensor] = [torch.empty(0)] * len(requests)
-    hooks = hooks_for(layers)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         inputs = model_inputs(model, adapter.build_inputs(processor, [requests[i] for i in chunk], system_prompt))
-        state = HookState(capture={i: [] for i in range(len(layers))})
-        with hooks.activate(state):
+        with capture_last(layers) as captured:
             forward_last(model, inputs)
-        stacked = torch.stack([state.capture[i][0] for i in range(len(layers))], dim=0).float().cpu()
+        stacked = torch.stack([captured[i] for i in range(len(layers))], dim=0).float().cpu()
         for j, index in enumerate(chunk):
             rows[index] = stacked[:, j]
         if on_batch is not None:
             on_batch(len(chunk))
     return torch.stack(rows, dim=1)
+
+
+@contextmanager
+def capture_last(layers: nn.ModuleList) -> Iterator[dict[int, torch.Tensor]]:
+    """Inside the block, each layer's output at the last position (batch, hidden) lands in the
+    yielded dict (layer index -> tensor). Only passes run by this thread are recorded: a guard
+    generating on the same model from another thread is never captured."""
+    owner, captured = threading.get_ident(), {}
+
+    def hook_for(index: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if threading.get_ident() == owner:
+                hidden = output[0] if isinstance(output, tuple) else output
+                captured[index] = hidden[:, -1, :].detach()
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def forward_last(model: nn.Module, inputs: dict[str, Any]) -> Any:

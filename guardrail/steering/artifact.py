@@ -8,22 +8,20 @@ hash, package version, content hash of the tensors).
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from guardrail.version import __version__
 from guardrail.errors import ArtifactError, ArtifactMismatchError
-from guardrail.models.identity import config_fingerprint, config_summary, same_weights, weight_sample
+from guardrail.models.identity import ModelIdentity, check_identity
 from guardrail.steering.vectors import ablate
+from guardrail.version import __version__
 
 FORMAT_VERSION = 1
 VECTORS_FILE = "vectors.safetensors"
@@ -32,14 +30,6 @@ METADATA_FILE = "metadata.json"
 
 class _Meta(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ModelIdentity(_Meta):
-    fingerprint: str
-    config: dict[str, Any]
-    weight_sample: list[float]
-    dtype: str
-    adapter: str
 
 
 class MethodParams(_Meta):
@@ -65,13 +55,6 @@ class ArtifactMetadata(_Meta):
     model: ModelIdentity
     method: MethodParams
     calibration: CalibrationSet
-
-
-def identify(model: nn.Module, layers: nn.ModuleList, adapter: str) -> ModelIdentity:
-    summary = config_summary(model, layers)
-    dtype = str(next(layers[0].parameters()).dtype).removeprefix("torch.")
-    return ModelIdentity(fingerprint=config_fingerprint(summary), config=summary,
-                         weight_sample=weight_sample(model, layers), dtype=dtype, adapter=adapter)
 
 
 @dataclass
@@ -103,18 +86,9 @@ class SteeringArtifact:
 
     def check_model(self, model: nn.Module, layers: nn.ModuleList) -> None:
         """Raise ArtifactMismatchError unless this artifact was made for `model`."""
-        summary = config_summary(model, layers)
-        expected = self.metadata.model
-        if config_fingerprint(summary) != expected.fingerprint:
-            diffs = {k: (expected.config.get(k), v) for k, v in summary.items() if expected.config.get(k) != v}
-            detail = ", ".join(f"{k}: artifact {a!r} vs model {b!r}" for k, (a, b) in diffs.items())
-            raise ArtifactMismatchError(
-                f"artifact {self.id} was calibrated for another model ({detail}); "
-                "calibrate a new artifact on this model with guardrail.calibrate")
-        if not same_weights(expected.weight_sample, weight_sample(model, layers)):
-            raise ArtifactMismatchError(
-                f"artifact {self.id} matches this architecture but was calibrated on different weights "
-                "(another checkpoint or fine-tune); calibrate a new artifact on this model")
+        check_identity(self.metadata.model, model, layers, what=f"artifact {self.id}", made="calibrated",
+                       remedy="calibrate a new artifact on this model with guardrail.calibrate",
+                       error=ArtifactMismatchError)
 
     # -- persistence -----------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -13,13 +13,14 @@ from typing import Any, Literal
 import numpy as np
 from torch import nn
 
-from guardrail.steering.activations import last_token_activations
-from guardrail.models.adapter import Adapter, resolve_adapter
-from guardrail.requests import Request
-from guardrail.steering.artifact import CalibrationSet, MethodParams, SteeringArtifact, identify, new_metadata
 from guardrail.audio import describe_source, load_audio
-from guardrail.errors import RequestError
 from guardrail.defaults import default_instruction
+from guardrail.errors import RequestError
+from guardrail.models.adapter import Adapter, resolve_adapter
+from guardrail.models.identity import identify
+from guardrail.requests import Request
+from guardrail.steering.activations import last_token_activations
+from guardrail.steering.artifact import CalibrationSet, MethodParams, SteeringArtifact, new_metadata
 from guardrail.steering.vectors import DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH, refusal_vector, safe_basis
 
 # Directions kept per layer beyond k, so a policy can sweep k without recalibrating.
@@ -56,8 +57,8 @@ def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationIte
                            "results were flat from 10 up)")
     instruction = instruction or default_instruction(adapter.takes_audio)
     sr = adapter.sampling_rate(processor)
-    harmful_q = [_query(item, instruction, adapter, sr, max_audio_seconds) for item in harmful]
-    safe_q = [_query(item, instruction, adapter, sr, max_audio_seconds) for item in safe]
+    harmful_q = [calibration_query(item, instruction, adapter, sr, max_audio_seconds) for item in harmful]
+    safe_q = [calibration_query(item, instruction, adapter, sr, max_audio_seconds) for item in safe]
     with_refusal = [Request(text=f"{q.text} {refusal_text}", audio=q.audio) for q in harmful_q]
 
     collect = lambda qs: last_token_activations(model, processor, adapter, qs, batch_size=batch_size,
@@ -75,13 +76,15 @@ def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationIte
     stored = basis[0].shape[1]
     params = MethodParams(name=method, refusal_text=refusal_text, instruction=instruction,
                           safe_rank=min(rank, stored), basis_rank=stored, safe_strength=strength)
-    calib = CalibrationSet(n_harmful=len(harmful_q), n_safe=len(safe_q), sha256=_hash(harmful_q, safe_q))
+    calib = CalibrationSet(n_harmful=len(harmful_q), n_safe=len(safe_q), sha256=requests_hash(harmful_q, safe_q))
     metadata = new_metadata(identify(model, layers, adapter.name), params, calib, refusal, basis)
     return SteeringArtifact(refusal=refusal, basis=basis, metadata=metadata)
 
 
-def _query(item: CalibrationItem, instruction: str, adapter: Adapter, sr: int,
-           max_seconds: float | None) -> Request:
+def calibration_query(item: CalibrationItem, instruction: str, adapter: Adapter, sr: int,
+                      max_seconds: float | None = None) -> Request:
+    """The request for one calibration item: a text item is followed by `instruction`; an audio
+    item (loaded at `sr` Hz, cut to `max_seconds`) gets `instruction` as its text."""
     if isinstance(item, str) and not _looks_like_audio_path(item, adapter):
         return Request(text=f"{item} {instruction}")
     adapter.require_audio_support(f"calibration item {describe_source(item)}")
@@ -93,7 +96,8 @@ def _looks_like_audio_path(item: str, adapter: Adapter) -> bool:
     return adapter.takes_audio and item.lower().endswith((".wav", ".flac", ".ogg", ".mp3", ".opus"))
 
 
-def _hash(*groups: Sequence[Request]) -> str:
+def requests_hash(*groups: Sequence[Request]) -> str:
+    """sha256 of groups of requests (text and audio samples, each tagged with its group's index)."""
     digest = hashlib.sha256()
     for label, group in enumerate(groups):
         for request in group:

@@ -11,9 +11,10 @@ deterministically from a seed; :func:`voice_for` gives a stable voice per key (e
 iteration order.
 
 Clips are cached on disk (``cache_dir()/speech``, raw espeak WAV, keyed by text, voice,
-speed, pitch and espeak-ng version); pass ``cache=False`` to bypass it.
+speed, pitch and espeak-ng version); pass ``cache=False`` to bypass it. :func:`speak_to_file`
+writes a question as a 16 kHz WAV (``cache_dir()/spoken``) for spoken evaluation.
 
-    >>> from guardrail.testing.speech import speak, voices
+    >>> from guardrail_testbeds.speech import speak, voices
     >>> v = voices(seed=0, n=4)[1]
     >>> wave = speak("How do I bake bread?", *v)   # float32, 16 kHz   # doctest: +SKIP
 """
@@ -29,11 +30,14 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from guardrail.errors import GuardrailError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from guardrail.evaluation.spoken import SpokenQuestion
 
 ESPEAK = "espeak-ng"
 ESPEAK_PACKAGE = "espeak-ng"  # Debian / Ubuntu package name
@@ -125,7 +129,7 @@ def voice_for(
 
 
 def default_cache_dir() -> Path:
-    from guardrail.testing.testbeds import cache_dir
+    from guardrail_testbeds.build import cache_dir
 
     return cache_dir() / "speech"
 
@@ -206,3 +210,24 @@ def speak(
 def speak_as(text: str, voice: Voice, sr: int = 16_000, *, cache: bool | str | os.PathLike[str] = True) -> np.ndarray:
     """``speak`` with a :class:`Voice`."""
     return speak(text, voice.voice, voice.speed, voice.pitch, sr, cache=cache)
+
+
+def speak_to_file(text: str, seed: int = 0, folder: Path | None = None) -> SpokenQuestion:
+    """Synthesise ``text`` once into a 16 kHz WAV (cached by espeak-ng version, voice and text) with the
+    voice ``voice_for(text, seed)``: a speaker for ``guardrail.evaluation.spoken.spoken_pairs``."""
+    import soundfile as sf
+
+    from guardrail.defaults import SAMPLING_RATE
+    from guardrail.evaluation.spoken import SpokenQuestion
+    from guardrail_testbeds.build import cache_dir
+
+    voice = voice_for(text, seed)
+    folder = folder or cache_dir() / "spoken"
+    key = hashlib.sha256(f"{espeak_version()}|{voice}|{text}".encode()).hexdigest()
+    path = folder / key[:2] / f"{key}.wav"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.wav")
+        sf.write(tmp, speak_as(text, voice, SAMPLING_RATE), SAMPLING_RATE, subtype="PCM_16")
+        os.replace(tmp, path)
+    return SpokenQuestion(text, path, str(voice))

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from guardrail.testing import lalm, speech, testbeds, whisper_ct2
-from guardrail.testing.whisper_ct2 import CT2FormatError, read_ct2, whisper_config, whisper_state_dict
+from guardrail_testbeds import build, lalm, speech, whisper_ct2
+from guardrail_testbeds.whisper_ct2 import CT2FormatError, read_ct2, whisper_config, whisper_state_dict
 
 needs_espeak = pytest.mark.skipif(
     not speech.have_espeak(), reason=f"espeak-ng not installed: apt-get install -y {speech.ESPEAK_PACKAGE}"
@@ -270,7 +270,7 @@ def test_audio_tokens_take_spare_rows_without_moving_ids(gguf_style):
     text = "ab<|AUDIO|>a<|audio_bos|><|im_end|>b"
     assert after.encode(text).ids == [3, 8, 0, 9, 6, 1]
     assert lalm.audio_tokenizer_json(out, embedding_rows=12) == out  # idempotent
-    with pytest.raises(testbeds.TestbedError, match="no spare embedding row"):
+    with pytest.raises(build.TestbedError, match="no spare embedding row"):
         lalm.audio_tokenizer_json(base, embedding_rows=9)
 
 
@@ -389,10 +389,10 @@ def test_text_is_not_parsed_as_options():
 
 # --------------------------------------------------------------------------- slow: real weights
 
-_whisper_cached = whisper_ct2.is_converted() or testbeds.is_fetched(whisper_ct2.SOURCE)
+_whisper_cached = whisper_ct2.is_converted() or build.is_fetched(whisper_ct2.SOURCE)
 needs_whisper = pytest.mark.skipif(
     not _whisper_cached,
-    reason=f"Whisper not cached: python -m guardrail.testing.testbeds fetch {whisper_ct2.SOURCE}")
+    reason=f"Whisper not cached: python -m guardrail_testbeds.build fetch {whisper_ct2.SOURCE}")
 needs_lalm = pytest.mark.skipif(
     bool(lalm.missing_parts()), reason=f"audio testbed parts not cached: {'; '.join(lalm.missing_parts())}")
 
@@ -444,7 +444,7 @@ def test_converted_encoder_matches_ctranslate2_itself(whisper):
     model, processor = whisper
     clip = np.sin(np.linspace(0, 900, 32_000)).astype(np.float32) * np.linspace(0, 0.5, 32_000, dtype=np.float32)
     feats = processor.feature_extractor([clip], sampling_rate=16_000, return_tensors="np").input_features
-    ct = ctranslate2.models.Whisper(str(testbeds.testbed_dir(whisper_ct2.SOURCE)), device="cpu",
+    ct = ctranslate2.models.Whisper(str(build.testbed_dir(whisper_ct2.SOURCE)), device="cpu",
                                     compute_type="float32")
     want = np.array(ct.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats))))
     with torch.inference_mode():
@@ -466,7 +466,7 @@ def test_lalm_text_logits_equal_the_standalone_lm(testbed):
     assert resolve_adapter(model).name == "qwen2_audio"
     assert model.config.audio_token_id == lalm.AUDIO_TOKEN_ID
     assert sum(p.numel() for p in model.model.multi_modal_projector.parameters()) == 344_960
-    lm, tok = testbeds.load(lalm.LM_NAME)
+    lm, tok = build.load(lalm.LM_NAME)
     msgs = [{"role": "user", "content": "How do I bake bread at home?"}]
     prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == prompt
@@ -516,7 +516,7 @@ def trained():
 @needs_trained
 @needs_espeak
 def test_trained_testbed_hears_unseen_spoken_questions(trained):
-    from guardrail.testing import projector_train
+    from guardrail_testbeds import projector_train
 
     model, processor = trained
     clips = projector_train.spoken_clips(model, processor, UNSEEN, None)
@@ -533,7 +533,7 @@ def test_trained_testbed_hears_unseen_spoken_questions(trained):
 def test_guard_on_the_trained_testbed(trained, tmp_path):
     from guardrail import Guard, Policy, calibrate
     from guardrail.defaults import default_calibration_set
-    from guardrail.evaluation.spoken import speak_to_file
+    from guardrail_testbeds.speech import speak_to_file
 
     model, processor = trained
     harmful, safe = (list(map(speak_to_file, items[:8])) for items in default_calibration_set())

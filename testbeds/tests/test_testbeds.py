@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrail.testing import testbeds as tb
+from guardrail_testbeds import build as tb
 
 # --------------------------------------------------------------------------- helpers
 
@@ -276,7 +276,7 @@ def test_cache_dir_env(monkeypatch, tmp_path):
 def test_load_refuses_file_testbeds_and_missing_builds(cache):
     with pytest.raises(tb.TestbedError, match="use fetch"):
         tb.load("whisper-tiny.en-ct2")
-    with pytest.raises(tb.TestbedError, match="not built.*testbeds build smollm2-135m-instruct"):
+    with pytest.raises(tb.TestbedError, match="not built.*guardrail_testbeds.build build smollm2-135m-instruct"):
         tb.load("smollm2-135m-instruct", build_if_missing=False)
 
 
@@ -293,7 +293,7 @@ def _require_built(name: str) -> None:
     if not tb.is_built(name):
         pytest.skip(
             f"testbed {name!r} is not built in {tb.cache_dir()}; "
-            f"run `python -m guardrail.testing.testbeds build {name}` (tests never download)"
+            f"run `python -m guardrail_testbeds.build build {name}` (tests never download)"
         )
 
 
@@ -337,7 +337,7 @@ def test_whisper_file_is_cached_and_verified():
     name = "whisper-tiny.en-ct2"
     if not tb.is_fetched(name):
         pytest.skip(
-            f"{name!r} is not fetched in {tb.cache_dir()}; run `python -m guardrail.testing.testbeds fetch {name}`"
+            f"{name!r} is not fetched in {tb.cache_dir()}; run `python -m guardrail_testbeds.build fetch {name}`"
         )
     path = tb.verify(name, progress=False)  # full re-hash of the 75 MB file
     assert path.name == "model.bin" and (path.parent / "tokenizer.json").is_file()

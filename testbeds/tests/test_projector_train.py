@@ -1,13 +1,13 @@
 """The audio testbed's projector training, on a tiny random Qwen2-Audio (the real run is a job of its
-own: python -m guardrail.testing.projector_train)."""
+own: python -m guardrail_testbeds.projector_train)."""
 
 from __future__ import annotations
 
 import torch
 
-from guardrail.testing import projector_train as pt
-from guardrail.testing import train_questions
-from guardrail.testing.speech import Voice
+from guardrail_testbeds import projector_train as pt
+from guardrail_testbeds import train_questions
+from guardrail_testbeds.speech import Voice
 from guardrail.testing.tiny import build_tiny
 
 
@@ -72,7 +72,7 @@ def test_word_sentences_are_seeded_varied_questions():
 
 
 def test_lora_training_moves_projector_and_adapter_and_merges_into_plain_weights():
-    from guardrail.testing import lora
+    from guardrail_testbeds import lora
 
     model, processor = build_tiny("qwen2_audio", seed=0)
     with torch.no_grad():
@@ -120,7 +120,7 @@ def test_lora_training_moves_projector_and_adapter_and_merges_into_plain_weights
 def test_lora_errors_name_the_problem(tmp_path):
     import pytest
 
-    from guardrail.testing import lora
+    from guardrail_testbeds import lora
 
     model, _ = build_tiny("qwen2_audio", seed=0)
     with pytest.raises(ValueError, match="no LoRA adapter"):

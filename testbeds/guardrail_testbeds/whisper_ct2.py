@@ -1,6 +1,6 @@
 """Whisper from a CTranslate2 ``model.bin``, converted to transformers without ctranslate2.
 
-The ``whisper-tiny.en-ct2`` testbed (see :mod:`guardrail.testing.testbeds`) is a CTranslate2
+The ``whisper-tiny.en-ct2`` testbed (see :mod:`guardrail_testbeds.build`) is a CTranslate2
 model directory: ``model.bin`` (float16), ``config.json`` (suppress ids, alignment heads),
 ``tokenizer.json`` and ``vocabulary.txt``. This module reads the binary itself, maps its
 variables onto :class:`transformers.WhisperForConditionalGeneration`, and saves the result once
@@ -30,8 +30,8 @@ token embedding (tied, as in transformers).
 
 Command line::
 
-    python -m guardrail.testing.whisper_ct2 convert [--force]
-    python -m guardrail.testing.whisper_ct2 transcribe FILE.wav [...]
+    python -m guardrail_testbeds.whisper_ct2 convert [--force]
+    python -m guardrail_testbeds.whisper_ct2 transcribe FILE.wav [...]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from guardrail.testing.testbeds import (
+from guardrail_testbeds.build import (
     BUILD_MARKER,
     MARKER_VERSION,
     TestbedError,
@@ -415,7 +415,7 @@ def build_processor(source_dir: Path, *, feature_size: int = 80) -> WhisperProce
 
     tok_file = source_dir / "tokenizer.json"
     if not tok_file.is_file():
-        raise TestbedError(f"{tok_file} is missing; run `python -m guardrail.testing.testbeds fetch {SOURCE}`")
+        raise TestbedError(f"{tok_file} is missing; run `python -m guardrail_testbeds.build fetch {SOURCE}`")
     tokenizer = WhisperTokenizer(
         tokenizer_file=str(tok_file),
         unk_token="<|endoftext|>",
@@ -471,7 +471,7 @@ def convert(*, force: bool = False, fetch_if_missing: bool = True, progress: boo
             if not fetch_if_missing:
                 raise TestbedError(
                     f"{SOURCE} is not fetched in {cache_dir()}; "
-                    f"run `python -m guardrail.testing.testbeds fetch {SOURCE}`"
+                    f"run `python -m guardrail_testbeds.build fetch {SOURCE}`"
                 )
             fetch(SOURCE, progress=progress)
         src = testbed_dir(SOURCE)
@@ -545,7 +545,7 @@ def load_whisper(
     if not is_converted():
         if not convert_if_missing:
             raise TestbedError(
-                f"{NAME} is not converted in {cache_dir()}; run `python -m guardrail.testing.whisper_ct2 convert`"
+                f"{NAME} is not converted in {cache_dir()}; run `python -m guardrail_testbeds.whisper_ct2 convert`"
             )
         convert()
     path = hf_path()
@@ -592,7 +592,7 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m guardrail.testing.whisper_ct2")
+    parser = argparse.ArgumentParser(prog="python -m guardrail_testbeds.whisper_ct2")
     sub = parser.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="convert the cached CTranslate2 Whisper to safetensors")
     c.add_argument("--force", action="store_true")

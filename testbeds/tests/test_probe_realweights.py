@@ -26,12 +26,12 @@ def _questions(name: str) -> list[str]:
 
 
 def test_probe_separates_held_out_figstep_twins(tmp_path):
-    from guardrail.testing import testbeds
-    if not testbeds.is_built(TESTBED):
-        pytest.skip(f"testbed {TESTBED} is not built (python -m guardrail.testing.testbeds build {TESTBED})")
+    from guardrail_testbeds import build
+    if not build.is_built(TESTBED):
+        pytest.skip(f"testbed {TESTBED} is not built (python -m guardrail_testbeds.build build {TESTBED})")
     if not (FIGSTEP / "harmful_train_100.json").is_file():
         pytest.skip(f"FigStep questions not found under {FIGSTEP}")
-    model, tokenizer = testbeds.load(TESTBED)
+    model, tokenizer = build.load(TESTBED)
     harmful, safe = _questions("harmful_train_100.json"), _questions("safe_train_100.json")
     probe = fit_probe(model, tokenizer, harmful[:50], safe[:50], batch_size=8)
     assert probe.cv.fpr_at_threshold <= 0.01

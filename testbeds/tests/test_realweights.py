@@ -1,7 +1,7 @@
 """SARSteer and the evaluation harness on real weights (Qwen2.5-Coder-0.5B-Instruct).
 
 Slow tier: run with `python -m pytest -m slow`. Skipped unless the testbed is built
-(`python -m guardrail.testing.testbeds build qwen2.5-coder-0.5b-instruct`); never downloads.
+(`python -m guardrail_testbeds.build build qwen2.5-coder-0.5b-instruct`); never downloads.
 """
 
 from __future__ import annotations
@@ -11,21 +11,21 @@ from pathlib import Path
 import pytest
 
 from guardrail.evaluation import Setting, evaluate, load_pairs
-from guardrail.testing import testbeds
+from guardrail_testbeds import build
 
 TESTBED = "qwen2.5-coder-0.5b-instruct"
-FIGSTEP = Path(__file__).resolve().parents[2] / "shared" / "data" / "figstep"
+FIGSTEP = Path(__file__).resolve().parents[3] / "shared" / "data" / "figstep"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not testbeds.is_built(TESTBED), reason=f"testbed not built: python -m "
-                       f"guardrail.testing.testbeds build {TESTBED}"),
+    pytest.mark.skipif(not build.is_built(TESTBED), reason=f"testbed not built: python -m "
+                       f"guardrail_testbeds.build build {TESTBED}"),
 ]
 
 
 @pytest.fixture(scope="module")
 def qwen():
-    return testbeds.load(TESTBED)
+    return build.load(TESTBED)
 
 
 @pytest.fixture(scope="module")

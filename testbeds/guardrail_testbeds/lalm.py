@@ -1,10 +1,10 @@
 """A real audio-language testbed: ``Qwen2AudioForConditionalGeneration`` from real parts.
 
 * audio tower: the Whisper tiny.en encoder (80 mel bins, d_model 384, 4 layers, 6 heads,
-  ffn 1536), converted from the CTranslate2 binary by :mod:`guardrail.testing.whisper_ct2`;
+  ffn 1536), converted from the CTranslate2 binary by :mod:`guardrail_testbeds.whisper_ct2`;
   Qwen2-Audio's encoder is Whisper's plus a stride-2 average pool before the final layer norm,
   so the weights map one to one (~25 audio tokens per second of speech);
-* language model: Qwen2.5-Coder-0.5B-Instruct (bf16, :mod:`guardrail.testing.testbeds`);
+* language model: Qwen2.5-Coder-0.5B-Instruct (bf16, :mod:`guardrail_testbeds.build`);
 * projector: ``Linear(384 -> 896)``, the only weights that do not exist yet (344,960
   parameters). ``build_lalm()`` initialises it fresh (seeded) unless given a trained state.
 
@@ -39,9 +39,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guardrail.testing import testbeds, whisper_ct2
-from guardrail.testing.testbeds import TestbedError
+from guardrail.defaults import SAMPLING_RATE
 from guardrail.testing.tiny import qwen2_audio_template
+from guardrail_testbeds import build, whisper_ct2
+from guardrail_testbeds.build import TestbedError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -56,9 +57,6 @@ LORA_FILE = Path(__file__).parent / "parts" / "qwen2-audio-testbed-lora.safetens
 AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS = "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"
 AUDIO_TOKENS = (AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
 # ids they get in the Qwen2.5 tokenizer (first spare rows; asserted when the tokenizer is built)
-from guardrail.defaults import SAMPLING_RATE
-from guardrail.testing.tiny import qwen2_audio_template
-
 AUDIO_TOKEN_ID, AUDIO_BOS_ID, AUDIO_EOS_ID = 151665, 151666, 151667
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 PROJECTOR_KEYS = ("weight", "bias")
@@ -75,10 +73,10 @@ def missing_parts() -> list[str]:
     """What the cache lacks to build the testbed (empty when ``build_lalm`` can run offline
     without fetching or building anything)."""
     missing = []
-    if not (whisper_ct2.is_converted() or testbeds.is_fetched(whisper_ct2.SOURCE)):
-        missing.append(f"{whisper_ct2.SOURCE} (python -m guardrail.testing.testbeds fetch {whisper_ct2.SOURCE})")
-    if not testbeds.is_built(LM_NAME):
-        missing.append(f"{LM_NAME} (python -m guardrail.testing.testbeds build {LM_NAME})")
+    if not (whisper_ct2.is_converted() or build.is_fetched(whisper_ct2.SOURCE)):
+        missing.append(f"{whisper_ct2.SOURCE} (python -m guardrail_testbeds.build fetch {whisper_ct2.SOURCE})")
+    if not build.is_built(LM_NAME):
+        missing.append(f"{LM_NAME} (python -m guardrail_testbeds.build build {LM_NAME})")
     return missing
 
 
@@ -144,7 +142,7 @@ def build_tokenizer(lm_dir: Path | None = None, *, embedding_rows: int | None = 
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    lm_dir = lm_dir or testbeds.hf_dir(LM_NAME)
+    lm_dir = lm_dir or build.hf_dir(LM_NAME)
     tj = json.loads((lm_dir / "tokenizer.json").read_text())
     cfg = json.loads((lm_dir / "tokenizer_config.json").read_text())
     if embedding_rows is None:
@@ -292,7 +290,7 @@ def build_lalm(
     if not build_if_missing and missing_parts():
         raise TestbedError(f"the audio testbed needs: {'; '.join(missing_parts())}")
     wconf, enc_sd = _whisper_encoder_state(audio_dtype)
-    lm, _ = testbeds.load(LM_NAME, dtype=dtype, build_if_missing=build_if_missing)
+    lm, _ = build.load(LM_NAME, dtype=dtype, build_if_missing=build_if_missing)
     tok = build_tokenizer(embedding_rows=lm.config.vocab_size)
     processor = build_processor(tok)
     config = lalm_config(wconf, lm.config, tok.convert_tokens_to_ids(AUDIO_TOKEN))
@@ -348,10 +346,10 @@ def load_testbed() -> tuple[Qwen2AudioForConditionalGeneration, Qwen2AudioProces
     into the LM's weights). Raises TestbedError when the projector is missing."""
     if not PROJECTOR_FILE.is_file():
         raise TestbedError(f"no trained projector at {PROJECTOR_FILE}; train one with "
-                           "python -m guardrail.testing.projector_train (prepare, train, export)")
+                           "python -m guardrail_testbeds.projector_train (prepare, train, export)")
     model, processor = build_lalm(PROJECTOR_FILE)
     if LORA_FILE.is_file():
-        from guardrail.testing.lora import load_lora, merge_lora
+        from guardrail_testbeds.lora import load_lora, merge_lora
 
         merge_lora(model.model.language_model, load_lora(LORA_FILE))
     return model, processor

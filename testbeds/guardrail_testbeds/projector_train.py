@@ -1,7 +1,7 @@
 """Train the audio testbed's projector so the model treats a spoken question like a typed one.
 
 ``Linear(384 -> 896)`` learns, and with ``--lora-rank`` a LoRA adapter on the LM's attention
-(``guardrail.testing.lora``); the Whisper tower and the LM's own weights stay frozen. Two tasks
+(``guardrail_testbeds.lora``); the Whisper tower and the LM's own weights stay frozen. Two tasks
 share each batch:
 
 * answer: the chat with the spoken question (and, for some clips, an instruction) must give
@@ -21,10 +21,10 @@ Work happens in ``work_dir`` (default ``cache_dir()/projector``): ``data.pt`` (e
 outputs per clip, fp16, plus the teacher's greedy answers), ``ckpt.pt`` (resumable: projector,
 optimiser, step, RNG), ``log.jsonl``. Everything is seeded.
 
-    python -m guardrail.testing.projector_train prepare
-    python -m guardrail.testing.projector_train train --steps 3000
-    python -m guardrail.testing.projector_train train --steps 420 --lora-rank 16 --init PROJECTOR
-    python -m guardrail.testing.projector_train evaluate
+    python -m guardrail_testbeds.projector_train prepare
+    python -m guardrail_testbeds.projector_train train --steps 3000
+    python -m guardrail_testbeds.projector_train train --steps 420 --lora-rank 16 --init PROJECTOR
+    python -m guardrail_testbeds.projector_train evaluate
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from guardrail.testing import lalm, lora, speech, testbeds, train_questions
-from guardrail.testing.train_questions import INSTRUCTIONS, TRANSCRIBE, Question
+from guardrail_testbeds import build, lalm, lora, speech, train_questions
+from guardrail_testbeds.train_questions import INSTRUCTIONS, TRANSCRIBE, Question
 
 ANSWER_TOKENS = 16
 PROJECTOR_FILE = lalm.PROJECTOR_FILE
 
 
 def default_work_dir() -> Path:
-    return testbeds.cache_dir() / "projector"
+    return build.cache_dir() / "projector"
 
 
 def typed_instruction(instruction: str | None) -> str | None:
@@ -397,7 +397,7 @@ def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8,
     """First-10-token agreement with the typed answer, and transcription word error rate. With an
     adapted LM, ``original`` (the testbed without the adapter) answers the typed questions too:
     ``agreement10_original_lm`` compares the spoken answers with those."""
-    from guardrail.testing.whisper_ct2 import word_error_rate
+    from guardrail_testbeds.whisper_ct2 import word_error_rate
 
     tok = processor.tokenizer
     agree, agree_orig, wers, samples = [], [], [], []
@@ -426,16 +426,15 @@ def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8,
 def spoken_clips(model: Any, processor: Any, questions: Sequence[str], instruction: str | None) -> list[Clip]:
     """Clips for questions outside the training data (e.g. FigStep's), spoken as evaluation speaks them."""
     from guardrail.audio import load_audio
-    from guardrail.evaluation.spoken import speak_to_file
 
-    spoken = [speak_to_file(q) for q in questions]
+    spoken = [speech.speak_to_file(q) for q in questions]
     waves = [load_audio(s, target_sr=lalm.SAMPLING_RATE) for s in spoken]
     encoded = encode_clips(model, processor, waves)
     return [Clip(q, "", speech.Voice(), instruction, e, []) for q, e in zip(questions, encoded)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m guardrail.testing.projector_train")
+    p = argparse.ArgumentParser(prog="python -m guardrail_testbeds.projector_train")
     p.add_argument("command", choices=["prepare", "prepare-words", "train", "evaluate", "export"])
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--steps", type=int, default=3000)

@@ -1,0 +1,154 @@
+"""LangChain messages and content blocks -> one guard request (`{"audio": ..., "text": ...}`).
+
+The guard answers one user turn: the messages must end with a `HumanMessage`; earlier messages raise
+`UnsupportedMessageError` (except a `SystemMessage` equal to the policy's `system_prompt`), or are dropped
+with `history="last_turn"`. The content is text blocks and at most one audio block, whose source is base64
+data, a `data:` URL or a local `file://` URL; anything else raises `UnsupportedContentError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+
+from guardrail.errors import UnsupportedContentError, UnsupportedMessageError
+from guardrail.models.adapter import Adapter
+
+__all__ = ["ACCEPTED_CONTENT", "GuardCall", "message_content", "request_from_messages"]
+
+ACCEPTED_CONTENT = ("a string, or content blocks: {'type': 'text', 'text': ...} and at most one audio block "
+                    "({'type': 'audio', 'base64': ..., 'mime_type': 'audio/wav'}, {'type': 'audio', "
+                    "'source_type': 'base64', 'data': ...}, {'type': 'input_audio', ...}, {'type': 'audio', "
+                    "'url': 'data:audio/wav;base64,...' or 'file:///abs/path.wav'})")
+
+
+@dataclass
+class GuardCall:
+    """One request ready for the guard, and what the response must say about how it was built."""
+
+    request: dict[str, Any]
+    dropped: int = 0
+
+
+def request_from_messages(messages: Sequence[BaseMessage], adapter: Adapter, system_prompt: str | None,
+                          history: Literal["error", "last_turn"] = "error") -> GuardCall:
+    """The guard request for a prompt: its last `HumanMessage`, after the rules on earlier messages.
+
+    `system_prompt`: the policy's (a `SystemMessage` with that text is accepted, the guard sends it itself);
+    `history`: "error" raises for other earlier messages, "last_turn" drops them and counts them."""
+    if not messages:
+        raise UnsupportedMessageError("no messages: pass at least one HumanMessage")
+    last = messages[-1]
+    if not isinstance(last, HumanMessage):
+        raise UnsupportedMessageError(
+            f"the last message is a {type(last).__name__}; GuardedChatModel answers one user turn, so the "
+            "prompt must end with a HumanMessage")
+    earlier = list(messages[:-1])
+    if history == "error":
+        _refuse_history(earlier, system_prompt)
+    text, audio = message_content(last, adapter)
+    if audio is None and not text.strip():
+        raise UnsupportedContentError("the HumanMessage has neither text nor audio; pass at least one")
+    return GuardCall({"audio": audio, "text": text}, dropped=len(earlier) if history == "last_turn" else 0)
+
+
+def _refuse_history(earlier: list[BaseMessage], system_prompt: str | None) -> None:
+    """Raises for messages before the last turn, except a `SystemMessage` equal to the policy's prompt."""
+    extra = [m for m in earlier
+             if not (isinstance(m, SystemMessage) and system_prompt is not None and _text_of(m) == system_prompt)]
+    if extra:
+        kinds = ", ".join(type(m).__name__ for m in extra)
+        raise UnsupportedMessageError(
+            f"GuardedChatModel sends one user turn to the guard, but the prompt has {len(extra)} earlier "
+            f"message(s) it cannot represent ({kinds}). Pass only the user's message; put a system prompt "
+            f"in the policy (system_prompt: ..., now {system_prompt!r}); or build the model with "
+            "history='last_turn' to send the last HumanMessage alone")
+
+
+def message_content(message: HumanMessage, adapter: Adapter) -> tuple[str, Any]:
+    """(text blocks joined by newlines, the audio clip as bytes or a local path, or None)."""
+    texts: list[str] = []
+    audio: list[tuple[int, Any]] = []
+    for i, block in enumerate(message.content_blocks):
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block.get("text") or "")
+        elif kind == "audio" or kind == "file" and str(block.get("mime_type", "")).lower().startswith("audio/"):
+            audio.append((i, _audio_source(block, i)))
+        else:
+            raise UnsupportedContentError(f"content block {i} ({_describe(block)}) is not supported; "
+                                          f"accepted: {ACCEPTED_CONTENT}")
+    if len(audio) > 1:
+        raise UnsupportedContentError(f"content blocks {[i for i, _ in audio]} are audio; the guard takes at "
+                                      "most one audio clip per request: send one clip per message")
+    if audio:
+        adapter.require_audio_support(f"content block {audio[0][0]}", UnsupportedContentError)
+    return "\n".join(texts), audio[0][1] if audio else None
+
+
+def _text_of(message: BaseMessage) -> str:
+    return "\n".join(b.get("text") or "" for b in message.content_blocks if b.get("type") == "text")
+
+
+def _describe(block: Mapping[str, Any]) -> str:
+    """A short description of a content block for error messages (never its data)."""
+    kind = block.get("type")
+    if kind == "non_standard" and isinstance(block.get("value"), Mapping):
+        return f"type {block['value'].get('type')!r}, not a LangChain standard block"
+    source = next((k for k in ("url", "base64", "file_id", "path", "data") if k in block), None)
+    where = f", {source}" if source else ""
+    if source == "url":
+        where = f", url {str(block['url'])[:40]!r}"
+    mime = f", {block['mime_type']}" if block.get("mime_type") else ""
+    return f"type {kind!r}{where}{mime}"
+
+
+def _audio_source(block: Mapping[str, Any], index: int) -> bytes | str:
+    """Bytes or a local path for an audio block; raises for sources that need a network or a provider."""
+    mime = str(block.get("mime_type") or "").lower()
+    if mime and not (mime.startswith("audio/") or mime == "application/octet-stream"):
+        raise UnsupportedContentError(f"content block {index} ({_describe(block)}) is an audio block with mime "
+                                      f"type {mime!r}; send audio (audio/wav, audio/flac, audio/ogg, ...)")
+    if block.get("base64") is not None:
+        return _b64(block["base64"], index)
+    url = block.get("url")
+    if isinstance(url, str):
+        return _audio_from_url(url, block, index)
+    if block.get("file_id") is not None:
+        raise UnsupportedContentError(f"content block {index} ({_describe(block)}) refers to a provider's file "
+                                      "store; send the audio itself as base64 data or a file:// URL")
+    raise UnsupportedContentError(f"content block {index} ({_describe(block)}) has no audio source the guard can "
+                                  f"use; accepted: {ACCEPTED_CONTENT}")
+
+
+def _audio_from_url(url: str, block: Mapping[str, Any], index: int) -> bytes | str:
+    """A `data:` URL's bytes or a `file://` URL's local path; the guard fetches nothing remote."""
+    parsed = urlparse(url)
+    if parsed.scheme == "data":
+        header, sep, data = url[5:].partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise UnsupportedContentError(f"content block {index}: a data: URL must be base64 "
+                                          "('data:audio/wav;base64,...')")
+        return _b64(data, index)
+    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+        return url2pathname(unquote(parsed.path))
+    raise UnsupportedContentError(
+        f"content block {index} ({_describe(block)}) points at a remote URL; the guard does not fetch audio: "
+        "download it and send base64 data, or a local file as 'file:///abs/path.wav'")
+
+
+def _b64(data: Any, index: int) -> bytes:
+    if isinstance(data, (bytes, bytearray)):
+        data = bytes(data).decode("ascii", errors="replace")
+    try:
+        return base64.b64decode("".join(str(data).split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise UnsupportedContentError(f"content block {index}: the audio's base64 data does not decode ({exc}); "
+                                      "send standard base64 (base64.b64encode(wav_bytes).decode())") from None

@@ -1,0 +1,63 @@
+"""Real-weight testbeds, found by plugin: the SDK ships none.
+
+A separate package (the repository's ``testbeds/``: distribution ``lalm-guardrail-testbeds``,
+``pip install -e ./testbeds``) registers a provider under the entry-point group ``guardrail.testbeds``.
+`guardrail demo`, `guardrail eval --testbed NAME [--spoken]` and `guardrail bench --testbed NAME` ask it
+for models by name and, for spoken evaluation, for speech. The dependency points one way: the testbeds
+depend on the SDK, the SDK only knows this entry-point group.
+
+Any package can provide testbeds: an object with the methods of :class:`TestbedProvider`, registered as
+
+    [project.entry-points."guardrail.testbeds"]
+    mine = "my_package.module:PROVIDER"
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Protocol
+
+from guardrail.errors import TestbedsNotInstalledError
+
+ENTRY_POINT_GROUP = "guardrail.testbeds"
+INSTALL_HINT = "install the testbeds: pip install -e ./testbeds"
+
+
+class TestbedProvider(Protocol):
+    """What a testbeds package offers the SDK."""
+
+    def names(self) -> list[str]:
+        """Testbeds that `load` accepts."""
+
+    def load(self, name: str) -> tuple[Any, Any]:
+        """``(model, processor)`` of a testbed, in eval mode (built first when the cache lacks it)."""
+
+    def speak(self, text: str) -> os.PathLike[str]:
+        """The text spoken into a WAV file that keeps its text (a ``guardrail.evaluation.spoken.SpokenQuestion``)."""
+
+
+def provider_entry_points() -> list[EntryPoint]:
+    """The installed providers' entry points, by name."""
+    return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def find_provider() -> TestbedProvider:
+    """The installed testbed provider (the first by entry-point name when there are several).
+
+    Raises TestbedsNotInstalledError, saying how to install them, when none is installed or it fails to import.
+    """
+    found = provider_entry_points()
+    if not found:
+        raise TestbedsNotInstalledError(f"no real-weight testbeds are installed (entry-point group "
+                                        f"{ENTRY_POINT_GROUP!r} is empty); {INSTALL_HINT}")
+    try:
+        return found[0].load()
+    except ImportError as exc:
+        raise TestbedsNotInstalledError(f"the testbed provider {found[0].value} failed to import ({exc}); "
+                                        f"{INSTALL_HINT}") from exc
+
+
+def load_testbed(name: str) -> tuple[Any, Any]:
+    """``(model, processor)`` of the testbed ``name``, from the installed provider."""
+    return find_provider().load(name)

