@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from guardrail import calibrate
-from guardrail.steering.activations import forward_last, model_inputs
+from guardrail.defaults import default_calibration_set
 from guardrail.models.adapter import resolve_adapter
 from guardrail.requests import Request
-from guardrail.defaults import default_calibration_set
+from guardrail.steering.activations import forward_last, model_inputs
 from guardrail.steering.vectors import DEFAULT_REFUSAL_TEXT
 from guardrail.testing.tiny import build_tiny
 
@@ -45,8 +45,10 @@ def plain_batches(model, processor, queries: list[str], batch_size: int) -> list
     """The inputs calibration feeds the model, batched as it batches them (by length)."""
     adapter = resolve_adapter(model, None)
     order = sorted(queries, key=len)
-    return [model_inputs(model, adapter.build_inputs(processor, [Request(q) for q in order[i:i + batch_size]]))
-            for i in range(0, len(order), batch_size)]
+    return [
+        model_inputs(model, adapter.build_inputs(processor, [Request(q) for q in order[i : i + batch_size]]))
+        for i in range(0, len(order), batch_size)
+    ]
 
 
 def main() -> None:
@@ -58,14 +60,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.testbed:
         from guardrail_testbeds.build import load
+
         model, processor = load(args.testbed)
     else:
         model, processor = build_tiny("qwen2", seed=0)
     harmful, safe = default_calibration_set()
-    queries = ([f"{q} {INSTRUCTION}" for q in harmful] + [f"{q} {INSTRUCTION} {DEFAULT_REFUSAL_TEXT}" for q in harmful]
-               + [f"{q} {INSTRUCTION}" for q in safe])
+    queries = (
+        [f"{q} {INSTRUCTION}" for q in harmful]
+        + [f"{q} {INSTRUCTION} {DEFAULT_REFUSAL_TEXT}" for q in harmful]
+        + [f"{q} {INSTRUCTION}" for q in safe]
+    )
     # calibration builds each batch from the harmful, refusal and safe groups separately
-    groups = [queries[:len(harmful)], queries[len(harmful):2 * len(harmful)], queries[2 * len(harmful):]]
+    groups = [queries[: len(harmful)], queries[len(harmful) : 2 * len(harmful)], queries[2 * len(harmful) :]]
     batches = [b for group in groups for b in plain_batches(model, processor, group, args.batch_size)]
 
     def plain() -> None:
@@ -94,21 +100,31 @@ def main() -> None:
             _sync()
             times[name].append(time.perf_counter() - start)
     n = len(queries)
-    result = {"queries": n, "batch_size": args.batch_size, "rounds": args.rounds,
-              **{f"{name}_qps": n / statistics.median(t) for name, t in times.items()}}
+    result = {
+        "queries": n,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
+        **{f"{name}_qps": n / statistics.median(t) for name, t in times.items()},
+    }
     name = args.testbed or "tiny qwen2"
     line = f"{name}: {n} queries | calibrate {result['calibrate_qps']:.1f} q/s"
     for base in ("plain", "plain_with_inputs"):  # throughput ratio = inverse time ratio, per round
         ratios = [p / c for p, c in zip(times[base], times["calibrate"])]
         result[f"calibrate_over_{base}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
-        line += (f" | {base} {result[f'{base}_qps']:.1f} q/s, ratio {statistics.median(ratios):.3f} "
-                 f"[{min(ratios):.3f}..{max(ratios):.3f}]")
+        line += (
+            f" | {base} {result[f'{base}_qps']:.1f} q/s, ratio {statistics.median(ratios):.3f} "
+            f"[{min(ratios):.3f}..{max(ratios):.3f}]"
+        )
     print(line)
     if args.out:
-        meta = {"model": name, "machine": platform.machine(), "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                "command": "python " + " ".join(sys.argv)}
+        meta = {
+            "model": name,
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "command": "python " + " ".join(sys.argv),
+        }
         args.out.write_text(json.dumps({"meta": meta, "result": result}, indent=2) + "\n")
 
 

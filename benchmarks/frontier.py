@@ -18,14 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from guardrail import calibrate
+from guardrail.defaults import TEXT_INSTRUCTION
 from guardrail.evaluation import EvalReport, Setting, SettingResult, evaluate, load_pairs, write_report
 from guardrail.evaluation.data import default_pairs
-from guardrail.defaults import TEXT_INSTRUCTION
 from guardrail_testbeds.build import load
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "figstep"
-REFUSAL_TEXTS = ["I cannot assist with that.", "I'm sorry, but I can't help with that request.",
-                 "This request could cause harm, so I must refuse it."]
+REFUSAL_TEXTS = [
+    "I cannot assist with that.",
+    "I'm sorry, but I can't help with that request.",
+    "This request could cause harm, so I must refuse it.",
+]
 
 
 def bands(n_layers: int, width: int) -> list[tuple[int, ...]]:
@@ -49,33 +52,55 @@ def main() -> None:
     calib, select, held_out = pairs[:30], pairs[30:50], pairs[50:]
     n_layers = model.config.num_hidden_layers
     art = calibrate(model, tokenizer, [p.harmful for p in calib], [p.safe for p in calib], TEXT_INSTRUCTION)
-    run = lambda settings, pairs_, artifact=art: evaluate(
-        model, tokenizer, calib, pairs_, settings, artifacts={"sarsteer": artifact},
-        max_new_tokens=args.max_new_tokens, model_name=args.testbed, progress=say).results
+    run = lambda settings, pairs_, artifact=art: (
+        evaluate(
+            model,
+            tokenizer,
+            calib,
+            pairs_,
+            settings,
+            artifacts={"sarsteer": artifact},
+            max_new_tokens=args.max_new_tokens,
+            model_name=args.testbed,
+            progress=say,
+        ).results
+    )
 
     # 1. selection on pairs 30-49
-    candidates = [Setting("sarsteer", a, 10, layers) for layers in ["all", *bands(n_layers, args.band_width)]
-                  for a in args.alphas]
+    candidates = [
+        Setting("sarsteer", a, 10, layers) for layers in ["all", *bands(n_layers, args.band_width)] for a in args.alphas
+    ]
     selection = run(candidates, select)
     ok = [r for r in selection if r.benign_response >= args.min_benign] or selection
     best = max(ok, key=lambda r: (r.harmful_refusal, r.benign_response)).setting
     say(f"chosen on the selection pairs: {best.label}")
 
     # 2. evaluation on pairs 50-99
-    results = run([Setting("none")] + [Setting("sarsteer", a, 10) for a in args.alphas]
-                  + [replace(best, alpha=a) for a in sorted({*args.alphas, best.alpha})], held_out)
+    results = run(
+        [Setting("none")]
+        + [Setting("sarsteer", a, 10) for a in args.alphas]
+        + [replace(best, alpha=a) for a in sorted({*args.alphas, best.alpha})],
+        held_out,
+    )
     results += run([replace(best, rank=k) for k in (0, 5, 30) if k != best.rank], held_out)
     for text in REFUSAL_TEXTS[1:]:
-        variant = calibrate(model, tokenizer, [p.harmful for p in calib], [p.safe for p in calib], TEXT_INSTRUCTION,
-                            refusal_text=text)
+        variant = calibrate(
+            model, tokenizer, [p.harmful for p in calib], [p.safe for p in calib], TEXT_INSTRUCTION, refusal_text=text
+        )
         results += [_relabel(r, f"refusal text {text!r}") for r in run([best], held_out, variant)]
     more = calib + default_pairs()
     bigger = calibrate(model, tokenizer, [p.harmful for p in more], [p.safe for p in more], TEXT_INSTRUCTION)
     results += [_relabel(r, f"calibration {len(more)} pairs") for r in run([best], held_out, bigger)]
 
-    report = EvalReport(model=args.testbed, judge="refusal-phrase", instruction=TEXT_INSTRUCTION,
-                        max_new_tokens=args.max_new_tokens, n_calibration=len(calib), results=results,
-                        artifacts={"sarsteer": art.id})
+    report = EvalReport(
+        model=args.testbed,
+        judge="refusal-phrase",
+        instruction=TEXT_INSTRUCTION,
+        max_new_tokens=args.max_new_tokens,
+        n_calibration=len(calib),
+        results=results,
+        artifacts={"sarsteer": art.id},
+    )
     selection_report = replace(report, results=selection)
     command = "python " + " ".join(sys.argv)
     write_report(report, args.out, command=command)

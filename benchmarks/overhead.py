@@ -30,8 +30,10 @@ from guardrail.gate.onnx_probe import OnnxProbe
 from guardrail.gate.train import fit_probe
 from guardrail.testing.tiny import AUDIO_FAMILIES, build_tiny, tiny_audio
 
-LONG = (" Please answer carefully, step by step, with examples, and mention anything a beginner should "
-        "know before starting.") * 4  # ~90 extra prompt tokens
+LONG = (
+    " Please answer carefully, step by step, with examples, and mention anything a beginner should "
+    "know before starting."
+) * 4  # ~90 extra prompt tokens
 
 
 def prompts(kind: str, questions: list[str]) -> list[dict]:
@@ -39,8 +41,13 @@ def prompts(kind: str, questions: list[str]) -> list[dict]:
         return [{"text": q} for q in questions]
     if kind == "long":
         return [{"text": q + LONG} for q in questions]
-    return [{"audio": (tiny_audio(2.0 + 0.1 * (i % 5), 16_000, seed=i), 16_000),
-             "text": "Please answer the question in the audio."} for i in range(len(questions))]
+    return [
+        {
+            "audio": (tiny_audio(2.0 + 0.1 * (i % 5), 16_000, seed=i), 16_000),
+            "text": "Please answer the question in the audio.",
+        }
+        for i in range(len(questions))
+    ]
 
 
 def main() -> None:
@@ -57,6 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.testbed:
         from guardrail_testbeds.build import load
+
         model, processor = load(args.testbed)
     else:
         model, processor = build_tiny(args.family, seed=0)
@@ -76,16 +84,31 @@ def main() -> None:
         raw_model = None if runtime == "eager" else copy.deepcopy(model)  # unhooked baseline
         for kind in args.prompts:
             for b in args.batches:
-                r = overhead(model, processor, artifact, prompts(kind, questions), batch=b, rounds=args.pairs,
-                             new_tokens=args.new_tokens, probe=probe, runtime=runtime, raw_model=raw_model)
+                r = overhead(
+                    model,
+                    processor,
+                    artifact,
+                    prompts(kind, questions),
+                    batch=b,
+                    rounds=args.pairs,
+                    new_tokens=args.new_tokens,
+                    probe=probe,
+                    runtime=runtime,
+                    raw_model=raw_model,
+                )
                 r["prompt"] = kind
                 print(format_row(name, r), flush=True)
                 results.append(r)
     if args.out:
-        meta = {"model": name, "machine": platform.machine(), "processor": platform.processor(),
-                "torch": torch.__version__, "threads": torch.get_num_threads(),
-                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                "command": "python " + " ".join(sys.argv)}
+        meta = {
+            "model": name,
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "command": "python " + " ".join(sys.argv),
+        }
         args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
 

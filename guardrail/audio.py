@@ -15,7 +15,7 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -25,7 +25,7 @@ from guardrail.errors import AudioInputError, AudioTypeError
 
 __all__ = ["AudioSource", "AudioTypeError", "MAX_CHANNELS", "describe_source", "load_audio"]
 
-AudioSource = Union[str, os.PathLike, bytes, tuple[np.ndarray, int]]
+AudioSource = str | os.PathLike | bytes | tuple[np.ndarray, int]
 """A file path, an encoded file in memory, or (samples, sampling_rate).
 The samples may be a numpy array or a torch tensor."""
 
@@ -56,9 +56,7 @@ def _describe_array(x: Any) -> str:
     return f"{kind} {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
 
 
-def load_audio(
-    source: AudioSource, *, target_sr: int, max_seconds: float | None = None
-) -> np.ndarray:
+def load_audio(source: AudioSource, *, target_sr: int, max_seconds: float | None = None) -> np.ndarray:
     """Load `source` as a float32 mono 1-D waveform resampled to `target_sr` Hz.
 
     Raises AudioInputError (a ValueError) for missing, undecodable, empty,
@@ -102,10 +100,7 @@ def _decode(source: Any, max_seconds: float | None) -> tuple[np.ndarray, int]:
 def _type_message(source: Any) -> str:
     desc = describe_source(source)
     if _is_array(source):
-        return (
-            f"audio {desc} has no sampling rate. "
-            "Pass a tuple (array, sampling_rate), e.g. (wave, 16000)."
-        )
+        return f"audio {desc} has no sampling rate. Pass a tuple (array, sampling_rate), e.g. (wave, 16000)."
     if hasattr(source, "read"):
         return f"audio {desc} is a file object. Pass its contents (f.read()) as bytes, or a path."
     return f"audio {desc} is not a supported input type. {_ACCEPTED}"
@@ -121,24 +116,18 @@ def _read_path(source: str | os.PathLike, max_seconds: float | None) -> tuple[np
         raise AudioInputError(f"audio file {desc} is a directory. Pass the path of an audio file.")
     if not path.exists():
         hint = " URLs are not fetched: download the file first." if "://" in str(source) else ""
-        raise AudioInputError(
-            f"audio file {desc} does not exist.{hint} Check the path. {_ACCEPTED}"
-        )
+        raise AudioInputError(f"audio file {desc} does not exist.{hint} Check the path. {_ACCEPTED}")
     return _read_soundfile(str(path), f"audio file {desc}", max_seconds)
 
 
 def _read_bytes(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, int]:
     desc = describe_source(data)
     if not data:
-        raise AudioInputError(
-            f"audio bytes {desc} are empty. Pass the bytes of a complete audio file."
-        )
+        raise AudioInputError(f"audio bytes {desc} are empty. Pass the bytes of a complete audio file.")
     return _read_soundfile(io.BytesIO(data), f"audio bytes {desc}", max_seconds)
 
 
-def _read_soundfile(
-    file: str | io.BytesIO, what: str, max_seconds: float | None
-) -> tuple[np.ndarray, int]:
+def _read_soundfile(file: str | io.BytesIO, what: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """Decode with libsndfile; check the length from the header before reading."""
     try:
         with sf.SoundFile(file) as f:
@@ -159,9 +148,7 @@ def _read_soundfile(
 
 def _read_pair(source: tuple) -> tuple[np.ndarray, int]:
     if len(source) != 2:
-        raise AudioTypeError(
-            f"audio tuple has {len(source)} items. Pass exactly (array, sampling_rate)."
-        )
+        raise AudioTypeError(f"audio tuple has {len(source)} items. Pass exactly (array, sampling_rate).")
     samples, sr = source
     if _is_rate_like(samples) and _is_array(sr):
         raise AudioTypeError(

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from guardrail.steering.artifact import SteeringArtifact
 from guardrail.guard import Guard
 from guardrail.policy.schema import Policy, RuntimePolicy
 from guardrail.runtime.static_backend import runtime_generate_kwargs
+from guardrail.steering.artifact import SteeringArtifact
 
 RUNTIMES: dict[str, dict[str, Any]] = {
     "eager": {},
@@ -65,7 +65,7 @@ class GenerateClock:
 
         return generate
 
-    def __enter__(self) -> "GenerateClock":
+    def __enter__(self) -> GenerateClock:
         for m in self.models:
             m.generate = self._wrap(m.generate)
         return self
@@ -89,10 +89,20 @@ def _policy(base: Policy, mode: str, runtime: str) -> Policy:
     return Policy.from_dict(data)
 
 
-def overhead(model: nn.Module, processor: Any, artifact: SteeringArtifact,
-             requests: Sequence[str | Mapping[str, Any]], *, batch: int = 1, rounds: int = 5, new_tokens: int = 32,
-             policy: Policy | None = None, probe: Any = None, runtime: str = "eager",
-             raw_model: nn.Module | None = None) -> dict[str, Any]:
+def overhead(
+    model: nn.Module,
+    processor: Any,
+    artifact: SteeringArtifact,
+    requests: Sequence[str | Mapping[str, Any]],
+    *,
+    batch: int = 1,
+    rounds: int = 5,
+    new_tokens: int = 32,
+    policy: Policy | None = None,
+    probe: Any = None,
+    runtime: str = "eager",
+    raw_model: nn.Module | None = None,
+) -> dict[str, Any]:
     """Median and spread of per-round time ratios against the raw model for one configuration.
 
     `requests`: questions (str) or request dicts ({"text", "audio"}), cycled to fill the batch.
@@ -111,8 +121,11 @@ def overhead(model: nn.Module, processor: Any, artifact: SteeringArtifact,
     prepare = lambda: steered.prepare_inputs(chosen)
     inputs = prepare()
     gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
-    raw_kwargs = {**gen, **runtime_generate_kwargs(RuntimePolicy(**RUNTIMES[runtime])),
-                  "pad_token_id": steered.adapter.pad_token_id(model, processor)}
+    raw_kwargs = {
+        **gen,
+        **runtime_generate_kwargs(RuntimePolicy(**RUNTIMES[runtime])),
+        "pad_token_id": steered.adapter.pad_token_id(model, processor),
+    }
     if raw_model is None:
         raw_model = model if runtime == "eager" else copy.deepcopy(model)
     arms: dict[str, Callable[[], Any]] = {
@@ -132,15 +145,20 @@ def overhead(model: nn.Module, processor: Any, artifact: SteeringArtifact,
         names = list(arms)
         with GenerateClock(model, raw_model) as clock:
             for r in range(rounds):
-                for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no arm always first
+                for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no arm always first
                     total, outside = clock.split(arms[name])
                     times[name].append(total)
                     host[name].append(outside)
-    result: dict[str, Any] = {"runtime": runtime, "batch": batch, "rounds": rounds, "new_tokens": new_tokens,
-                              "prompt_tokens": int(inputs["input_ids"].shape[1]),
-                              "audio": any(r.get("audio") is not None for r in chosen),
-                              "median_s": {k: statistics.median(v) for k, v in times.items()},
-                              "host_ms": {k: 1e3 * statistics.median(v) for k, v in host.items()}}
+    result: dict[str, Any] = {
+        "runtime": runtime,
+        "batch": batch,
+        "rounds": rounds,
+        "new_tokens": new_tokens,
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "audio": any(r.get("audio") is not None for r in chosen),
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "host_ms": {k: 1e3 * statistics.median(v) for k, v in host.items()},
+    }
     for name in arms:
         if name != "raw":
             result[f"{name}_over_raw"] = _ratio(times[name], times["raw"])
@@ -157,8 +175,10 @@ def format_row(name: str, r: dict[str, Any]) -> str:
     s = r["steered_over_raw"]
     audio = " audio" if r.get("audio") else ""
     where = f"{r.get('runtime', 'eager')} b{r['batch']} p{r.get('prompt_tokens', '?')}{audio}"
-    line = (f"{name} {where}: raw {r['median_s']['raw'] * 1e3:8.1f} ms | steered/raw "
-            f"{s['median']:.3f} [{s['min']:.3f}..{s['max']:.3f}] | wrapped/raw {r['wrapped_over_raw']['median']:.3f}")
+    line = (
+        f"{name} {where}: raw {r['median_s']['raw'] * 1e3:8.1f} ms | steered/raw "
+        f"{s['median']:.3f} [{s['min']:.3f}..{s['max']:.3f}] | wrapped/raw {r['wrapped_over_raw']['median']:.3f}"
+    )
     if "gated_over_raw" in r:
         g = r["gated_over_raw"]
         line += f" | gated/raw {g['median']:.3f} [{g['min']:.3f}..{g['max']:.3f}]"

@@ -46,9 +46,16 @@ class Guard:
     request at prefill and steering turns on only for the samples it flags.
     """
 
-    def __init__(self, model: nn.Module, processor: Any, policy: Policy | None = None,
-                 artifact: SteeringArtifact | None = None, *, adapter: Adapter | str | None = None,
-                 probe: ScoringProbe | str | Path | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        policy: Policy | None = None,
+        artifact: SteeringArtifact | None = None,
+        *,
+        adapter: Adapter | str | None = None,
+        probe: ScoringProbe | str | Path | None = None,
+    ):
         self.model = model
         self.processor = processor
         self.policy = policy or Policy()
@@ -84,14 +91,22 @@ class Guard:
         return self._static if self._plan.active and runs_compiled(self.model, kwargs) else self._eager
 
     # -- public API ------------------------------------------------------------------
-    def generate(self, audio: AudioSource | None = None, text: str = "", *, max_new_tokens: int | None = None,
-                 **generate_kwargs: Any) -> GuardResult:
+    def generate(
+        self,
+        audio: AudioSource | None = None,
+        text: str = "",
+        *,
+        max_new_tokens: int | None = None,
+        **generate_kwargs: Any,
+    ) -> GuardResult:
         """Answer one request (audio and/or text) under the policy."""
-        return self.generate_batch([{"audio": audio, "text": text}], max_new_tokens=max_new_tokens,
-                                   **generate_kwargs)[0]
+        return self.generate_batch([{"audio": audio, "text": text}], max_new_tokens=max_new_tokens, **generate_kwargs)[
+            0
+        ]
 
-    def generate_batch(self, requests: Sequence[RawRequest], *, max_new_tokens: int | None = None,
-                       **generate_kwargs: Any) -> list[GuardResult]:
+    def generate_batch(
+        self, requests: Sequence[RawRequest], *, max_new_tokens: int | None = None, **generate_kwargs: Any
+    ) -> list[GuardResult]:
         """Answer several requests (dicts with 'audio' and/or 'text', or `guardrail.Request`s) in one
         batched generate; each gets its own gate and result. `generate_kwargs` go to `model.generate`
         (a `streamer` there receives the prompt and the new tokens, as with `model.generate`)."""
@@ -108,9 +123,14 @@ class Guard:
         if keep:
             sub_inputs = inputs if len(keep) == len(batch) else self._model_inputs([batch[i] for i in keep])
             clock = GenerationClock(generate_kwargs.get("streamer"))
-            kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens,
-                      "pad_token_id": self.adapter.pad_token_id(self.model, self.processor),
-                      **runtime_generate_kwargs(self.policy.runtime), **generate_kwargs, "streamer": clock}
+            kwargs = {
+                "do_sample": False,
+                "max_new_tokens": max_new_tokens,
+                "pad_token_id": self.adapter.pad_token_id(self.model, self.processor),
+                **runtime_generate_kwargs(self.policy.runtime),
+                **generate_kwargs,
+                "streamer": clock,
+            }
             generated, verdict = backend.generate(sub_inputs, None if known is None else known.subset(keep), kwargs)
             for j, (i, prompt) in enumerate(zip(keep, _prompt_tokens(sub_inputs))):
                 results[i] = self._answered(generated[j], verdict, j, prompt, clock, started)
@@ -118,8 +138,14 @@ class Guard:
         self._log(answers, requests)
         return answers
 
-    def stream(self, audio: AudioSource | None = None, text: str = "", *, max_new_tokens: int | None = None,
-               **generate_kwargs: Any) -> GuardStream:
+    def stream(
+        self,
+        audio: AudioSource | None = None,
+        text: str = "",
+        *,
+        max_new_tokens: int | None = None,
+        **generate_kwargs: Any,
+    ) -> GuardStream:
         """Answer one request, yielding text chunks as tokens are generated.
 
         >>> chunks = guard.stream(text="How do I bake bread?")  # doctest: +SKIP
@@ -128,10 +154,12 @@ class Guard:
         """
         request = {"audio": audio, "text": text}
         self._parse([request])  # validate in the caller's thread: bad input raises here, not mid-stream
-        streamer = TokenQueue(lambda ids: self.adapter.decode(self.processor, ids),
-                              self.adapter.eos_token_ids(self.model, self.processor))
-        run = lambda listener: self.generate_batch([request], max_new_tokens=max_new_tokens, streamer=listener,
-                                                   **generate_kwargs)[0]
+        streamer = TokenQueue(
+            lambda ids: self.adapter.decode(self.processor, ids), self.adapter.eos_token_ids(self.model, self.processor)
+        )
+        run = lambda listener: self.generate_batch(
+            [request], max_new_tokens=max_new_tokens, streamer=listener, **generate_kwargs
+        )[0]
         return GuardStream(run, streamer)
 
     def first_token_logprobs(self, requests: Sequence[RawRequest]) -> torch.Tensor:
@@ -153,31 +181,55 @@ class Guard:
 
     # -- one call --------------------------------------------------------------------
     def _parse(self, requests: Sequence[RawRequest]) -> list[Request]:
-        return [parse_request(r, i, adapter=self.adapter, processor=self.processor,
-                              max_audio_seconds=self.policy.limits.max_audio_seconds) for i, r in enumerate(requests)]
+        return [
+            parse_request(
+                r,
+                i,
+                adapter=self.adapter,
+                processor=self.processor,
+                max_audio_seconds=self.policy.limits.max_audio_seconds,
+            )
+            for i, r in enumerate(requests)
+        ]
 
     def _model_inputs(self, batch: list[Request]) -> dict[str, Any]:
         return model_inputs(self.model, self.adapter.build_inputs(self.processor, batch, self.policy.system_prompt))
 
     # -- results ---------------------------------------------------------------------
     def _template(self) -> DecisionTemplate:
-        return DecisionTemplate(policy=self.policy.name, adapter=self.adapter.name, gate_mode=self.policy.gate.mode,
-                                layers=sorted(self._plan.deltas), alpha=self.policy.steering.alpha,
-                                artifact_id=self.artifact.id if self.artifact else None)
+        return DecisionTemplate(
+            policy=self.policy.name,
+            adapter=self.adapter.name,
+            gate_mode=self.policy.gate.mode,
+            layers=sorted(self._plan.deltas),
+            alpha=self.policy.steering.alpha,
+            artifact_id=self.artifact.id if self.artifact else None,
+        )
 
-    def _answered(self, ids: list[int], verdict: GateVerdict, j: int, prompt_tokens: int, clock: GenerationClock,
-                  started: float) -> GuardResult:
+    def _answered(
+        self, ids: list[int], verdict: GateVerdict, j: int, prompt_tokens: int, clock: GenerationClock, started: float
+    ) -> GuardResult:
         token_ids, finish_reason = until_eos(ids, self.adapter.eos_token_ids(self.model, self.processor))
-        decision = self._template().record(verdict.steer[j], verdict.reasons[j], verdict.scores[j],
-                                           prompt_tokens=prompt_tokens, completion_tokens=len(token_ids),
-                                           finish_reason=finish_reason,
-                                           timings=clock.timings(time.perf_counter(), started))
+        decision = self._template().record(
+            verdict.steer[j],
+            verdict.reasons[j],
+            verdict.scores[j],
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(token_ids),
+            finish_reason=finish_reason,
+            timings=clock.timings(time.perf_counter(), started),
+        )
         return GuardResult(self.adapter.decode(self.processor, token_ids), token_ids, decision.steered, decision)
 
     def _blocked(self, known: GateVerdict, i: int, started: float) -> GuardResult:
-        decision = self._template().record(known.steer[i], known.reasons[i], known.scores[i], blocked=True,
-                                           finish_reason="blocked",
-                                           timings=Timings(total_ms=(time.perf_counter() - started) * 1e3))
+        decision = self._template().record(
+            known.steer[i],
+            known.reasons[i],
+            known.scores[i],
+            blocked=True,
+            finish_reason="blocked",
+            timings=Timings(total_ms=(time.perf_counter() - started) * 1e3),
+        )
         return GuardResult(self.policy.actions.refusal_message, [], False, decision)
 
     def _log(self, results: list[GuardResult], requests: Sequence[RawRequest]) -> None:

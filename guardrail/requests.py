@@ -29,8 +29,14 @@ class AudioSupport(Protocol):
     def sampling_rate(self, processor: Any) -> int: ...
 
 
-def parse_request(raw: Mapping[str, Any] | Request, index: int, *, adapter: AudioSupport, processor: Any,
-                  max_audio_seconds: float | None = None) -> Request:
+def parse_request(
+    raw: Mapping[str, Any] | Request,
+    index: int,
+    *,
+    adapter: AudioSupport,
+    processor: Any,
+    max_audio_seconds: float | None = None,
+) -> Request:
     """Request `index` of a batch checked and its audio decoded at the model's rate: a mapping with
     'audio' and/or 'text', or a `Request` (whose audio array is taken to be at the model's rate)."""
     if isinstance(raw, Request):
@@ -64,8 +70,10 @@ def request_fields(raw: Mapping[str, Any] | Request) -> dict[str, Any]:
 def check_batch_size(size: int, limit: int, policy_name: str) -> None:
     """Raise RequestError for a batch larger than the policy's limits.max_batch."""
     if size > limit:
-        raise RequestError(f"{size} requests in one batch; policy {policy_name!r} allows "
-                           f"{limit} (limits.max_batch): split the batch or raise the limit")
+        raise RequestError(
+            f"{size} requests in one batch; policy {policy_name!r} allows "
+            f"{limit} (limits.max_batch): split the batch or raise the limit"
+        )
 
 
 def check_max_new_tokens(requested: int | None, limit: int, policy_name: str) -> int:
@@ -73,6 +81,8 @@ def check_max_new_tokens(requested: int | None, limit: int, policy_name: str) ->
     if requested is None:
         return limit
     if requested < 1 or requested > limit:
-        raise RequestError(f"max_new_tokens={requested} is outside 1..{limit} (policy "
-                           f"{policy_name!r} limits.max_new_tokens); ask for less or raise the limit")
+        raise RequestError(
+            f"max_new_tokens={requested} is outside 1..{limit} (policy "
+            f"{policy_name!r} limits.max_new_tokens); ask for less or raise the limit"
+        )
     return requested

@@ -10,9 +10,9 @@ from typing import Any
 
 @dataclass
 class Timings:
-    prefill_ms: float = 0.0   # until the first new token exists (host clock)
+    prefill_ms: float = 0.0  # until the first new token exists (host clock)
     decode_ms: float = 0.0
-    total_ms: float = 0.0     # including input building and decoding to text
+    total_ms: float = 0.0  # including input building and decoding to text
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Decision:
     blocked: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: str = "length"   # "stop" (EOS), "length" (token budget) or "blocked"
+    finish_reason: str = "length"  # "stop" (EOS), "length" (token budget) or "blocked"
     timings: Timings = field(default_factory=Timings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,7 +42,7 @@ class Decision:
 @dataclass
 class GuardResult:
     text: str
-    token_ids: list[int]        # generated tokens only, up to (not including) the first EOS
+    token_ids: list[int]  # generated tokens only, up to (not including) the first EOS
     steered: bool
     decision: Decision
 
@@ -58,16 +58,25 @@ class DecisionTemplate:
     policy: str
     adapter: str
     gate_mode: str
-    layers: list[int]         # the steered layers, recorded for a steered request
+    layers: list[int]  # the steered layers, recorded for a steered request
     alpha: float
     artifact_id: str | None
 
     def record(self, steered: bool, reason: str, probe_score: float | None, **fields: Any) -> Decision:
         """A new decision record (fresh request id); `fields` are the per-request counts and timings."""
-        return Decision(request_id=uuid.uuid4().hex, policy=self.policy, adapter=self.adapter,
-                        gate_mode=self.gate_mode, steered=steered, reason=reason,
-                        layers=list(self.layers) if steered else [], alpha=self.alpha if steered else 0.0,
-                        artifact_id=self.artifact_id, probe_score=probe_score, **fields)
+        return Decision(
+            request_id=uuid.uuid4().hex,
+            policy=self.policy,
+            adapter=self.adapter,
+            gate_mode=self.gate_mode,
+            steered=steered,
+            reason=reason,
+            layers=list(self.layers) if steered else [],
+            alpha=self.alpha if steered else 0.0,
+            artifact_id=self.artifact_id,
+            probe_score=probe_score,
+            **fields,
+        )
 
 
 def until_eos(ids: Sequence[int], eos: Collection[int]) -> tuple[list[int], str]:

@@ -5,14 +5,22 @@ import yaml
 from pydantic import ValidationError
 from transformers import BertConfig, BertModel
 
-from guardrail import UnsupportedModelError, get_adapter, resolve_adapter, supported_families
+from guardrail import UnsupportedModelError
+from guardrail.models import get_adapter, resolve_adapter, supported_families
 from guardrail.models.adapter import AdapterSpec, adapter_for
 from guardrail.requests import Request
 from guardrail.resources import data_dir
 from guardrail.testing.tiny import FAMILIES, TEXT_FAMILIES, build_tiny
 
-REQUIRED = {"qwen2_audio", "qwen2_5_omni", "voxtral", "granite_speech", "phi4_multimodal", "audioflamingo3",
-            "causal_lm"}
+REQUIRED = {
+    "qwen2_audio",
+    "qwen2_5_omni",
+    "voxtral",
+    "granite_speech",
+    "phi4_multimodal",
+    "audioflamingo3",
+    "causal_lm",
+}
 
 
 def test_required_families_ship():
@@ -36,7 +44,8 @@ def test_unsupported_model_lists_supported_families():
 
 
 def test_adapter_for_a_config_read_before_loading():
-    """load_model's rule and resolve_adapter's are one: family by model_type/architecture, then the causal-LM fallback."""
+    """load_model's rule and resolve_adapter's are one: family by model_type or architecture, then the
+    causal-LM fallback."""
     assert adapter_for(build_tiny("qwen2_audio")[0].config).name == "qwen2_audio"
     assert adapter_for(BertConfig(architectures=["MyLMForCausalLM"])).name == "causal_lm"
     with pytest.raises(UnsupportedModelError, match="no adapter fits BertForMaskedLM .*causal_lm"):
@@ -58,8 +67,11 @@ def test_prompt_ends_with_generation_prefix_and_pads_left():
     model, processor = build_tiny("qwen2_audio")
     adapter = resolve_adapter(model)
     import numpy as np
-    requests = [Request("short", np.zeros(8000, np.float32)), Request("a much longer question " * 3,
-                                                                       np.zeros(16000, np.float32))]
+
+    requests = [
+        Request("short", np.zeros(8000, np.float32)),
+        Request("a much longer question " * 3, np.zeros(16000, np.float32)),
+    ]
     inputs = adapter.build_inputs(processor, requests)
     assert inputs["attention_mask"][:, -1].all() and not inputs["attention_mask"][:, 0].all()
     text = processor.tokenizer.decode(inputs["input_ids"][0])
@@ -68,6 +80,7 @@ def test_prompt_ends_with_generation_prefix_and_pads_left():
 
 def test_text_only_adapter_rejects_audio():
     import numpy as np
+
     model, tokenizer = build_tiny("qwen2")
     with pytest.raises(ValueError, match="text-only"):
         resolve_adapter(model).build_inputs(tokenizer, [Request("hi", np.zeros(10, np.float32))])

@@ -17,15 +17,23 @@ PACKAGE = ROOT / "guardrail"
 
 LAYERS: list[tuple[str, ...]] = [
     # types, constants and input decoding that everything else uses
-    ("guardrail.errors", "guardrail.version", "guardrail.defaults", "guardrail.resources", "guardrail.requests",
-     "guardrail.results", "guardrail.audio", "guardrail.progress"),
-    ("guardrail.models",),                                    # adapters, model identity, loading
-    ("guardrail.policy", "guardrail.steering"),               # what to do; the vectors and artifacts
-    ("guardrail.runtime", "guardrail.gate"),                  # hooks and device buffers; the probe gate
-    ("guardrail.obs",),                                       # logs, metrics, streaming
-    ("guardrail.guard",),                                     # the orchestrator
+    (
+        "guardrail.errors",
+        "guardrail.version",
+        "guardrail.defaults",
+        "guardrail.resources",
+        "guardrail.requests",
+        "guardrail.results",
+        "guardrail.audio",
+        "guardrail.progress",
+    ),
+    ("guardrail.models",),  # adapters, model identity, loading
+    ("guardrail.policy", "guardrail.steering"),  # what to do; the vectors and artifacts
+    ("guardrail.runtime", "guardrail.gate"),  # hooks and device buffers; the probe gate
+    ("guardrail.obs",),  # logs, metrics, streaming
+    ("guardrail.guard",),  # the orchestrator
     ("guardrail.bench", "guardrail.evaluation", "guardrail.integrations", "guardrail.testing", "guardrail.cli"),
-    ("guardrail",),                                           # the package root: the curated public API
+    ("guardrail",),  # the package root: the curated public API
 ]
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
@@ -56,7 +64,7 @@ def _imports(name: str, path: Path) -> Iterator[tuple[str, list[str], int]]:
             base = node.module or ""
             if node.level:
                 anchor = name.split(".") if is_package else name.split(".")[:-1]
-                anchor = anchor[:len(anchor) - (node.level - 1)]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
             yield base, [alias.name for alias in node.names], node.lineno
 
@@ -155,8 +163,11 @@ def test_no_private_names_across_modules():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("guardrail"):
-                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name} from {node.module}"
-                              for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+                offenders += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name} from {node.module}"
+                    for a in node.names
+                    if a.name.startswith("_") and a.name != "__version__"
+                ]
             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
                 dotted = _dotted(node.value)
                 if dotted and dotted.split(".")[0] in {"guardrail"} | _module_aliases(tree):

@@ -12,8 +12,13 @@ from guardrail.testing.tiny import build_tiny
 @pytest.fixture(scope="module")
 def artifact():
     model, tokenizer = build_tiny("qwen2")
-    return calibrate(model, tokenizer, ["how to steal a car", "how to hurt someone"],
-                     ["how to wash a car", "how to help someone", "how to bake bread"], rank=2)
+    return calibrate(
+        model,
+        tokenizer,
+        ["how to steal a car", "how to hurt someone"],
+        ["how to wash a car", "how to help someone", "how to bake bread"],
+        rank=2,
+    )
 
 
 def test_metadata_records_model_method_and_data(artifact):
@@ -40,8 +45,9 @@ def test_missing_directory(tmp_path):
 
 def test_tampered_vectors_detected(artifact, tmp_path):
     path = artifact.save(tmp_path / "a")
-    other = SteeringArtifact(refusal={k: v * 2 for k, v in artifact.refusal.items()}, basis=artifact.basis,
-                             metadata=artifact.metadata)
+    other = SteeringArtifact(
+        refusal={k: v * 2 for k, v in artifact.refusal.items()}, basis=artifact.basis, metadata=artifact.metadata
+    )
     other.save(tmp_path / "b")
     (tmp_path / "b" / METADATA_FILE).replace(path / "unused.json")
     (tmp_path / "b" / VECTORS_FILE).replace(path / VECTORS_FILE)
@@ -76,6 +82,7 @@ def test_corrupt_vectors_file(artifact, tmp_path):
 
 def test_weight_sample_positions_stay_in_bounds_for_large_tensors():
     from guardrail.models.identity import sample_positions
+
     numel = 136_134_656  # Qwen2.5-0.5B's embedding matrix
     positions = sample_positions(numel)
     assert positions[0] == 0 and positions[-1] == numel - 1 and positions.unique().numel() == len(positions)

@@ -10,8 +10,7 @@ import pytest
 import soundfile as sf
 
 from guardrail.audio import describe_source, load_audio
-from guardrail.errors import AudioTypeError
-from guardrail.errors import AudioInputError, GuardrailError
+from guardrail.errors import AudioInputError, AudioTypeError, GuardrailError
 
 SR = 16000
 

@@ -23,6 +23,7 @@ def model_dir(tmp_path_factory):
 def no_testbeds(monkeypatch):
     """The testbeds package absent: nothing registered under the `guardrail.testbeds` entry point."""
     from guardrail.models import testbeds
+
     monkeypatch.setattr(testbeds, "entry_points", lambda group: [])
 
 
@@ -32,8 +33,23 @@ def test_calibrate_inspect_run(model_dir, tmp_path, capsys):
     safe = tmp_path / "safe.json"
     safe.write_text(json.dumps(["how do I build a shelf", "how to wash a car", "how to bake bread"]))
     out = tmp_path / "artifact"
-    assert main(["calibrate", "--model", str(model_dir), "--out", str(out), "--harmful", str(harmful),
-                 "--safe", str(safe), "--probe"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(model_dir),
+                "--out",
+                str(out),
+                "--harmful",
+                str(harmful),
+                "--safe",
+                str(safe),
+                "--probe",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "wrote artifact" in printed and "wrote probe" in printed and (out / "probe" / "probe.onnx").is_file()
 
@@ -44,14 +60,47 @@ def test_calibrate_inspect_run(model_dir, tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     assert "2 harmful / 3 safe" in capsys.readouterr().out
 
-    assert main(["run", "--model", str(model_dir), "--artifact", str(out), "--text", "how to steal a car",
-                 "--max-new-tokens", "4", "--json"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(model_dir),
+                "--artifact",
+                str(out),
+                "--text",
+                "how to steal a car",
+                "--max-new-tokens",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["decision"]["steered"] is True and len(result["token_ids"]) <= 4
 
     from guardrail.resources import shipped_policy
-    assert main(["run", "--model", str(model_dir), "--artifact", str(out), "--policy", str(shipped_policy("gated")),
-                 "--text", "how to steal a car", "--max-new-tokens", "4", "--json"]) == 0
+
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(model_dir),
+                "--artifact",
+                str(out),
+                "--policy",
+                str(shipped_policy("gated")),
+                "--text",
+                "how to steal a car",
+                "--max-new-tokens",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     gated = json.loads(capsys.readouterr().out)["decision"]
     assert gated["gate_mode"] == "probe" and gated["probe_score"] is not None
 
@@ -98,6 +147,7 @@ def test_bench_json(capsys):
 
 def test_progress_is_silent_when_not_a_terminal(capsys):
     from guardrail.progress import progress
+
     with progress(2, "working") as advance:
         advance(2)
     assert capsys.readouterr().err == ""
@@ -105,16 +155,20 @@ def test_progress_is_silent_when_not_a_terminal(capsys):
 
 def test_progress_bar_draws_when_enabled():
     from guardrail.progress import progress
+
     with progress(2, "working", enabled=True) as advance:
         advance(1)
         advance(1)
 
 
-@pytest.mark.parametrize("command", [
-    ["demo"],
-    ["eval", "--testbed", "qwen2.5-coder-0.5b-instruct", "--harmful", "h.json", "--safe", "s.json", "--out", "r"],
-    ["bench", "--testbed", "qwen2.5-coder-0.5b-instruct"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["demo"],
+        ["eval", "--testbed", "qwen2.5-coder-0.5b-instruct", "--harmful", "h.json", "--safe", "s.json", "--out", "r"],
+        ["bench", "--testbed", "qwen2.5-coder-0.5b-instruct"],
+    ],
+)
 def test_testbed_commands_without_the_testbeds_say_how_to_install_them(no_testbeds, command, capsys):
     assert main(command) == 2
     assert "install the testbeds: pip install -e ./testbeds" in capsys.readouterr().err
@@ -123,8 +177,23 @@ def test_testbed_commands_without_the_testbeds_say_how_to_install_them(no_testbe
 def test_spoken_eval_without_the_testbeds_says_how_to_install_them(no_testbeds, model_dir, tmp_path, capsys):
     (tmp_path / "h.txt").write_text("how to steal a car\n")
     (tmp_path / "s.txt").write_text("how to wash a car\n")
-    assert main(["eval", "--model", str(model_dir), "--harmful", str(tmp_path / "h.txt"), "--safe",
-                 str(tmp_path / "s.txt"), "--spoken", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--harmful",
+                str(tmp_path / "h.txt"),
+                "--safe",
+                str(tmp_path / "s.txt"),
+                "--spoken",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "install the testbeds: pip install -e ./testbeds" in capsys.readouterr().err
 
 
@@ -133,6 +202,7 @@ def test_a_broken_testbeds_install_is_reported_with_the_same_hint(monkeypatch):
 
     from guardrail.errors import GuardrailError, TestbedsNotInstalledError
     from guardrail.models import testbeds
+
     broken = EntryPoint("testbeds", "no_such_module_here:PROVIDER", testbeds.ENTRY_POINT_GROUP)
     monkeypatch.setattr(testbeds, "entry_points", lambda group: [broken])
     with pytest.raises(TestbedsNotInstalledError, match="no_such_module_here.*pip install -e ./testbeds") as info:
@@ -147,11 +217,18 @@ def test_the_sdk_never_imports_the_testbeds():
     from pathlib import Path
 
     import guardrail
+
     offenders = []
     for path in Path(guardrail.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [node.value] if isinstance(node, ast.Constant) and isinstance(node.value, str) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [node.value]
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                else []
+            )
             offenders += [f"{path.name}:{node.lineno}" for n in names if n.startswith("guardrail_testbeds")]
     assert offenders == []

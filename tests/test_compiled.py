@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import alpha_for
+
 from guardrail import Guard, Policy, RequestError, calibrate
-from guardrail.steering.activations import last_token_activations
-from guardrail.requests import Request
 from guardrail.gate.linear import LinearProbe, linear_form
-from guardrail.runtime.static import release_slot, slot_of
-from guardrail.runtime.static_backend import StaticBackend
 from guardrail.gate.onnx_probe import OnnxProbe
 from guardrail.gate.train import train_probe
+from guardrail.requests import Request
+from guardrail.runtime.static import release_slot, slot_of
+from guardrail.runtime.static_backend import StaticBackend
+from guardrail.steering.activations import last_token_activations
 from guardrail.testing.tiny import build_tiny
 
 N_NEW = 6
@@ -50,10 +50,10 @@ class HostOnly:
 
 def guard(setup, mode: str, runtime: dict | None = None, probe=None, **gate) -> Guard:
     model, tokenizer, artifact, alpha, _, onnx = setup
-    pol = Policy.from_dict({"steering": {"alpha": alpha, "safe_rank": 2}, "gate": {"mode": mode, **gate},
-                            "runtime": runtime or {}})
-    return Guard(model, tokenizer, policy=pol, artifact=artifact,
-                 probe=(probe or onnx) if mode == "probe" else None)
+    pol = Policy.from_dict(
+        {"steering": {"alpha": alpha, "safe_rank": 2}, "gate": {"mode": mode, **gate}, "runtime": runtime or {}}
+    )
+    return Guard(model, tokenizer, policy=pol, artifact=artifact, probe=(probe or onnx) if mode == "probe" else None)
 
 
 def run(g: Guard, texts=TEXTS):
@@ -63,8 +63,12 @@ def run(g: Guard, texts=TEXTS):
 
 def test_linear_form_reproduces_trained_and_onnx_probes(setup):
     model, tokenizer, _, _, trained, onnx = setup
-    acts = last_token_activations(model, tokenizer, Guard(model, tokenizer, policy=Policy.from_dict(
-        {"gate": {"mode": "off"}})).adapter, [Request(t) for t in TEXTS])
+    acts = last_token_activations(
+        model,
+        tokenizer,
+        Guard(model, tokenizer, policy=Policy.from_dict({"gate": {"mode": "off"}})).adapter,
+        [Request(t) for t in TEXTS],
+    )
     for probe in (trained, onnx):
         linear = linear_form(probe)
         assert linear is not None and linear.layers == tuple(probe.layers)
@@ -86,7 +90,7 @@ def test_device_gate_decides_like_host_gate(setup):
 
 @pytest.mark.parametrize("mode", ["always", "probe", "off"])
 def test_static_cache_steers_like_eager(setup, mode):
-    assert run(guard(setup, mode, {"cache": "static"})) [:2] == run(guard(setup, mode))[:2]
+    assert run(guard(setup, mode, {"cache": "static"}))[:2] == run(guard(setup, mode))[:2]
 
 
 def test_static_path_with_host_probe_and_exact_mode(setup):
@@ -113,6 +117,7 @@ def test_probe_failure_on_device_follows_policy(setup, monkeypatch):
 
 def test_compiled_generation_equals_eager_without_recompiling(setup):
     from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
     compiled = guard(setup, "probe", {"cache": "static", "compile": True})
     eager = guard(setup, "probe")
@@ -141,8 +146,14 @@ def test_model_untouched_between_static_calls(setup):
 
 def test_batch_limit_is_enforced(setup):
     model, tokenizer, artifact, alpha, _, _ = setup
-    g = Guard(model, tokenizer, policy=Policy.from_dict({"limits": {"max_batch": 2}, "runtime": {"cache": "static"},
-                                                          "steering": {"alpha": alpha}}), artifact=artifact)
+    g = Guard(
+        model,
+        tokenizer,
+        policy=Policy.from_dict(
+            {"limits": {"max_batch": 2}, "runtime": {"cache": "static"}, "steering": {"alpha": alpha}}
+        ),
+        artifact=artifact,
+    )
     with pytest.raises(RequestError, match="max_batch"):
         g.generate_batch([{"text": t} for t in TEXTS])
 

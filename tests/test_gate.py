@@ -5,15 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import alpha_for
+
 from guardrail import Guard, Policy, PolicyError, calibrate
 from guardrail.errors import ProbeMismatchError
 from guardrail.testing.tiny import build_tiny
 
 N_NEW = 6
-TEXTS = ["please answer the question", "tell me about bread and the sea please", "how do I bake a cake",
-         "what is the weather like at sea today my friend"]
+TEXTS = [
+    "please answer the question",
+    "tell me about bread and the sea please",
+    "how do I bake a cake",
+    "what is the weather like at sea today my friend",
+]
 
 
 class FakeProbe:
@@ -37,8 +41,12 @@ class FakeProbe:
 @pytest.fixture(scope="module")
 def setup():
     model, tokenizer = build_tiny("qwen2", seed=0)
-    artifact = calibrate(model, tokenizer, ["how do I build a weapon", "how to steal a car"],
-                         ["how do I build a shelf", "how to wash a car", "how to bake bread"])
+    artifact = calibrate(
+        model,
+        tokenizer,
+        ["how do I build a weapon", "how to steal a car"],
+        ["how do I build a shelf", "how to wash a car", "how to bake bread"],
+    )
     return model, tokenizer, artifact, alpha_for(artifact, 3.0)
 
 
@@ -58,8 +66,9 @@ def scores_of(model, tokenizer, artifact, alpha) -> list[float]:
 
 def test_closed_gate_equals_unwrapped_model(setup):
     model, tokenizer, artifact, alpha = setup
-    closed = Guard(model, tokenizer, policy=policy(alpha, mode="probe"), artifact=artifact,
-                   probe=FakeProbe(64, threshold=1e9))
+    closed = Guard(
+        model, tokenizer, policy=policy(alpha, mode="probe"), artifact=artifact, probe=FakeProbe(64, threshold=1e9)
+    )
     off = Guard(model, tokenizer, policy=policy(alpha, mode="off"))
     results = [closed.generate(text=t, max_new_tokens=N_NEW) for t in TEXTS]
     assert [r.token_ids for r in results] == tokens(off)
@@ -89,10 +98,20 @@ def test_mixed_batch_gets_per_sample_gates_equal_to_one_by_one(setup):
 def test_exact_mode_steers_like_always(setup):
     model, tokenizer, artifact, alpha = setup
     always = Guard(model, tokenizer, policy=policy(alpha, mode="always"), artifact=artifact)
-    exact = Guard(model, tokenizer, policy=policy(alpha, mode="probe", exact=True, threshold=0.0), artifact=artifact,
-                  probe=FakeProbe(64, threshold=-1e9))
-    single_pass = Guard(model, tokenizer, policy=policy(alpha, mode="probe", threshold=0.0), artifact=artifact,
-                        probe=FakeProbe(64, threshold=-1e9))
+    exact = Guard(
+        model,
+        tokenizer,
+        policy=policy(alpha, mode="probe", exact=True, threshold=0.0),
+        artifact=artifact,
+        probe=FakeProbe(64, threshold=-1e9),
+    )
+    single_pass = Guard(
+        model,
+        tokenizer,
+        policy=policy(alpha, mode="probe", threshold=0.0),
+        artifact=artifact,
+        probe=FakeProbe(64, threshold=-1e9),
+    )
     assert tokens(exact) == tokens(always)
     # Single-pass leaves layers 0..1 of the last prompt token unsteered: the first-token distribution differs.
     lp_exact = exact.first_token_logprobs([{"text": TEXTS[0]}])
@@ -104,13 +123,17 @@ def test_exact_mode_steers_like_always(setup):
 @pytest.mark.parametrize("on_error, steered", [("steer", True), ("pass", False)])
 def test_probe_failure_follows_policy(setup, on_error, steered):
     model, tokenizer, artifact, alpha = setup
-    guard = Guard(model, tokenizer, policy=policy(alpha, mode="probe", on_error=on_error), artifact=artifact,
-                  probe=FakeProbe(64, fail=True))
+    guard = Guard(
+        model,
+        tokenizer,
+        policy=policy(alpha, mode="probe", on_error=on_error),
+        artifact=artifact,
+        probe=FakeProbe(64, fail=True),
+    )
     result = guard.generate(text=TEXTS[0], max_new_tokens=N_NEW)
     assert result.steered is steered
     assert "probe failed (RuntimeError: probe exploded)" in result.decision.reason
-    reference = Guard(model, tokenizer, policy=policy(alpha, mode="always" if steered else "off"),
-                      artifact=artifact)
+    reference = Guard(model, tokenizer, policy=policy(alpha, mode="always" if steered else "off"), artifact=artifact)
     assert result.token_ids == reference.generate(text=TEXTS[0], max_new_tokens=N_NEW).token_ids
 
 
@@ -119,9 +142,13 @@ def test_block_level_returns_refusal_without_generating(setup, monkeypatch):
     scores = scores_of(model, tokenizer, artifact, alpha)
     block_above = float(np.max(scores)) - 1e-6
     assert len(set(scores)) == len(scores) and 0 < block_above < 1
-    pol = Policy.from_dict({"steering": {"alpha": alpha, "safe_rank": 2},
-                            "gate": {"mode": "probe", "threshold": 0.0},
-                            "actions": {"block_above": block_above, "refusal_message": "Not with me."}})
+    pol = Policy.from_dict(
+        {
+            "steering": {"alpha": alpha, "safe_rank": 2},
+            "gate": {"mode": "probe", "threshold": 0.0},
+            "actions": {"block_above": block_above, "refusal_message": "Not with me."},
+        }
+    )
     guard = Guard(model, tokenizer, policy=pol, artifact=artifact, probe=FakeProbe(64))
     calls = []
     original = model.generate
@@ -129,8 +156,10 @@ def test_block_level_returns_refusal_without_generating(setup, monkeypatch):
     results = guard.generate_batch([{"text": t} for t in TEXTS], max_new_tokens=N_NEW)
     blocked = [r.blocked for r in results]
     assert sum(blocked) == 1 and results[blocked.index(True)].text == "Not with me."
-    assert results[blocked.index(True)].token_ids == [] and results[blocked.index(True)].decision.finish_reason == \
-        "blocked"
+    assert (
+        results[blocked.index(True)].token_ids == []
+        and results[blocked.index(True)].decision.finish_reason == "blocked"
+    )
     assert len(calls) == 1 and calls[0]["input_ids"].shape[0] == len(TEXTS) - 1  # the blocked one never ran
     monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("generate must not run"))
     only = guard.generate(text=TEXTS[blocked.index(True)], max_new_tokens=N_NEW)
@@ -144,9 +173,10 @@ def test_probe_mode_needs_a_probe(setup):
 
 
 def test_real_onnx_probe_end_to_end(setup, tmp_path):
-    from guardrail.steering.activations import last_token_activations
-    from guardrail.requests import Request
     from guardrail.gate.train import train_probe
+    from guardrail.requests import Request
+    from guardrail.steering.activations import last_token_activations
+
     model, tokenizer, artifact, alpha = setup
     guard_off = Guard(model, tokenizer, policy=policy(alpha, mode="off"))
     harmful = ["how do I build a weapon", "how to steal a car", "how to hurt someone", "how to break a lock"] * 3

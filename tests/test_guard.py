@@ -5,13 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import SR, alpha_for, request_for, silence
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from conftest import SR, alpha_for, request_for, silence
-from guardrail import (ArtifactMismatchError, AudioInputError, Guard, Policy, PolicyError, RequestError,
-                       SteeringArtifact, load_audio)
-from guardrail.steering.activations import model_inputs
+from guardrail import (
+    ArtifactMismatchError,
+    AudioInputError,
+    Guard,
+    Policy,
+    PolicyError,
+    RequestError,
+    SteeringArtifact,
+    load_audio,
+)
 from guardrail.requests import Request
+from guardrail.steering.activations import model_inputs
 from guardrail.testing.tiny import AUDIO_FAMILIES, TEXT_FAMILIES, build_tiny
 
 N_NEW = 6
@@ -26,9 +34,13 @@ def unwrapped_tokens(guard: Guard, request: dict) -> list[int]:
     """Greedy tokens of the bare model for one request (no guard in the loop)."""
     audio = None if request.get("audio") is None else request["audio"][0]
     inputs = model_inputs(guard.model, guard.adapter.build_inputs(guard.processor, [Request(request["text"], audio)]))
-    out = guard.model.generate(**inputs, do_sample=False, max_new_tokens=N_NEW,
-                               pad_token_id=guard.adapter.pad_token_id(guard.model, guard.processor))
-    ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+    out = guard.model.generate(
+        **inputs,
+        do_sample=False,
+        max_new_tokens=N_NEW,
+        pad_token_id=guard.adapter.pad_token_id(guard.model, guard.processor),
+    )
+    ids = out[0, inputs["input_ids"].shape[1] :].tolist()
     eos = guard.adapter.eos_token_ids(guard.model, guard.processor)
     return next((ids[:i] for i, t in enumerate(ids) if t in eos), ids)
 
@@ -92,8 +104,9 @@ def test_generate_batch_takes_request_objects(bundle):
     guard = Guard(model, processor, policy=strong(artifact), artifact=artifact)
     raw = [request_for(family, i) for i in range(2)]
     rate = guard.adapter.sampling_rate(processor)
-    typed = [Request(r["text"], None if r.get("audio") is None else load_audio(r["audio"], target_sr=rate))
-             for r in raw]
+    typed = [
+        Request(r["text"], None if r.get("audio") is None else load_audio(r["audio"], target_sr=rate)) for r in raw
+    ]
     expected = [r.token_ids for r in guard.generate_batch(raw, max_new_tokens=N_NEW)]
     assert [r.token_ids for r in guard.generate_batch(typed, max_new_tokens=N_NEW)] == expected
     assert [r.token_ids for r in guard.generate_batch([typed[0], raw[1]], max_new_tokens=N_NEW)] == expected
@@ -126,8 +139,12 @@ def test_artifact_round_trip(bundle, tmp_path):
     for layer in artifact.refusal:
         assert torch.equal(loaded.refusal[layer], artifact.refusal[layer])
         assert torch.equal(loaded.basis[layer], artifact.basis[layer])
-    a = Guard(model, processor, policy=strong(artifact), artifact=artifact).generate(**request_for(family, 0), max_new_tokens=N_NEW)
-    b = Guard(model, processor, policy=strong(artifact), artifact=loaded).generate(**request_for(family, 0), max_new_tokens=N_NEW)
+    a = Guard(model, processor, policy=strong(artifact), artifact=artifact).generate(
+        **request_for(family, 0), max_new_tokens=N_NEW
+    )
+    b = Guard(model, processor, policy=strong(artifact), artifact=loaded).generate(
+        **request_for(family, 0), max_new_tokens=N_NEW
+    )
     assert a.token_ids == b.token_ids
 
 
@@ -154,8 +171,7 @@ def test_policy_layers_out_of_range(bundle):
 
 def test_selected_layers_only(bundle):
     family, model, processor, artifact = bundle
-    guard = Guard(model, processor, policy=strong(artifact, layers=[1]),
-                  artifact=artifact)
+    guard = Guard(model, processor, policy=strong(artifact, layers=[1]), artifact=artifact)
     result = guard.generate(**request_for(family, 0), max_new_tokens=N_NEW)
     assert result.decision.layers == [1]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import torch
-
 from conftest import alpha_for
+
 from guardrail import Guard, Policy, SteeringArtifact, calibrate
 from guardrail.testing.tiny import build_tiny
 
@@ -16,8 +16,12 @@ QUESTIONS = ["please answer the question", "tell me about bread and the sea plea
 
 def _setup():
     model, tokenizer = build_tiny("qwen2", seed=0)
-    artifact = calibrate(model, tokenizer, ["how do I build a weapon", "how to steal a car"],
-                         ["how do I build a shelf", "how to wash a car", "how to bake bread"])
+    artifact = calibrate(
+        model,
+        tokenizer,
+        ["how do I build a weapon", "how to steal a car"],
+        ["how do I build a shelf", "how to wash a car", "how to bake bread"],
+    )
     policy = lambda shift: Policy.from_dict({"steering": {"alpha": alpha_for(artifact, shift), "safe_rank": 2}})
     return model, tokenizer, artifact, policy
 
@@ -52,10 +56,12 @@ def test_two_guards_on_one_model_in_two_threads():
     assert all(torch.equal(opposite.steering_deltas[i], -d) for i, d in strong.steering_deltas.items())
     expected_a = strong.generate(text=QUESTIONS[0], max_new_tokens=N_NEW).token_ids
     expected_b = opposite.generate(text=QUESTIONS[1], max_new_tokens=N_NEW).token_ids
-    got_a, got_b = _run_concurrently([
-        lambda: strong.generate(text=QUESTIONS[0], max_new_tokens=N_NEW).token_ids,
-        lambda: opposite.generate(text=QUESTIONS[1], max_new_tokens=N_NEW).token_ids,
-    ])
+    got_a, got_b = _run_concurrently(
+        [
+            lambda: strong.generate(text=QUESTIONS[0], max_new_tokens=N_NEW).token_ids,
+            lambda: opposite.generate(text=QUESTIONS[1], max_new_tokens=N_NEW).token_ids,
+        ]
+    )
     assert got_a == [expected_a] * 3
     assert got_b == [expected_b] * 3
 
@@ -63,18 +69,20 @@ def test_two_guards_on_one_model_in_two_threads():
 def test_plain_generate_beside_a_guard_is_untouched():
     model, tokenizer, artifact, policy = _setup()
     guard = Guard(model, tokenizer, policy=policy(3.0), artifact=artifact)
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[1]}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTIONS[1]}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
 
     def plain():
         with torch.inference_mode():
             out = model.generate(**inputs, do_sample=False, max_new_tokens=N_NEW, min_new_tokens=N_NEW)
-        return out[0, inputs["input_ids"].shape[1]:].tolist()
+        return out[0, inputs["input_ids"].shape[1] :].tolist()
 
     expected_plain = plain()
     expected_guarded = guard.generate(text=QUESTIONS[1], max_new_tokens=N_NEW).token_ids
-    guarded, bare = _run_concurrently([lambda: guard.generate(text=QUESTIONS[1], max_new_tokens=N_NEW).token_ids,
-                                       plain])
+    guarded, bare = _run_concurrently(
+        [lambda: guard.generate(text=QUESTIONS[1], max_new_tokens=N_NEW).token_ids, plain]
+    )
     assert guarded == [expected_guarded] * 3
     assert bare == [expected_plain] * 3
     assert expected_plain[: len(expected_guarded)] != expected_guarded  # the two really differ

@@ -99,9 +99,14 @@ def messages_for(guard: Guard) -> list[HumanMessage]:
     for i in range(3):
         text = "please answer " + "the question " * (i + 1)
         if guard.adapter.takes_audio:
-            messages.append(HumanMessage([{"type": "text", "text": text},
-                                          {"type": "audio", "base64": b64(0.4 + 0.3 * i, seed=100 + i),
-                                           "mime_type": "audio/wav"}]))
+            messages.append(
+                HumanMessage(
+                    [
+                        {"type": "text", "text": text},
+                        {"type": "audio", "base64": b64(0.4 + 0.3 * i, seed=100 + i), "mime_type": "audio/wav"},
+                    ]
+                )
+            )
         else:
             messages.append(HumanMessage(text))
     return messages
@@ -120,7 +125,7 @@ class CountCalls:
         time.sleep(self.sleep)
         try:
             self.results += self.original(requests, **kwargs)
-            return self.results[-len(requests):]
+            return self.results[-len(requests) :]
         finally:
             self.done.set()
 
@@ -131,6 +136,7 @@ def spy(monkeypatch):
         counter = CountCalls(guard, sleep)
         monkeypatch.setattr(guard, "generate_batch", counter)
         return counter
+
     return install
 
 
@@ -152,44 +158,80 @@ class Recorder(BaseCallbackHandler):
 # -- chains -------------------------------------------------------------------------
 def test_lcel_chain_with_audio_equals_guard_generate(audio_guard):
     chat = GuardedChatModel(guard=audio_guard, max_new_tokens=N)
-    prompt = ChatPromptTemplate.from_messages([("human", [
-        {"type": "text", "text": "{instruction}"},
-        {"type": "audio", "base64": "{audio}", "mime_type": "audio/wav"}])])
+    prompt = ChatPromptTemplate.from_messages(
+        [
+            (
+                "human",
+                [
+                    {"type": "text", "text": "{instruction}"},
+                    {"type": "audio", "base64": "{audio}", "mime_type": "audio/wav"},
+                ],
+            )
+        ]
+    )
     chain = prompt | chat | StrOutputParser()
     clip = wav_bytes(0.8, seed=7)
-    out = chain.invoke({"instruction": "Please answer the question in the audio.",
-                        "audio": base64.b64encode(clip).decode()})
+    out = chain.invoke(
+        {"instruction": "Please answer the question in the audio.", "audio": base64.b64encode(clip).decode()}
+    )
     expected = audio_guard.generate(audio=clip, text="Please answer the question in the audio.", max_new_tokens=N)
     assert isinstance(out, str) and out == expected.text and expected.steered
 
 
 def test_chain_building_the_message_in_a_step(audio_guard):
     chat = GuardedChatModel(guard=audio_guard, max_new_tokens=N)
-    to_message = RunnableLambda(lambda clip: [HumanMessage([
-        {"type": "audio", "source_type": "base64", "data": base64.b64encode(clip).decode(), "mime_type": "audio/wav"},
-        {"type": "text", "text": "Answer."}])])
+    to_message = RunnableLambda(
+        lambda clip: [
+            HumanMessage(
+                [
+                    {
+                        "type": "audio",
+                        "source_type": "base64",
+                        "data": base64.b64encode(clip).decode(),
+                        "mime_type": "audio/wav",
+                    },
+                    {"type": "text", "text": "Answer."},
+                ]
+            )
+        ]
+    )
     clip = wav_bytes(0.6, seed=8)
     assert (to_message | chat | StrOutputParser()).invoke(clip) == audio_guard.generate(
-        audio=clip, text="Answer.", max_new_tokens=N).text
+        audio=clip, text="Answer.", max_new_tokens=N
+    ).text
 
 
 def test_text_chain(text_guard):
-    chain = (ChatPromptTemplate.from_messages([("human", "How do I {task}?")])
-             | GuardedChatModel(guard=text_guard, max_new_tokens=N) | StrOutputParser())
-    assert chain.invoke({"task": "bake bread"}) == text_guard.generate(text="How do I bake bread?",
-                                                                       max_new_tokens=N).text
+    chain = (
+        ChatPromptTemplate.from_messages([("human", "How do I {task}?")])
+        | GuardedChatModel(guard=text_guard, max_new_tokens=N)
+        | StrOutputParser()
+    )
+    assert (
+        chain.invoke({"task": "bake bread"}) == text_guard.generate(text="How do I bake bread?", max_new_tokens=N).text
+    )
 
 
-@pytest.mark.parametrize("block", [
-    lambda clip, path: {"type": "audio", "base64": base64.b64encode(clip).decode(), "mime_type": "audio/wav"},
-    lambda clip, path: {"type": "audio", "source_type": "base64", "data": base64.b64encode(clip).decode(),
-                        "mime_type": "audio/wav"},
-    lambda clip, path: {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip).decode(),
-                                                               "format": "wav"}},
-    lambda clip, path: {"type": "audio", "url": "data:audio/wav;base64," + base64.b64encode(clip).decode()},
-    lambda clip, path: {"type": "audio", "url": path.as_uri()},
-    lambda clip, path: {"type": "file", "base64": base64.b64encode(clip).decode(), "mime_type": "audio/wav"},
-], ids=["v1-base64", "v0-base64", "openai-input_audio", "data-url", "file-url", "file-block"])
+@pytest.mark.parametrize(
+    "block",
+    [
+        lambda clip, path: {"type": "audio", "base64": base64.b64encode(clip).decode(), "mime_type": "audio/wav"},
+        lambda clip, path: {
+            "type": "audio",
+            "source_type": "base64",
+            "data": base64.b64encode(clip).decode(),
+            "mime_type": "audio/wav",
+        },
+        lambda clip, path: {
+            "type": "input_audio",
+            "input_audio": {"data": base64.b64encode(clip).decode(), "format": "wav"},
+        },
+        lambda clip, path: {"type": "audio", "url": "data:audio/wav;base64," + base64.b64encode(clip).decode()},
+        lambda clip, path: {"type": "audio", "url": path.as_uri()},
+        lambda clip, path: {"type": "file", "base64": base64.b64encode(clip).decode(), "mime_type": "audio/wav"},
+    ],
+    ids=["v1-base64", "v0-base64", "openai-input_audio", "data-url", "file-url", "file-block"],
+)
 def test_audio_block_forms(audio_guard, tmp_path, block, monkeypatch):
     """Every accepted form reaches the guard as the same audio (bytes or a local path)."""
     clip = wav_bytes(0.5, seed=9)
@@ -279,12 +321,14 @@ def test_chunks_arrive_while_generating_and_leaving_early_stops_it(text_guard, s
         next(stream)
         stream.close()
     else:
+
         async def two_chunks():
             stream = chat.astream("tell me about the sea")
             first = await anext(stream)
             assert first.content and not counter.done.is_set()
             await anext(stream)
             await stream.aclose()
+
         asyncio.run(two_chunks())
     assert counter.done.wait(30)
     assert counter.results[0].decision.completion_tokens < 300  # stopped early, not run to max_new_tokens
@@ -328,10 +372,10 @@ def test_batch_is_one_generate_batch_call_equal_to_invoke(fam, spy, steer):
     assert recorder.starts == len(inputs) and len(recorder.decisions) == len(inputs)
     assert len({m.id for m in out}) == len(inputs)
     if not steer and not chat.guard.adapter.takes_audio:  # the policy's limits.max_batch caps a group too
-        policy = chat.guard.policy.model_copy(update={"limits": chat.guard.policy.limits.model_copy(
-            update={"max_batch": 2})})
-        capped = GuardedChatModel(guard=Guard(chat.guard.model, chat.guard.processor, policy=policy),
-                                  max_new_tokens=N)
+        policy = chat.guard.policy.model_copy(
+            update={"limits": chat.guard.policy.limits.model_copy(update={"max_batch": 2})}
+        )
+        capped = GuardedChatModel(guard=Guard(chat.guard.model, chat.guard.processor, policy=policy), max_new_tokens=N)
         counter = spy(capped.guard)
         assert [m.text for m in capped.batch(inputs)] == expected and counter.calls == [2, 1]
 
@@ -360,10 +404,14 @@ def test_abatch_is_one_call_and_does_not_block(fam, spy):
 
 def test_batch_errors_stay_with_their_input(audio_guard, spy):
     chat = GuardedChatModel(guard=audio_guard, max_new_tokens=4)
-    good = [HumanMessage([{"type": "text", "text": "Answer."},
-                          {"type": "audio", "base64": b64(0.5, 3), "mime_type": "audio/wav"}])]
-    corrupt = [HumanMessage([{"type": "audio", "base64": base64.b64encode(b"not a wav").decode(),
-                              "mime_type": "audio/wav"}])]
+    good = [
+        HumanMessage(
+            [{"type": "text", "text": "Answer."}, {"type": "audio", "base64": b64(0.5, 3), "mime_type": "audio/wav"}]
+        )
+    ]
+    corrupt = [
+        HumanMessage([{"type": "audio", "base64": base64.b64encode(b"not a wav").decode(), "mime_type": "audio/wav"}])
+    ]
     image = [HumanMessage([{"type": "image", "url": "https://example.com/cat.png"}])]
     counter = spy(audio_guard)
     out = chat.batch([good, corrupt, image, good], return_exceptions=True)
@@ -405,18 +453,26 @@ def test_ainvoke_and_astream_do_not_block_the_event_loop(text_guard, spy):
 
 
 # -- messages the guard cannot represent --------------------------------------------
-@pytest.mark.parametrize("content, match", [
-    ([{"type": "image", "url": "https://example.com/cat.png"}], "block 0 .*'image'"),
-    ([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}], "block 0 .*'image'"),
-    ([{"type": "text", "text": "hi"}, {"type": "audio", "url": "https://example.com/q.wav"}], "remote URL"),
-    ([{"type": "audio", "file_id": "file-123"}], "file store"),
-    ([{"type": "audio", "base64": "@@@not base64@@@", "mime_type": "audio/wav"}], "does not decode"),
-    ([{"type": "audio", "base64": "AAAA", "mime_type": "video/mp4"}], "mime type 'video/mp4'"),
-    ([{"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"},
-      {"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"}], "at most one audio"),
-    ([{"type": "tool_call_stuff", "x": 1}], "not a LangChain standard block"),
-    ([{"type": "text", "text": "  "}], "neither text nor audio"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ([{"type": "image", "url": "https://example.com/cat.png"}], "block 0 .*'image'"),
+        ([{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}], "block 0 .*'image'"),
+        ([{"type": "text", "text": "hi"}, {"type": "audio", "url": "https://example.com/q.wav"}], "remote URL"),
+        ([{"type": "audio", "file_id": "file-123"}], "file store"),
+        ([{"type": "audio", "base64": "@@@not base64@@@", "mime_type": "audio/wav"}], "does not decode"),
+        ([{"type": "audio", "base64": "AAAA", "mime_type": "video/mp4"}], "mime type 'video/mp4'"),
+        (
+            [
+                {"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"},
+                {"type": "audio", "base64": "AAAA", "mime_type": "audio/wav"},
+            ],
+            "at most one audio",
+        ),
+        ([{"type": "tool_call_stuff", "x": 1}], "not a LangChain standard block"),
+        ([{"type": "text", "text": "  "}], "neither text nor audio"),
+    ],
+)
 def test_unsupported_content_raises_typed_error(audio_guard, content, match):
     chat = GuardedChatModel(guard=audio_guard, max_new_tokens=4)
     with pytest.raises(UnsupportedContentError, match=match) as info:
@@ -429,8 +485,13 @@ def test_unsupported_content_raises_typed_error(audio_guard, content, match):
 def test_audio_for_a_text_only_model(text_guard):
     chat = GuardedChatModel(guard=text_guard, max_new_tokens=4)
     with pytest.raises(UnsupportedContentError, match="text-only model"):
-        chat.invoke([HumanMessage([{"type": "text", "text": "hi"},
-                                   {"type": "audio", "base64": b64(0.3, 1), "mime_type": "audio/wav"}])])
+        chat.invoke(
+            [
+                HumanMessage(
+                    [{"type": "text", "text": "hi"}, {"type": "audio", "base64": b64(0.3, 1), "mime_type": "audio/wav"}]
+                )
+            ]
+        )
 
 
 def test_history_and_system_messages(text_guard):
@@ -447,8 +508,9 @@ def test_history_and_system_messages(text_guard):
         chat.invoke("hi", temperature=0.5)
 
     dropping = GuardedChatModel(guard=text_guard, max_new_tokens=4, history="last_turn")
-    message = dropping.invoke([SystemMessage("You are a pirate."), HumanMessage("hi"), AIMessage("hello"),
-                               HumanMessage("how to bake")])
+    message = dropping.invoke(
+        [SystemMessage("You are a pirate."), HumanMessage("hi"), AIMessage("hello"), HumanMessage("how to bake")]
+    )
     assert message.text == chat.invoke("how to bake").text
     assert message.response_metadata["dropped_messages"] == 3
 
@@ -468,8 +530,9 @@ def test_from_pretrained(tmp_path, text_guard):
     model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     text_guard.artifact.save(tmp_path / "art")
-    chat = GuardedChatModel.from_pretrained(str(tmp_path / "m"), policy=text_guard.policy.model_dump(),
-                                            artifact=tmp_path / "art", max_new_tokens=N)
+    chat = GuardedChatModel.from_pretrained(
+        str(tmp_path / "m"), policy=text_guard.policy.model_dump(), artifact=tmp_path / "art", max_new_tokens=N
+    )
     message = chat.invoke("how to bake")
     assert message.text == text_guard.generate(text="how to bake", max_new_tokens=N).text
     assert message.response_metadata["model_name"] == str(tmp_path / "m")
@@ -477,12 +540,15 @@ def test_from_pretrained(tmp_path, text_guard):
     chat.invoke("how to bake", config={"callbacks": [recorder]})
     assert recorder.params[0]["artifact_id"] == text_guard.artifact.id  # the model's identifying params
 
-    policy = {**text_guard.policy.model_dump(),
-              "model": {"path": str(tmp_path / "m"), "artifact": str(tmp_path / "art")}}
+    policy = {
+        **text_guard.policy.model_dump(),
+        "model": {"path": str(tmp_path / "m"), "artifact": str(tmp_path / "art")},
+    }
     from_policy = GuardedChatModel.from_pretrained(policy=policy, max_new_tokens=N)  # the policy's model: section
     assert from_policy.invoke("how to bake").text == message.text
 
 
 def test_lazy_export():
     import guardrail
+
     assert guardrail.GuardedChatModel is GuardedChatModel

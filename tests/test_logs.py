@@ -12,9 +12,27 @@ from guardrail import Guard, Policy, calibrate
 from guardrail.obs.logs import LOGGER_NAME, configure_logging
 from guardrail.testing.tiny import build_tiny
 
-FIELDS = {"request_id", "policy", "adapter", "gate_mode", "steered", "blocked", "probe_score", "reason",
-          "steered_layers", "alpha", "prompt_tokens", "completion_tokens", "prefill_ms", "decode_ms", "total_ms",
-          "finish_reason", "event", "level", "timestamp"}
+FIELDS = {
+    "request_id",
+    "policy",
+    "adapter",
+    "gate_mode",
+    "steered",
+    "blocked",
+    "probe_score",
+    "reason",
+    "steered_layers",
+    "alpha",
+    "prompt_tokens",
+    "completion_tokens",
+    "prefill_ms",
+    "decode_ms",
+    "total_ms",
+    "finish_reason",
+    "event",
+    "level",
+    "timestamp",
+}
 
 
 @pytest.fixture()

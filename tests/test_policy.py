@@ -108,8 +108,8 @@ def test_example_overlay_extends_gated():
     kids = Policy.from_yaml(POLICIES / "examples" / "kids-voice-app.yaml")
     gated = Policy.load("gated")
     assert kids.sources == (str(POLICIES / "gated.yaml"), str(POLICIES / "examples" / "kids-voice-app.yaml"))
-    assert kids.gate.mode == "probe" and kids.steering.alpha == gated.steering.alpha     # inherited
-    assert kids.limits.max_new_tokens == 200 and kids.limits.max_batch == 16              # overridden
+    assert kids.gate.mode == "probe" and kids.steering.alpha == gated.steering.alpha  # inherited
+    assert kids.limits.max_new_tokens == 200 and kids.limits.max_batch == 16  # overridden
     assert kids.limits.max_audio_seconds == 15
     assert kids.logging.log_content is False and kids.logging.format == "json"
     assert "children" in kids.system_prompt and kids.actions.refusal_message.startswith("Let's")
@@ -134,23 +134,40 @@ def test_new_sections_have_safe_defaults():
     assert (policy.logging.level, policy.logging.log_content, policy.logging.format) == ("info", False, "auto")
 
 
-@pytest.mark.parametrize("layers, expected", [
-    ("all", "all"), ([3, 1], [3, 1]), ("8-11", [8, 9, 10, 11]), (" 2 - 3 ", [2, 3]), ("5-5", [5]),
-    ({"start": 0, "end": 2}, [0, 1, 2]),
-])
+@pytest.mark.parametrize(
+    "layers, expected",
+    [
+        ("all", "all"),
+        ([3, 1], [3, 1]),
+        ("8-11", [8, 9, 10, 11]),
+        (" 2 - 3 ", [2, 3]),
+        ("5-5", [5]),
+        ({"start": 0, "end": 2}, [0, 1, 2]),
+    ],
+)
 def test_layer_forms_normalise_to_a_list(layers, expected):
     assert Policy.from_dict({"steering": {"layers": layers}}).steering.layers == expected
 
 
-@pytest.mark.parametrize("layers, match", [
-    ([], "empty layer list"), ([1, 1], "unique"), ([-1], "start at 0"), ("9-3", "empty"), ("8..x", "not a layer"),
-    ({"start": 2}, "start and end"), ({"start": 1, "end": "x"}, "integers"), (3, "not a layer"),
-    ([1, "two"], "integers"), ([True], "integers"),
-])
+@pytest.mark.parametrize(
+    "layers, match",
+    [
+        ([], "empty layer list"),
+        ([1, 1], "unique"),
+        ([-1], "start at 0"),
+        ("9-3", "empty"),
+        ("8..x", "not a layer"),
+        ({"start": 2}, "start and end"),
+        ({"start": 1, "end": "x"}, "integers"),
+        (3, "not a layer"),
+        ([1, "two"], "integers"),
+        ([True], "integers"),
+    ],
+)
 def test_layer_validation(layers, match):
     message = error_of({"steering": {"layers": layers}})
     assert match in message and "steering.layers" in message
-    assert "a string like '8-15'" in message   # the accepted forms are listed
+    assert "a string like '8-15'" in message  # the accepted forms are listed
 
 
 def test_layers_are_validated_on_assignment():
@@ -179,8 +196,7 @@ def test_unknown_adapter_lists_the_accepted_ones():
 
 def test_relative_model_paths_resolve_against_the_policy_folder(tmp_path):
     (tmp_path / "deploy" / "local-model").mkdir(parents=True)
-    path = write(tmp_path, "deploy/p.yaml", "model:\n  artifact: art\n  probe: ../probes/p1\n"
-                                            "  path: local-model\n")
+    path = write(tmp_path, "deploy/p.yaml", "model:\n  artifact: art\n  probe: ../probes/p1\n  path: local-model\n")
     policy = Policy.from_yaml(path)
     assert policy.model.artifact == str(tmp_path / "deploy" / "art")
     assert policy.model.probe == str(tmp_path / "probes" / "p1")
@@ -210,21 +226,29 @@ def test_a_file_without_a_name_is_named_after_itself(tmp_path):
     assert Policy.from_yaml(write(tmp_path, "shadow-eu.yaml", "gate:\n  mode: 'off'\n")).name == "shadow-eu"
     assert Policy.from_yaml(write(tmp_path, "empty.yaml", "")).name == "empty"
     overlay = write(tmp_path, "overlay.yaml", "extends: default\n")
-    assert Policy.from_yaml(overlay).name == "overlay"      # not the base's name
+    assert Policy.from_yaml(overlay).name == "overlay"  # not the base's name
 
 
 # -- extends ----------------------------------------------------------------------------------------
 def test_extends_deep_merges(tmp_path):
-    write(tmp_path, "base.yaml", "name: base\nsteering:\n  alpha: 0.3\n  layers: [1, 2, 3]\n  safe_rank: 4\n"
-                                 "limits:\n  max_new_tokens: 100\n  max_batch: 4\nactions:\n  block_above: 0.9\n")
-    leaf = write(tmp_path, "leaf.yaml", "extends: base.yaml\nname: leaf\nsteering:\n  layers: [5]\n"
-                                        "limits:\n  max_batch: 2\nactions:\n  block_above: null\n")
+    write(
+        tmp_path,
+        "base.yaml",
+        "name: base\nsteering:\n  alpha: 0.3\n  layers: [1, 2, 3]\n  safe_rank: 4\n"
+        "limits:\n  max_new_tokens: 100\n  max_batch: 4\nactions:\n  block_above: 0.9\n",
+    )
+    leaf = write(
+        tmp_path,
+        "leaf.yaml",
+        "extends: base.yaml\nname: leaf\nsteering:\n  layers: [5]\n"
+        "limits:\n  max_batch: 2\nactions:\n  block_above: null\n",
+    )
     policy = Policy.from_yaml(leaf)
     assert policy.name == "leaf"
-    assert policy.steering.alpha == 0.3 and policy.steering.safe_rank == 4     # mapping merged
-    assert policy.steering.layers == [5]                                        # list replaced, not appended
+    assert policy.steering.alpha == 0.3 and policy.steering.safe_rank == 4  # mapping merged
+    assert policy.steering.layers == [5]  # list replaced, not appended
     assert policy.limits.max_new_tokens == 100 and policy.limits.max_batch == 2
-    assert policy.actions.block_above is None                                  # null overrides
+    assert policy.actions.block_above is None  # null overrides
     assert policy.sources == (str(tmp_path / "base.yaml"), str(leaf))
 
 
@@ -233,7 +257,7 @@ def test_extends_chains_and_shipped_names(tmp_path):
     write(tmp_path, "sub/b.yaml", "extends: ../a.yaml\ngate:\n  threshold: 0.2\n")
     c = write(tmp_path, "c.yaml", "extends: sub/b.yaml\nlimits:\n  max_new_tokens: 64\n")
     policy = Policy.from_yaml(c)
-    assert policy.gate.mode == "probe"                                 # from gated
+    assert policy.gate.mode == "probe"  # from gated
     assert policy.steering.alpha == 0.5 and policy.steering.safe_rank == 10
     assert policy.gate.threshold == 0.2 and policy.limits.max_new_tokens == 64
     assert [Path(s).name for s in policy.sources] == ["gated.yaml", "a.yaml", "b.yaml", "c.yaml"]
@@ -255,9 +279,9 @@ def test_extends_errors(tmp_path):
     message = error_of(write(tmp_path, "p.yaml", "extends: missing.yaml\n"))
     assert "extends" in message and "missing.yaml" in message and str(tmp_path / "p.yaml") in message
     message = error_of(write(tmp_path, "q.yaml", "extends: [default]\n"))
-    assert "extends" in message and "gated" in message          # accepted names listed
+    assert "extends" in message and "gated" in message  # accepted names listed
     message = error_of(write(tmp_path, "r.yaml", "steering:\n  extends: default\n"))
-    assert "steering.extends: unknown field" in message         # only at the top level
+    assert "steering.extends: unknown field" in message  # only at the top level
 
 
 def test_error_in_a_base_names_the_base(tmp_path):
@@ -265,8 +289,10 @@ def test_error_in_a_base_names_the_base(tmp_path):
     leaf = write(tmp_path, "leaf.yaml", "extends: base.yaml\nlimits:\n  max_batch: 0\n")
     message = error_of(leaf)
     assert message.startswith(f"invalid policy {leaf} (extends {tmp_path / 'base.yaml'})")
-    assert f"steering.alpha: Input should be greater than or equal to 0 (got -2); accepted: a number >= 0 " \
-           f"[set in {tmp_path / 'base.yaml'}]" in message
+    assert (
+        f"steering.alpha: Input should be greater than or equal to 0 (got -2); accepted: a number >= 0 "
+        f"[set in {tmp_path / 'base.yaml'}]" in message
+    )
     line = next(x for x in message.splitlines() if "limits.max_batch" in x)
     assert "an integer >= 1" in line and "set in" not in line
 
@@ -276,8 +302,7 @@ def test_deep_merge_does_not_mutate_its_inputs():
     override = {"steering": {"layers": [3]}, "limits": {"max_batch": 2}}
     before = copy.deepcopy((base, override))
     merged = deep_merge(base, override)
-    assert merged == {"steering": {"alpha": 0.1, "layers": [3]}, "gate": {"mode": "always"},
-                      "limits": {"max_batch": 2}}
+    assert merged == {"steering": {"alpha": 0.1, "layers": [3]}, "gate": {"mode": "always"}, "limits": {"max_batch": 2}}
     merged["steering"]["layers"].append(9)
     merged["gate"]["mode"] = "off"
     assert (base, override) == before
@@ -293,7 +318,7 @@ def test_from_dict_does_not_mutate_and_invalid_yields_nothing(monkeypatch):
     existing = Policy()
     with pytest.raises(PolicyError):
         existing = Policy.from_dict({"steering": {"alpha": 0.5}, "gate": {"mode": "bogus"}})
-    assert existing.steering.alpha == 0.1     # the failed load left nothing behind
+    assert existing.steering.alpha == 0.1  # the failed load left nothing behind
 
 
 # -- environment interpolation -----------------------------------------------------------------------
@@ -302,18 +327,21 @@ def test_env_interpolation(tmp_path, monkeypatch):
     monkeypatch.setenv("GR_TOKENS", "77")
     monkeypatch.setenv("GR_EMPTY", "")
     monkeypatch.delenv("GR_UNSET", raising=False)
-    path = write(tmp_path, "p.yaml",
-                 "name: app-${GR_NAME}\n"
-                 "limits:\n  max_new_tokens: ${GR_TOKENS}\n  max_batch: ${GR_UNSET:-5}\n"
-                 "actions:\n  refusal_message: \"${GR_EMPTY:-No.} costs $5, literal $${GR_NAME}\"\n"
-                 "steering:\n  layers: ${GR_UNSET:-2-4}\n"
-                 "model:\n  artifact: ${GR_UNSET:-art}\n")
+    path = write(
+        tmp_path,
+        "p.yaml",
+        "name: app-${GR_NAME}\n"
+        "limits:\n  max_new_tokens: ${GR_TOKENS}\n  max_batch: ${GR_UNSET:-5}\n"
+        'actions:\n  refusal_message: "${GR_EMPTY:-No.} costs $5, literal $${GR_NAME}"\n'
+        "steering:\n  layers: ${GR_UNSET:-2-4}\n"
+        "model:\n  artifact: ${GR_UNSET:-art}\n",
+    )
     policy = Policy.from_yaml(path)
     assert policy.name == "app-eu-prod"
     assert policy.limits.max_new_tokens == 77 and policy.limits.max_batch == 5
     assert policy.actions.refusal_message == "No. costs $5, literal ${GR_NAME}"
     assert policy.steering.layers == [2, 3, 4]
-    assert policy.model.artifact == str(tmp_path / "art")        # substituted, then resolved
+    assert policy.model.artifact == str(tmp_path / "art")  # substituted, then resolved
 
 
 def test_env_interpolation_applies_to_extends(tmp_path, monkeypatch):
@@ -368,23 +396,26 @@ def test_wrong_value_names_field_and_value(tmp_path):
     assert "gate.mode" in message and "'always'" in message
 
 
-@pytest.mark.parametrize("data, where, accepted", [
-    ({"gate": {"mode": "sometimes"}}, "gate.mode", "one of 'always', 'probe', 'off'"),
-    ({"gate": {"on_error": "ignore"}}, "gate.on_error", "one of 'steer', 'pass'"),
-    ({"logging": {"level": "loud"}}, "logging.level", "one of 'debug', 'info', 'warning', 'error'"),
-    ({"logging": {"format": "xml"}}, "logging.format", "one of 'json', 'console', 'auto'"),
-    ({"logging": {"log_content": "maybe"}}, "logging.log_content", "true or false"),
-    ({"gate": {"threshold": 1.5}}, "gate.threshold", "a number >= 0 and <= 1 or null"),
-    ({"actions": {"block_above": -0.1}}, "actions.block_above", "a number >= 0 and <= 1 or null"),
-    ({"steering": {"alpha": "x"}}, "steering.alpha", "a number >= 0"),
-    ({"steering": {"safe_rank": 1.5}}, "steering.safe_rank", "an integer >= 0"),
-    ({"limits": {"max_audio_seconds": 0}}, "limits.max_audio_seconds", "a number > 0"),
-    ({"limits": {"max_new_tokens": 0}}, "limits.max_new_tokens", "an integer >= 1"),
-    ({"limits": {"max_batch": -3}}, "limits.max_batch", "an integer >= 1"),
-    ({"actions": {"refusal_message": ""}}, "actions.refusal_message", "a non-empty string"),
-    ({"model": {"artifact": 3}}, "model.artifact", "a string or null"),
-    ({"steering": 5}, "steering", "a mapping with fields alpha, layers, positions"),
-])
+@pytest.mark.parametrize(
+    "data, where, accepted",
+    [
+        ({"gate": {"mode": "sometimes"}}, "gate.mode", "one of 'always', 'probe', 'off'"),
+        ({"gate": {"on_error": "ignore"}}, "gate.on_error", "one of 'steer', 'pass'"),
+        ({"logging": {"level": "loud"}}, "logging.level", "one of 'debug', 'info', 'warning', 'error'"),
+        ({"logging": {"format": "xml"}}, "logging.format", "one of 'json', 'console', 'auto'"),
+        ({"logging": {"log_content": "maybe"}}, "logging.log_content", "true or false"),
+        ({"gate": {"threshold": 1.5}}, "gate.threshold", "a number >= 0 and <= 1 or null"),
+        ({"actions": {"block_above": -0.1}}, "actions.block_above", "a number >= 0 and <= 1 or null"),
+        ({"steering": {"alpha": "x"}}, "steering.alpha", "a number >= 0"),
+        ({"steering": {"safe_rank": 1.5}}, "steering.safe_rank", "an integer >= 0"),
+        ({"limits": {"max_audio_seconds": 0}}, "limits.max_audio_seconds", "a number > 0"),
+        ({"limits": {"max_new_tokens": 0}}, "limits.max_new_tokens", "an integer >= 1"),
+        ({"limits": {"max_batch": -3}}, "limits.max_batch", "an integer >= 1"),
+        ({"actions": {"refusal_message": ""}}, "actions.refusal_message", "a non-empty string"),
+        ({"model": {"artifact": 3}}, "model.artifact", "a string or null"),
+        ({"steering": 5}, "steering", "a mapping with fields alpha, layers, positions"),
+    ],
+)
 def test_each_error_names_path_and_accepted_values(data, where, accepted):
     message = error_of(data, source="deploy.yaml")
     assert message.startswith("invalid policy deploy.yaml:")
@@ -415,8 +446,9 @@ def test_policy_errors_are_value_errors(tmp_path, text, match):
 def test_json_schema_describes_every_section():
     schema = Policy.json_schema()
     assert schema["$schema"].startswith("https://json-schema.org/")
-    assert {"extends", "name", "model", "steering", "gate", "actions", "calibration", "limits",
-            "logging"} <= set(schema["properties"])
+    assert {"extends", "name", "model", "steering", "gate", "actions", "calibration", "limits", "logging"} <= set(
+        schema["properties"]
+    )
     defs = schema["$defs"]
     assert defs["LoggingPolicy"]["properties"]["log_content"]["default"] is False
     assert defs["LimitsPolicy"]["properties"]["max_batch"]["default"] == 32
@@ -431,7 +463,8 @@ def test_committed_schema_is_current():
     committed = (POLICIES / "policy.schema.json").read_text(encoding="utf-8")
     assert committed == schema_text(), (
         "policies/policy.schema.json is stale; regenerate it with "
-        "`guardrail policy schema > policies/policy.schema.json`")
+        "`guardrail policy schema > policies/policy.schema.json`"
+    )
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(POLICIES)))
@@ -445,6 +478,7 @@ def test_shipped_policies_match_the_json_schema(path):
 def cli(argv: list[str]) -> int:
     """What guardrail.cli.main.main does with these commands registered."""
     from guardrail.cli.policy import add_policy_commands
+
     parser = argparse.ArgumentParser(prog="guardrail")
     add_policy_commands(parser.add_subparsers(required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
@@ -482,14 +516,15 @@ def test_cli_schema(capsys):
 
 def test_cli_show_yaml_and_json(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GR_TOKENS", "99")
-    path = write(tmp_path, "app.yaml", "extends: gated\nlimits:\n  max_new_tokens: ${GR_TOKENS}\n"
-                                       "steering:\n  layers: 1-3\n")
+    path = write(
+        tmp_path, "app.yaml", "extends: gated\nlimits:\n  max_new_tokens: ${GR_TOKENS}\nsteering:\n  layers: 1-3\n"
+    )
     assert cli(["policy", "show", str(path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["name"] == "app" and shown["gate"]["mode"] == "probe"
     assert shown["limits"] == {"max_audio_seconds": 30.0, "max_new_tokens": 99, "max_batch": 32}
     assert shown["steering"]["layers"] == [1, 2, 3] and shown["logging"]["log_content"] is False
-    assert Policy.from_dict(shown).model_dump() == Policy.from_yaml(path).model_dump()   # round-trips
+    assert Policy.from_dict(shown).model_dump() == Policy.from_yaml(path).model_dump()  # round-trips
     assert cli(["policy", "show", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# policy 'app' from ") and "gated.yaml" in out.splitlines()[0]

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import calibration_items
 
 from guardrail.errors import ProbeError, ProbeMismatchError, RequestError
 from guardrail.gate.metrics import recall_at_fpr, roc_auc, threshold_at_fpr
@@ -15,13 +16,12 @@ from guardrail.gate.onnx_probe import OnnxProbe, evaluate_probe, features_from_a
 from guardrail.gate.train import TrainedProbe, fit_probe, stratified_folds, train_probe
 from guardrail.testing.tiny import HIDDEN, NUM_LAYERS, build_tiny
 
-from conftest import calibration_items
-
 INFORMATIVE = 2
 
 
-def synthetic(n: int = 40, *, layers: int = NUM_LAYERS, hidden: int = HIDDEN, shift: float = 6.0,
-              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic(
+    n: int = 40, *, layers: int = NUM_LAYERS, hidden: int = HIDDEN, shift: float = 6.0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """n harmful + n safe samples; only layer INFORMATIVE separates them (along one direction)."""
     gen = torch.Generator().manual_seed(seed)
     acts = torch.randn(layers, 2 * n, hidden, generator=gen) * 0.5 + torch.randn(layers, 1, hidden, generator=gen)
@@ -131,10 +131,13 @@ def test_cpu_provider_and_silent_load(saved, capfd):
 
 def test_provider_selection(monkeypatch):
     import onnxruntime as ort
+
     with_cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    for cuda, available, expected in [(False, with_cuda, ["CPUExecutionProvider"]),
-                                      (True, ["CPUExecutionProvider"], ["CPUExecutionProvider"]),
-                                      (True, with_cuda, with_cuda)]:
+    for cuda, available, expected in [
+        (False, with_cuda, ["CPUExecutionProvider"]),
+        (True, ["CPUExecutionProvider"], ["CPUExecutionProvider"]),
+        (True, with_cuda, with_cuda),
+    ]:
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         monkeypatch.setattr(ort, "get_available_providers", lambda available=available: available)
         assert select_providers() == expected
@@ -205,6 +208,7 @@ def test_truncated_onnx(saved, tmp_path):
 
 def test_garbage_onnx_with_matching_hash(saved, tmp_path):
     import hashlib
+
     path = _copy(saved, tmp_path)
     (path / "probe.onnx").write_bytes(b"not an onnx model")
     meta = json.loads((path / "probe.json").read_text())
@@ -235,8 +239,12 @@ def test_fit_probe_on_a_tiny_model(family, tmp_path):
     loaded = OnnxProbe.load(probe.save(tmp_path / "p"))
     loaded.check_model(model)
     acts = torch.randn(NUM_LAYERS, 5, HIDDEN)
-    np.testing.assert_allclose(loaded.score(features_from_activations(acts, loaded.layers)),
-                               probe.score(features_from_activations(acts, probe.layers)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.score(features_from_activations(acts, loaded.layers)),
+        probe.score(features_from_activations(acts, probe.layers)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_features_from_a_layer_mapping():

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import alpha_for
 from transformers.generation.streamers import BaseStreamer
 
-from conftest import alpha_for
 from guardrail import Guard, Policy, RequestError, calibrate
 from guardrail.testing.tiny import AUDIO_FAMILIES, build_tiny, tiny_audio
 
@@ -43,7 +43,7 @@ def test_stream_validates_input_in_the_callers_thread(guard):
 def test_stream_reraises_generation_errors(guard):
     guard, _ = guard
     stream = guard.stream(text="hello", max_new_tokens=4, bad_generate_kwarg=1)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="bad_generate_kwarg"):  # transformers rejects the unknown kwarg
         list(stream)
     assert all(len(layer._forward_hooks) == 0 for layer in guard.layers)
 
@@ -62,5 +62,5 @@ def test_a_streamer_passed_to_generate_sees_every_token(guard):
     result = guard.generate(text="please answer the question", max_new_tokens=6, streamer=Collect())
     assert seen[-1] == "end" and len(seen) > 2  # the prompt, then each new token, then the end
     new_tokens = [t for chunk in seen[1:-1] for t in chunk]
-    assert new_tokens[:len(result.token_ids)] == result.token_ids
+    assert new_tokens[: len(result.token_ids)] == result.token_ids
     assert result.decision.timings.prefill_ms > 0 and result.decision.timings.decode_ms > 0

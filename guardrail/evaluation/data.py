@@ -27,14 +27,17 @@ def load_pairs(harmful: str | Path, safe: str | Path) -> list[Pair]:
     """
     harmful_items, safe_items = _read(Path(harmful)), _read(Path(safe))
     if len(harmful_items) != len(safe_items):
-        raise RequestError(f"{harmful} has {len(harmful_items)} items but {safe} has {len(safe_items)}; "
-                           "pairs need the safe twin of each harmful item at the same position")
+        raise RequestError(
+            f"{harmful} has {len(harmful_items)} items but {safe} has {len(safe_items)}; "
+            "pairs need the safe twin of each harmful item at the same position"
+        )
     return [Pair(h[0], s[0], h[1]) for h, s in zip(harmful_items, safe_items)]
 
 
 def default_pairs() -> list[Pair]:
     """The package's own 24 pairs (guardrail/data/calibration_en.json)."""
     from guardrail.defaults import default_calibration_set
+
     harmful, safe = default_calibration_set()
     return [Pair(h, s) for h, s in zip(harmful, safe)]
 

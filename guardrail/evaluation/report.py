@@ -45,42 +45,60 @@ def merge_reports(paths: list[str | Path], out_dir: str | Path) -> dict[str, Pat
         same = (report.model, report.instruction, report.max_new_tokens, report.n_calibration)
         if same != (first.model, first.instruction, first.max_new_tokens, first.n_calibration):
             raise ValueError(f"cannot merge reports of different runs: {same} vs {first.model!r}, ...")
-    merged = EvalReport(model=first.model, judge=first.judge, instruction=first.instruction,
-                        max_new_tokens=first.max_new_tokens, n_calibration=first.n_calibration,
-                        results=[r for report, _ in loaded for r in report.results],
-                        artifacts={k: v for report, _ in loaded for k, v in report.artifacts.items()})
+    merged = EvalReport(
+        model=first.model,
+        judge=first.judge,
+        instruction=first.instruction,
+        max_new_tokens=first.max_new_tokens,
+        n_calibration=first.n_calibration,
+        results=[r for report, _ in loaded for r in report.results],
+        artifacts={k: v for report, _ in loaded for k, v in report.artifacts.items()},
+    )
     return write_report(merged, out_dir, command=" ; ".join(command for _, command in loaded))
 
 
 def markdown(report: EvalReport, command: str = "") -> str:
-    lines = [f"# Evaluation: {report.model}", "",
-             f"Judge: {report.judge}. {report.results[0].n_harmful if report.results else 0} held-out pairs, "
-             f"{report.n_calibration} calibration pairs, greedy, {report.max_new_tokens} new tokens. "
-             f"Instruction: \"{report.instruction}\". Brackets: 95% Wilson intervals.", ""]
+    lines = [
+        f"# Evaluation: {report.model}",
+        "",
+        f"Judge: {report.judge}. {report.results[0].n_harmful if report.results else 0} held-out pairs, "
+        f"{report.n_calibration} calibration pairs, greedy, {report.max_new_tokens} new tokens. "
+        f'Instruction: "{report.instruction}". Brackets: 95% Wilson intervals.',
+        "",
+    ]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
-    lines += ["| setting | harmful refusal % | benign response % | first-token KL (benign) | steered harmful / "
-              "benign % |", "|---|---|---|---|---|"]
+    lines += [
+        "| setting | harmful refusal % | benign response % | first-token KL (benign) | steered harmful / benign % |",
+        "|---|---|---|---|---|",
+    ]
     for r in report.results:
-        lines.append(f"| {r.label} | {_pct(r.harmful_refusal, r.harmful_refusal_ci)} | "
-                     f"{_pct(r.benign_response, r.benign_response_ci)} | {r.kl_benign:.4f} | "
-                     f"{100 * r.steered_harmful:.0f} / {100 * r.steered_safe:.0f} |")
+        lines.append(
+            f"| {r.label} | {_pct(r.harmful_refusal, r.harmful_refusal_ci)} | "
+            f"{_pct(r.benign_response, r.benign_response_ci)} | {r.kl_benign:.4f} | "
+            f"{100 * r.steered_harmful:.0f} / {100 * r.steered_safe:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def plot(report: EvalReport, path: Path) -> None:
     """Harmful refusal vs benign response: one line per method (and k) across alpha."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups: dict[str, list] = defaultdict(list)
     for r in report.results:
         s = r.setting
-        key = s.method + (f" k={s.rank}" if s.method == "sarsteer" else "") + (
-            "" if s.layers == "all" else f" layers {s.layers[0]}-{s.layers[-1]}") + (
-            {"always": "", "probe": " +probe", "probe_exact": " +probe exact"}[s.gate]) + (
-            f" t={s.threshold:g}" if s.threshold is not None else "") + (f" ({r.note})" if r.note else "")
+        key = (
+            s.method
+            + (f" k={s.rank}" if s.method == "sarsteer" else "")
+            + ("" if s.layers == "all" else f" layers {s.layers[0]}-{s.layers[-1]}")
+            + ({"always": "", "probe": " +probe", "probe_exact": " +probe exact"}[s.gate])
+            + (f" t={s.threshold:g}" if s.threshold is not None else "")
+            + (f" ({r.note})" if r.note else "")
+        )
         groups[key].append(r)
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for key, results in groups.items():

@@ -40,10 +40,11 @@ class GateVerdict:
     scores: list[float | None]
     reasons: list[str]
 
-    def subset(self, keep: Sequence[int]) -> "GateVerdict":
+    def subset(self, keep: Sequence[int]) -> GateVerdict:
         """The verdict for the samples at `keep`, in that order."""
-        return GateVerdict(*[[values[i] for i in keep] for values in (self.steer, self.block, self.scores,
-                                                                       self.reasons)])
+        return GateVerdict(
+            *[[values[i] for i in keep] for values in (self.steer, self.block, self.scores, self.reasons)]
+        )
 
 
 class Gate:
@@ -55,10 +56,15 @@ class Gate:
         self.can_steer = can_steer
         self.probe = _load(probe) if self.mode == "probe" or probe is not None else None
         if self.mode == "probe" and self.probe is None:
-            raise PolicyError(f"policy {policy.name!r} has gate.mode: probe but no probe was given; pass "
-                              "probe=<directory or object> to Guard, or use gate.mode: always")
-        self.threshold = policy.gate.threshold if policy.gate.threshold is not None else (
-            self.probe.threshold if self.probe is not None else None)
+            raise PolicyError(
+                f"policy {policy.name!r} has gate.mode: probe but no probe was given; pass "
+                "probe=<directory or object> to Guard, or use gate.mode: always"
+            )
+        self.threshold = (
+            policy.gate.threshold
+            if policy.gate.threshold is not None
+            else (self.probe.threshold if self.probe is not None else None)
+        )
         # the probe as torch arithmetic, scored on the model's device at prefill (None: host only)
         self.linear = linear_form(self.probe) if self.mode == "probe" and self.probe is not None else None
 
@@ -79,18 +85,24 @@ class Gate:
     def fixed(self, batch: int) -> GateVerdict:
         """The verdict when no probe is consulted (mode always or off)."""
         steer = self.mode == "always" and self.can_steer
-        reason = ("gate.mode=always: steering every request" if steer else
-                  "gate.mode=off: steering disabled by policy" if self.mode == "off" else
-                  "policy steers with alpha 0 or no layers")
+        reason = (
+            "gate.mode=always: steering every request"
+            if steer
+            else "gate.mode=off: steering disabled by policy"
+            if self.mode == "off"
+            else "policy steers with alpha 0 or no layers"
+        )
         return GateVerdict([steer] * batch, [False] * batch, [None] * batch, [reason] * batch)
 
     def decide(self, activations: Mapping[int, torch.Tensor]) -> GateVerdict:
         """Score captured (batch, hidden) activations of the probe's layers and decide."""
         from guardrail.gate.onnx_probe import features_from_activations
+
         batch = next(iter(activations.values())).shape[0]
         try:
-            features = features_from_activations({k: v.float().cpu() for k, v in activations.items()},
-                                                 self.probe.layers)
+            features = features_from_activations(
+                {k: v.float().cpu() for k, v in activations.items()}, self.probe.layers
+            )
             scores = self.probe.score(features)
         except Exception as exc:  # the policy says what a failure means; never a silent pass
             return self.failure(batch, exc)
@@ -100,8 +112,9 @@ class Gate:
         """The verdict for probe scores computed elsewhere (e.g. on the model's device)."""
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (batch,) or not np.isfinite(scores).all():
-            return self.failure(batch, GuardrailError(f"probe returned scores of shape {scores.shape} with "
-                                                      "non-finite values"))
+            return self.failure(
+                batch, GuardrailError(f"probe returned scores of shape {scores.shape} with non-finite values")
+            )
         return self._from_scores(scores)
 
     def _from_scores(self, scores: np.ndarray) -> GateVerdict:
@@ -132,4 +145,5 @@ def _load(probe: ScoringProbe | str | Path | None) -> ScoringProbe | None:
     if probe is None or not isinstance(probe, (str, Path)):
         return probe
     from guardrail.gate.onnx_probe import OnnxProbe
+
     return OnnxProbe.load(probe)

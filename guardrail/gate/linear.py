@@ -38,18 +38,19 @@ class LinearProbe:
         """The slice of ``weight`` that reads the ``position``-th probe layer."""
         return self.weight[position * self.hidden : (position + 1) * self.hidden]
 
-    def to(self, device: torch.device | str) -> "LinearProbe":
+    def to(self, device: torch.device | str) -> LinearProbe:
         return LinearProbe(self.layers, self.weight.to(device), self.bias)
 
     def score(self, activations: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """(batch,) float32 scores from last-position activations (batch, hidden) per layer."""
-        logit = sum(activations[layer].float() @ self.layer_weight(i).to(activations[layer].device)
-                    for i, layer in enumerate(self.layers))
+        logit = sum(
+            activations[layer].float() @ self.layer_weight(i).to(activations[layer].device)
+            for i, layer in enumerate(self.layers)
+        )
         return torch.sigmoid(logit + self.bias)
 
 
-def steer_flags(scores: torch.Tensor, threshold: float | torch.Tensor,
-                on_error: float | torch.Tensor) -> torch.Tensor:
+def steer_flags(scores: torch.Tensor, threshold: float | torch.Tensor, on_error: float | torch.Tensor) -> torch.Tensor:
     """1.0 per sample to steer, 0.0 not: ``score >= threshold``; when any score is not finite the
     whole batch gets ``on_error`` (1.0 steer, 0.0 pass), as ``Gate.decide_scores`` decides on the host.
     Pure tensor arithmetic: usable inside a compiled graph."""

@@ -18,13 +18,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
 from guardrail.errors import ProbeError, ProbeMismatchError
 from guardrail.gate.metrics import Array, label_mask, recall_at_fpr, roc_auc
 from guardrail.models.adapter import resolve_adapter
-from guardrail.models.identity import ModelIdentity, check_identity, config_summary
+from guardrail.models.identity import ModelIdentity, StrictRecord, check_identity, config_summary
 
 FORMAT_VERSION = 1
 ONNX_FILE = "probe.onnx"
@@ -32,16 +32,18 @@ METADATA_FILE = "probe.json"
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
 
-__all__ = ["OnnxProbe", "ProbeMetadata", "check_probe_model", "evaluate_probe", "features_from_activations",
-           "read_metadata", "select_providers"]
+__all__ = [
+    "OnnxProbe",
+    "ProbeMetadata",
+    "check_probe_model",
+    "evaluate_probe",
+    "features_from_activations",
+    "read_metadata",
+    "select_providers",
+]
 
 
-# -- metadata ------------------------------------------------------------------------------
-class _Meta(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Normalisation(_Meta):
+class Normalisation(StrictRecord):
     kind: str = "standardise + Platt scaling, folded into the Gemm weights"
     n_fitted: int
     mean_abs_max: float
@@ -51,14 +53,14 @@ class Normalisation(_Meta):
     n_constant: int
 
 
-class TrainingSet(_Meta):
+class TrainingSet(StrictRecord):
     n_harmful: int
     n_safe: int
     activations_sha256: str
     queries_sha256: str | None = None
 
 
-class CrossValidation(_Meta):
+class CrossValidation(StrictRecord):
     folds: int
     seed: int
     l2: float
@@ -69,7 +71,7 @@ class CrossValidation(_Meta):
     recall_at_threshold: float
 
 
-class OnnxInfo(_Meta):
+class OnnxInfo(StrictRecord):
     file: str = ONNX_FILE
     sha256: str
     opset: int
@@ -77,7 +79,7 @@ class OnnxInfo(_Meta):
     output: str = OUTPUT_NAME
 
 
-class ProbeMetadata(_Meta):
+class ProbeMetadata(StrictRecord):
     format_version: int = FORMAT_VERSION
     kind: str = "logistic"
     package_version: str
@@ -108,13 +110,17 @@ def features_from_activations(activations: Array | Mapping[int, Array], layers: 
     if isinstance(activations, Mapping):
         missing = [layer for layer in layers if layer not in activations]
         if missing:
-            raise ProbeMismatchError(f"the probe reads layers {list(layers)} but no activations were given for "
-                                     f"{missing}; capture those layers")
+            raise ProbeMismatchError(
+                f"the probe reads layers {list(layers)} but no activations were given for "
+                f"{missing}; capture those layers"
+            )
         parts = [activations[layer] for layer in layers]
     else:
         if activations.ndim != 3 or max(layers) >= activations.shape[0]:
-            raise ProbeMismatchError(f"activations of shape {tuple(activations.shape)} lack the probe's layers "
-                                     f"{list(layers)}; expected (num_layers, batch, hidden)")
+            raise ProbeMismatchError(
+                f"activations of shape {tuple(activations.shape)} lack the probe's layers "
+                f"{list(layers)}; expected (num_layers, batch, hidden)"
+            )
         parts = [activations[layer] for layer in layers]
     if isinstance(parts[0], torch.Tensor):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
@@ -135,23 +141,31 @@ def evaluate_probe(probe: ScoresFeatures, activations: Array, labels: Array) -> 
     0.91
     """
     scores, y = probe.score(features_from_activations(activations, probe.layers)), label_mask(labels)
-    return {"n_harmful": int(y.sum()), "n_safe": int((~y).sum()), "roc_auc": roc_auc(scores, y),
-            "recall_at_1pct_fpr": recall_at_fpr(scores, y, 0.01), "recall_at_5pct_fpr": recall_at_fpr(scores, y, 0.05),
-            "threshold": probe.threshold, "fpr_at_threshold": float(np.mean(scores[~y] >= probe.threshold)),
-            "recall_at_threshold": float(np.mean(scores[y] >= probe.threshold))}
+    return {
+        "n_harmful": int(y.sum()),
+        "n_safe": int((~y).sum()),
+        "roc_auc": roc_auc(scores, y),
+        "recall_at_1pct_fpr": recall_at_fpr(scores, y, 0.01),
+        "recall_at_5pct_fpr": recall_at_fpr(scores, y, 0.05),
+        "threshold": probe.threshold,
+        "fpr_at_threshold": float(np.mean(scores[~y] >= probe.threshold)),
+        "recall_at_threshold": float(np.mean(scores[y] >= probe.threshold)),
+    }
 
 
 # -- model identity ------------------------------------------------------------------------
-def check_probe_model(meta: ProbeMetadata, model: nn.Module, layers: nn.ModuleList | None = None,
-                      what: str = "probe") -> None:
+def check_probe_model(
+    meta: ProbeMetadata, model: nn.Module, layers: nn.ModuleList | None = None, what: str = "probe"
+) -> None:
     """Raise ProbeMismatchError unless a probe with metadata `meta` was trained on `model`: the
     layers it reads exist, the hidden size matches, and so does the model's identity."""
     if layers is None:
         layers = resolve_adapter(model).decoder_layers(model)
     redo = "train a probe on this model (guardrail.gate.train.fit_probe) or load the probe made for it"
     if max(meta.layers) >= len(layers):
-        raise ProbeMismatchError(f"{what} reads layers {meta.layers} but the model has {len(layers)} decoder "
-                                 f"layers; {redo}")
+        raise ProbeMismatchError(
+            f"{what} reads layers {meta.layers} but the model has {len(layers)} decoder layers; {redo}"
+        )
     hidden = config_summary(model, layers).get("hidden_size")
     if hidden not in (None, meta.hidden_size):
         raise ProbeMismatchError(f"{what} expects hidden size {meta.hidden_size} but the model's is {hidden}; {redo}")
@@ -169,6 +183,7 @@ def select_providers() -> list[str]:
     'CPUExecutionProvider'
     """
     import onnxruntime as ort
+
     if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -195,7 +210,7 @@ class OnnxProbe:
     session = property(lambda self: self._session, doc="the onnxruntime InferenceSession (for benchmarks)")
 
     @classmethod
-    def load(cls, path: str | Path, providers: Sequence[str] | None = None, *, threads: int = 1) -> "OnnxProbe":
+    def load(cls, path: str | Path, providers: Sequence[str] | None = None, *, threads: int = 1) -> OnnxProbe:
         """Read a probe directory written by `TrainedProbe.save`; verify its hash and shapes.
 
         `providers` defaults to `select_providers()`; `threads` is onnxruntime's intra-op
@@ -205,8 +220,10 @@ class OnnxProbe:
         meta = read_metadata(path)
         blob = _read(path / meta.onnx.file)
         if hashlib.sha256(blob).hexdigest() != meta.onnx.sha256:
-            raise ProbeError(f"{path / meta.onnx.file} does not match the sha256 recorded in {path / METADATA_FILE} "
-                             "(edited, truncated or replaced); retrain the probe or restore both files together")
+            raise ProbeError(
+                f"{path / meta.onnx.file} does not match the sha256 recorded in {path / METADATA_FILE} "
+                "(edited, truncated or replaced); retrain the probe or restore both files together"
+            )
         session = _session(blob, path / meta.onnx.file, list(providers or select_providers()), threads)
         _check_io(session, meta, path / meta.onnx.file)
         return cls(meta, session, path, blob)
@@ -215,13 +232,17 @@ class OnnxProbe:
         """Probability harmful per sample, float32 (batch,), from (batch, n_features) features."""
         x = _as_float32(features)
         if x.ndim != 2 or x.shape[1] != self._width:
-            raise ProbeMismatchError(f"probe {self.path} reads (batch, {self.n_features}) features (layers "
-                                     f"{self.layers} x hidden {self.metadata.hidden_size}); got {x.shape}")
+            raise ProbeMismatchError(
+                f"probe {self.path} reads (batch, {self.n_features}) features (layers "
+                f"{self.layers} x hidden {self.metadata.hidden_size}); got {x.shape}"
+            )
         scores = self._session.run(self._outputs, {self._input: x})[0]
         if not math.isfinite(scores.sum()):  # NaN/inf anywhere (one reduction: cheaper than isfinite().all())
             bad = np.flatnonzero(~np.isfinite(scores)).tolist()
-            raise ProbeError(f"probe {self.path} gave non-finite scores for samples {bad}: their activations "
-                             "contain NaN/inf (check the model's dtype and inputs)")
+            raise ProbeError(
+                f"probe {self.path} gave non-finite scores for samples {bad}: their activations "
+                "contain NaN/inf (check the model's dtype and inputs)"
+            )
         return scores
 
     def decide(self, features: Array, threshold: float | None = None) -> np.ndarray:
@@ -241,11 +262,14 @@ def read_metadata(path: Path) -> ProbeMetadata:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(map(str, err["loc"])) or "top level"
-        raise ProbeError(f"{path / METADATA_FILE} is malformed ({err['msg']} at {where}); "
-                         "retrain and save the probe again") from None
+        raise ProbeError(
+            f"{path / METADATA_FILE} is malformed ({err['msg']} at {where}); retrain and save the probe again"
+        ) from None
     if meta.format_version != FORMAT_VERSION:
-        raise ProbeError(f"{path / METADATA_FILE} has format version {meta.format_version}; this package reads "
-                         f"{FORMAT_VERSION}: retrain the probe with this version")
+        raise ProbeError(
+            f"{path / METADATA_FILE} has format version {meta.format_version}; this package reads "
+            f"{FORMAT_VERSION}: retrain the probe with this version"
+        )
     return meta
 
 
@@ -253,12 +277,15 @@ def _read(file: Path) -> bytes:
     try:
         return file.read_bytes()
     except OSError as exc:
-        raise ProbeError(f"cannot read {file} ({exc.strerror or exc}); {file.parent} must be a probe directory "
-                         f"({METADATA_FILE} + {ONNX_FILE}) written by TrainedProbe.save (see fit_probe)") from None
+        raise ProbeError(
+            f"cannot read {file} ({exc.strerror or exc}); {file.parent} must be a probe directory "
+            f"({METADATA_FILE} + {ONNX_FILE}) written by TrainedProbe.save (see fit_probe)"
+        ) from None
 
 
 def _session(blob: bytes, file: Path, providers: list[str], threads: int) -> Any:
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: a CPU-only run prints nothing
     options.intra_op_num_threads = threads
@@ -266,18 +293,25 @@ def _session(blob: bytes, file: Path, providers: list[str], threads: int) -> Any
     try:
         return ort.InferenceSession(blob, options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise ProbeError(f"onnxruntime cannot load {file} ({str(exc).splitlines()[0][:200]}); "
-                         "retrain and save the probe again") from None
+        raise ProbeError(
+            f"onnxruntime cannot load {file} ({str(exc).splitlines()[0][:200]}); retrain and save the probe again"
+        ) from None
 
 
 def _check_io(session: Any, meta: ProbeMetadata, file: Path) -> None:
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    ok = (len(inputs) == 1 and inputs[0].name == meta.onnx.input and inputs[0].shape[-1] == meta.n_features
-          and [o.name for o in outputs] == [meta.onnx.output])
+    ok = (
+        len(inputs) == 1
+        and inputs[0].name == meta.onnx.input
+        and inputs[0].shape[-1] == meta.n_features
+        and [o.name for o in outputs] == [meta.onnx.output]
+    )
     if not ok:
-        raise ProbeError(f"{file} has inputs {[(i.name, i.shape) for i in inputs]} and outputs "
-                         f"{[o.name for o in outputs]}, not ({meta.onnx.input!r}, [batch, {meta.n_features}]) -> "
-                         f"{meta.onnx.output!r} as {METADATA_FILE} says; retrain the probe")
+        raise ProbeError(
+            f"{file} has inputs {[(i.name, i.shape) for i in inputs]} and outputs "
+            f"{[o.name for o in outputs]}, not ({meta.onnx.input!r}, [batch, {meta.n_features}]) -> "
+            f"{meta.onnx.output!r} as {METADATA_FILE} says; retrain the probe"
+        )
 
 
 def _as_float32(features: Array) -> np.ndarray:

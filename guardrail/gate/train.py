@@ -27,8 +27,18 @@ from torch import nn
 from guardrail.defaults import default_instruction
 from guardrail.errors import ProbeError, RequestError
 from guardrail.gate.metrics import Array, roc_auc, threshold_at_fpr
-from guardrail.gate.onnx_probe import (INPUT_NAME, METADATA_FILE, ONNX_FILE, OUTPUT_NAME, CrossValidation,
-                                       Normalisation, OnnxInfo, ProbeMetadata, TrainingSet, check_probe_model)
+from guardrail.gate.onnx_probe import (
+    INPUT_NAME,
+    METADATA_FILE,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    CrossValidation,
+    Normalisation,
+    OnnxInfo,
+    ProbeMetadata,
+    TrainingSet,
+    check_probe_model,
+)
 from guardrail.models.adapter import resolve_adapter
 from guardrail.models.identity import ModelIdentity, identify
 from guardrail.steering.activations import last_token_activations
@@ -72,7 +82,7 @@ class TrainedProbe:
         """Boolean gate per sample: score >= threshold (default: the calibrated one)."""
         return self.score(features) >= (self.threshold if threshold is None else threshold)
 
-    def bind(self, model: nn.Module, adapter: str | None = None) -> "TrainedProbe":
+    def bind(self, model: nn.Module, adapter: str | None = None) -> TrainedProbe:
         """Record `model`'s identity (needed to save; checked at load). Returns self."""
         resolved = resolve_adapter(model, adapter)
         self.identity = identify(model, resolved.decoder_layers(model), resolved.name)
@@ -100,18 +110,37 @@ class TrainedProbe:
 
     def _metadata(self, onnx_info: OnnxInfo) -> ProbeMetadata:
         if self.identity is None:
-            raise ProbeError("this probe has no model identity: call probe.bind(model) (fit_probe does) "
-                             "before saving or checking it")
-        return ProbeMetadata(package_version=__version__, created_at=datetime.now(timezone.utc).isoformat(
-            timespec="seconds"), model=self.identity, layers=self.layers, hidden_size=self.hidden_size,
-            n_features=self.n_features, threshold=self.threshold, target_fpr=self.target_fpr,
-            layer_auc=self.layer_auc, normalisation=self.normalisation, training=self.training, cv=self.cv,
-            onnx=onnx_info)
+            raise ProbeError(
+                "this probe has no model identity: call probe.bind(model) (fit_probe does) before saving or checking it"
+            )
+        return ProbeMetadata(
+            package_version=__version__,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            model=self.identity,
+            layers=self.layers,
+            hidden_size=self.hidden_size,
+            n_features=self.n_features,
+            threshold=self.threshold,
+            target_fpr=self.target_fpr,
+            layer_auc=self.layer_auc,
+            normalisation=self.normalisation,
+            training=self.training,
+            cv=self.cv,
+            onnx=onnx_info,
+        )
 
 
-def train_probe(activations: torch.Tensor, labels: Array, *, layers: list[int] | None = None,
-                target_fpr: float = 0.01, folds: int = 5, seed: int = 0, l2_grid: Sequence[float] = L2_GRID,
-                scan_layers: bool = True) -> TrainedProbe:
+def train_probe(
+    activations: torch.Tensor,
+    labels: Array,
+    *,
+    layers: list[int] | None = None,
+    target_fpr: float = 0.01,
+    folds: int = 5,
+    seed: int = 0,
+    l2_grid: Sequence[float] = L2_GRID,
+    scan_layers: bool = True,
+) -> TrainedProbe:
     """Train a logistic probe on (num_layers, n, hidden) activations; labels 1 = harmful, 0 = safe.
 
     `layers=None` picks the layer with the best cross-validated AUC; a list concatenates those
@@ -127,8 +156,16 @@ def train_probe(activations: torch.Tensor, labels: Array, *, layers: list[int] |
         return _train(activations, labels, layers, target_fpr, folds, seed, l2_grid, scan_layers)
 
 
-def _train(activations: torch.Tensor, labels: Array, layers: list[int] | None, target_fpr: float, folds: int,
-           seed: int, l2_grid: Sequence[float], scan_layers: bool) -> TrainedProbe:
+def _train(
+    activations: torch.Tensor,
+    labels: Array,
+    layers: list[int] | None,
+    target_fpr: float,
+    folds: int,
+    seed: int,
+    l2_grid: Sequence[float],
+    scan_layers: bool,
+) -> TrainedProbe:
     x_all, y = _check_inputs(activations, labels)
     folds = min(folds, int(y.sum()), int((~y).sum()))
     fold_ids = stratified_folds(y, folds, seed)
@@ -142,19 +179,47 @@ def _train(activations: torch.Tensor, labels: Array, layers: list[int] | None, t
     slope, intercept = _platt(logits, y)
     oof = torch.sigmoid(torch.as_tensor(slope * logits + intercept)).float().numpy()
     threshold = threshold_at_fpr(oof[~y], target_fpr)
-    cv = CrossValidation(folds=folds, seed=seed, l2=l2, l2_grid=list(l2_grid), auc=auc, platt=[slope, intercept],
-                         fpr_at_threshold=float(np.mean(oof[~y] >= threshold)),
-                         recall_at_threshold=float(np.mean(oof[y] >= threshold)))
+    cv = CrossValidation(
+        folds=folds,
+        seed=seed,
+        l2=l2,
+        l2_grid=list(l2_grid),
+        auc=auc,
+        platt=[slope, intercept],
+        fpr_at_threshold=float(np.mean(oof[~y] >= threshold)),
+        recall_at_threshold=float(np.mean(oof[y] >= threshold)),
+    )
     module, norm = _final_module(x, y, l2, (slope, intercept))
     training = TrainingSet(n_harmful=int(y.sum()), n_safe=int((~y).sum()), activations_sha256=_sha(activations, y))
-    return TrainedProbe(module=module, layers=list(layers), hidden_size=x_all.shape[2], threshold=threshold,
-                        target_fpr=target_fpr, layer_auc=layer_auc, normalisation=norm, training=training, cv=cv)
+    return TrainedProbe(
+        module=module,
+        layers=list(layers),
+        hidden_size=x_all.shape[2],
+        threshold=threshold,
+        target_fpr=target_fpr,
+        layer_auc=layer_auc,
+        normalisation=norm,
+        training=training,
+        cv=cv,
+    )
 
 
-def fit_probe(model: nn.Module, processor: Any, harmful: Sequence[Any], safe: Sequence[Any],
-              instruction: str | None = None, *, layers: list[int] | None = None, target_fpr: float = 0.01,
-              folds: int = 5, seed: int = 0, batch_size: int = 8, adapter: str | None = None,
-              max_audio_seconds: float | None = None, on_batch: Callable[[int], None] | None = None) -> TrainedProbe:
+def fit_probe(
+    model: nn.Module,
+    processor: Any,
+    harmful: Sequence[Any],
+    safe: Sequence[Any],
+    instruction: str | None = None,
+    *,
+    layers: list[int] | None = None,
+    target_fpr: float = 0.01,
+    folds: int = 5,
+    seed: int = 0,
+    batch_size: int = 8,
+    adapter: str | None = None,
+    max_audio_seconds: float | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> TrainedProbe:
     """Collect last-prompt-token activations of calibration items and train a probe bound to `model`.
 
     Items are as for `calibrate`: audio (path, bytes, (array, rate)) for an audio model, or text
@@ -168,8 +233,9 @@ def fit_probe(model: nn.Module, processor: Any, harmful: Sequence[Any], safe: Se
     sr = resolved.sampling_rate(processor)
     harmful_q = [calibration_query(item, instruction, resolved, sr, max_audio_seconds) for item in harmful]
     safe_q = [calibration_query(item, instruction, resolved, sr, max_audio_seconds) for item in safe]
-    acts = last_token_activations(model, processor, resolved, harmful_q + safe_q, batch_size=batch_size,
-                                  on_batch=on_batch)
+    acts = last_token_activations(
+        model, processor, resolved, harmful_q + safe_q, batch_size=batch_size, on_batch=on_batch
+    )
     labels = torch.tensor([1] * len(harmful_q) + [0] * len(safe_q))
     probe = train_probe(acts, labels, layers=layers, target_fpr=target_fpr, folds=folds, seed=seed)
     probe.training = probe.training.model_copy(update={"queries_sha256": requests_hash(harmful_q, safe_q)})
@@ -192,11 +258,20 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 def export_onnx(module: nn.Module, n_features: int, file: Path) -> int:
     """Export `module` to ONNX (dynamic batch; dynamo exporter), validate it; return the opset."""
     import onnx
+
     example = torch.zeros(2, n_features)
     with _quiet_exporter():
-        program = torch.onnx.export(module.eval(), (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=OPSET,
-                                    external_data=False, verbose=False, dynamo=True)
+        program = torch.onnx.export(
+            module.eval(),
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+            dynamo=True,
+        )
     program.save(str(file))
     model = onnx.load(str(file))
     onnx.checker.check_model(model, full_check=True)
@@ -208,8 +283,9 @@ def _check_inputs(activations: torch.Tensor, labels: Array) -> tuple[torch.Tenso
     acts = torch.as_tensor(activations)
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
     if acts.ndim != 3 or acts.shape[1] != len(y):
-        raise RequestError(f"activations must be (num_layers, n, hidden) with n = {len(y)} labels; "
-                           f"got {tuple(acts.shape)}")
+        raise RequestError(
+            f"activations must be (num_layers, n, hidden) with n = {len(y)} labels; got {tuple(acts.shape)}"
+        )
     if not set(np.unique(y).tolist()) <= {0, 1} or min((y == 1).sum(), (y == 0).sum()) < 2:
         raise RequestError("labels must be 1 (harmful) / 0 (safe) with at least 2 of each for cross-validation")
     if not torch.isfinite(acts).all():
@@ -250,8 +326,9 @@ def _row_space(z: torch.Tensor) -> torch.Tensor:
     return vh[s > s[0] * 1e-10].T
 
 
-def _cross_validate(x: torch.Tensor, y: np.ndarray, fold_ids: np.ndarray,
-                    l2_grid: Sequence[float]) -> tuple[float, float, np.ndarray]:
+def _cross_validate(
+    x: torch.Tensor, y: np.ndarray, fold_ids: np.ndarray, l2_grid: Sequence[float]
+) -> tuple[float, float, np.ndarray]:
     """(best l2, its pooled out-of-fold AUC, its out-of-fold logits); ties go to the stronger l2."""
     target = torch.as_tensor(y, dtype=torch.float64)
     oof = {l2: np.zeros(len(y)) for l2 in l2_grid}
@@ -279,8 +356,9 @@ def _platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(theta[0]) / scale, float(theta[1])
 
 
-def _final_module(x: torch.Tensor, y: np.ndarray, l2: float,
-                  platt: tuple[float, float]) -> tuple[nn.Module, Normalisation]:
+def _final_module(
+    x: torch.Tensor, y: np.ndarray, l2: float, platt: tuple[float, float]
+) -> tuple[nn.Module, Normalisation]:
     """Fit on all data; fold (x - mean) / std and Platt scaling into one Linear (float64, then float32)."""
     mean, std = _standardiser(x)
     z = (x - mean) / std
@@ -292,9 +370,14 @@ def _final_module(x: torch.Tensor, y: np.ndarray, l2: float,
     with torch.no_grad():
         linear.weight.copy_(weight.float()[None])
         linear.bias.copy_(bias.float()[None])
-    norm = Normalisation(n_fitted=len(y), mean_abs_max=float(mean.abs().max()), std_min=float(std.min()),
-                         std_median=float(std.median()), std_max=float(std.max()),
-                         n_constant=int((x.std(0) <= 1e-6 * (1 + mean.abs())).sum()))
+    norm = Normalisation(
+        n_fitted=len(y),
+        mean_abs_max=float(mean.abs().max()),
+        std_min=float(std.min()),
+        std_median=float(std.median()),
+        std_max=float(std.max()),
+        n_constant=int((x.std(0) <= 1e-6 * (1 + mean.abs())).sum()),
+    )
     return _Sigmoid(linear).eval(), norm
 
 

@@ -85,8 +85,10 @@ class Adapter:
     def require_audio_support(self, what: str, error: type[RequestError] = RequestError) -> None:
         """The one rule for audio sent to a text-only model: `error` naming `what` carries audio."""
         if not self.takes_audio:
-            raise error(f"{what} carries audio, but {self.name!r} is a text-only model: send text only, "
-                        "or wrap an audio-language model")
+            raise error(
+                f"{what} carries audio, but {self.name!r} is a text-only model: send text only, "
+                "or wrap an audio-language model"
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.name!r})"
@@ -101,7 +103,8 @@ class Adapter:
         raise UnsupportedModelError(
             f"adapter {self.name!r} found no decoder layers on {type(model).__name__} at any of "
             f"{list(self.spec.decoder_layers)}; the model's structure differs from the family's "
-            "spec: check the transformers version or add the path to the spec")
+            "spec: check the transformers version or add the path to the spec"
+        )
 
     def sampling_rate(self, processor: Any) -> int:
         extractor = getattr(processor, "feature_extractor", None)
@@ -111,8 +114,9 @@ class Adapter:
         return getattr(processor, "tokenizer", processor)
 
     # -- inputs ----------------------------------------------------------------------
-    def build_inputs(self, processor: Any, requests: Sequence[Request],
-                     system_prompt: str | None = None) -> dict[str, torch.Tensor]:
+    def build_inputs(
+        self, processor: Any, requests: Sequence[Request], system_prompt: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """Left-padded model inputs for a batch of one-turn conversations ending in the
         assistant-generation prefix."""
         if not requests:
@@ -130,19 +134,28 @@ class Adapter:
         inputs = dict(batch)
         mask = inputs.get("attention_mask")
         if mask is not None and len(requests) > 1 and not bool(mask[:, -1].all()):
-            raise RequestError(f"the {type(processor).__name__} padded on the right; steering needs "
-                               "left padding so the last position is each prompt's last token")
+            raise RequestError(
+                f"the {type(processor).__name__} padded on the right; steering needs "
+                "left padding so the last position is each prompt's last token"
+            )
         return inputs
 
     def _text_inputs(self, processor, requests, system_prompt):
         tokenizer = self.tokenizer(processor)
         if getattr(tokenizer, "chat_template", None) is None:
-            raise RequestError(f"{type(tokenizer).__name__} has no chat template; set "
-                               "tokenizer.chat_template (the guard builds chat prompts)")
+            raise RequestError(
+                f"{type(tokenizer).__name__} has no chat template; set "
+                "tokenizer.chat_template (the guard builds chat prompts)"
+            )
         conversations = [_conversation(r.text, system_prompt) for r in requests]
         return tokenizer.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, return_dict=True,
-            return_tensors="pt", padding=True)
+            conversations,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            padding=True,
+        )
 
     def user_content(self, request: Request) -> Any:
         """The user turn's content as the family's chat template expects it (audio left abstract)."""
@@ -154,8 +167,13 @@ class Adapter:
     def _processor_inputs(self, processor, requests, system_prompt):
         prompts = [_render(processor, _conversation(self.user_content(r), system_prompt)) for r in requests]
         audios = [r.audio for r in requests if r.audio is not None]
-        return processor(text=prompts, audio=audios, sampling_rate=self.sampling_rate(processor),
-                         return_tensors="pt", **self.spec.input.processor_kwargs)
+        return processor(
+            text=prompts,
+            audio=audios,
+            sampling_rate=self.sampling_rate(processor),
+            return_tensors="pt",
+            **self.spec.input.processor_kwargs,
+        )
 
     def _chat_template_inputs(self, processor, requests, system_prompt):
         conversations = []
@@ -164,8 +182,9 @@ class Adapter:
             if r.audio is not None:
                 content[0] = self.audio_block(r.audio, self.sampling_rate(processor))
             conversations.append(_conversation(content, system_prompt))
-        return processor.apply_chat_template(conversations, add_generation_prompt=True, return_tensors="pt",
-                                             **self.spec.input.processor_kwargs)
+        return processor.apply_chat_template(
+            conversations, add_generation_prompt=True, return_tensors="pt", **self.spec.input.processor_kwargs
+        )
 
     def audio_block(self, audio: np.ndarray, sampling_rate: int) -> dict[str, Any]:
         """The chat-template content block that carries a clip (families may override)."""
@@ -195,8 +214,10 @@ class Adapter:
 
     def pad_token_id(self, model: nn.Module, processor: Any) -> int | None:
         tokenizer = self.tokenizer(processor)
-        for value in (getattr(tokenizer, "pad_token_id", None),
-                      getattr(getattr(model, "generation_config", None), "pad_token_id", None)):
+        for value in (
+            getattr(tokenizer, "pad_token_id", None),
+            getattr(getattr(model, "generation_config", None), "pad_token_id", None),
+        ):
             if isinstance(value, int):
                 return value
         eos = sorted(self.eos_token_ids(model, processor))
@@ -270,7 +291,8 @@ def adapter_for(config: Any, class_names: Iterable[str] = ()) -> Adapter:
             return adapter_from_spec(spec)
     raise UnsupportedModelError(
         f"no adapter fits {', '.join(sorted(names)) or 'this model'} (model_type={model_type!r}). "
-        f"Supported families: {', '.join(supported_families())}. Add a spec under adapters/ or pass adapter=<name>.")
+        f"Supported families: {', '.join(supported_families())}. Add a spec under adapters/ or pass adapter=<name>."
+    )
 
 
 def resolve_adapter(model: nn.Module, adapter: Adapter | str | None = None) -> Adapter:

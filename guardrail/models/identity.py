@@ -18,8 +18,14 @@ from torch import nn
 
 from guardrail.errors import ArtifactMismatchError
 
-_CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                  "intermediate_size", "vocab_size")
+_CONFIG_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+)
 _SAMPLES = 16
 
 
@@ -27,9 +33,11 @@ def config_summary(model: nn.Module, layers: nn.ModuleList) -> dict[str, Any]:
     """The architecture facts an artifact depends on."""
     config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    summary: dict[str, Any] = {"model_type": getattr(config, "model_type", None),
-                               "text_model_type": getattr(text, "model_type", None),
-                               "num_layers": len(layers)}
+    summary: dict[str, Any] = {
+        "model_type": getattr(config, "model_type", None),
+        "text_model_type": getattr(text, "model_type", None),
+        "num_layers": len(layers),
+    }
     for name in _CONFIG_FIELDS:
         summary[name] = getattr(text, name, None)
     return summary
@@ -66,10 +74,14 @@ def same_weights(expected: list[float], actual: list[float]) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-2, atol=1e-4))
 
 
-class ModelIdentity(BaseModel):
-    """The identity recorded in an artifact's or probe's metadata (`model` field; layout fixed on disk)."""
+class StrictRecord(BaseModel):
+    """Base of the metadata records written beside artifacts and probes: unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class ModelIdentity(StrictRecord):
+    """The identity recorded in an artifact's or probe's metadata (`model` field; layout fixed on disk)."""
 
     fingerprint: str
     config: dict[str, Any]
@@ -82,12 +94,25 @@ def identify(model: nn.Module, layers: nn.ModuleList, adapter: str) -> ModelIden
     """`model`'s identity; `layers` are its decoder layers, `adapter` the family's name."""
     summary = config_summary(model, layers)
     dtype = str(next(layers[0].parameters()).dtype).removeprefix("torch.")
-    return ModelIdentity(fingerprint=config_fingerprint(summary), config=summary,
-                         weight_sample=weight_sample(model, layers), dtype=dtype, adapter=adapter)
+    return ModelIdentity(
+        fingerprint=config_fingerprint(summary),
+        config=summary,
+        weight_sample=weight_sample(model, layers),
+        dtype=dtype,
+        adapter=adapter,
+    )
 
 
-def check_identity(expected: ModelIdentity, model: nn.Module, layers: nn.ModuleList, *, what: str,
-                   made: str, remedy: str, error: type[ArtifactMismatchError]) -> None:
+def check_identity(
+    expected: ModelIdentity,
+    model: nn.Module,
+    layers: nn.ModuleList,
+    *,
+    what: str,
+    made: str,
+    remedy: str,
+    error: type[ArtifactMismatchError],
+) -> None:
     """Raise `error` unless `model` is the model `expected` describes.
 
     `what` names the thing checked ("artifact 1a2b...", "probe dir/"), `made` how it was made
@@ -96,9 +121,14 @@ def check_identity(expected: ModelIdentity, model: nn.Module, layers: nn.ModuleL
     """
     summary = config_summary(model, layers)
     if config_fingerprint(summary) != expected.fingerprint:
-        detail = ", ".join(f"{key} {expected.config.get(key)!r} vs {value!r} in this model"
-                           for key, value in summary.items() if expected.config.get(key) != value)
+        detail = ", ".join(
+            f"{key} {expected.config.get(key)!r} vs {value!r} in this model"
+            for key, value in summary.items()
+            if expected.config.get(key) != value
+        )
         raise error(f"{what} was {made} for another model ({detail}); {remedy}")
     if not same_weights(expected.weight_sample, weight_sample(model, layers)):
-        raise error(f"{what} matches this architecture but was {made} on different weights "
-                    f"(another checkpoint or fine-tune); {remedy}")
+        raise error(
+            f"{what} matches this architecture but was {made} on different weights "
+            f"(another checkpoint or fine-tune); {remedy}"
+        )

@@ -11,8 +11,9 @@ from torch import nn
 from guardrail.models.adapter import Adapter, adapter_for, get_adapter
 
 
-def load_model(path: str, *, adapter: str | None = None, dtype: str = "auto",
-               device: str | None = None) -> tuple[nn.Module, Any, Adapter]:
+def load_model(
+    path: str, *, adapter: str | None = None, dtype: str = "auto", device: str | None = None
+) -> tuple[nn.Module, Any, Adapter]:
     """(model, processor, adapter) for a model directory or hub id.
 
     >>> model, processor, adapter = load_model("Qwen/Qwen2-Audio-7B-Instruct")  # doctest: +SKIP

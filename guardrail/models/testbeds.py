@@ -49,13 +49,15 @@ def find_provider() -> TestbedProvider:
     """
     found = provider_entry_points()
     if not found:
-        raise TestbedsNotInstalledError(f"no real-weight testbeds are installed (entry-point group "
-                                        f"{ENTRY_POINT_GROUP!r} is empty); {INSTALL_HINT}")
+        raise TestbedsNotInstalledError(
+            f"no real-weight testbeds are installed (entry-point group {ENTRY_POINT_GROUP!r} is empty); {INSTALL_HINT}"
+        )
     try:
         return found[0].load()
     except ImportError as exc:
-        raise TestbedsNotInstalledError(f"the testbed provider {found[0].value} failed to import ({exc}); "
-                                        f"{INSTALL_HINT}") from exc
+        raise TestbedsNotInstalledError(
+            f"the testbed provider {found[0].value} failed to import ({exc}); {INSTALL_HINT}"
+        ) from exc
 
 
 def load_testbed(name: str) -> tuple[Any, Any]:

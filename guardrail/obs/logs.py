@@ -23,13 +23,19 @@ def decision_logger() -> structlog.stdlib.BoundLogger:
     """A structlog logger that renders JSON into the stdlib logger "guardrail"."""
     return structlog.wrap_logger(
         logging.getLogger(LOGGER_NAME),
-        processors=[structlog.stdlib.filter_by_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.stdlib.BoundLogger)
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.add_log_level,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
 
 
-def configure_logging(fmt: Literal["json", "console", "auto"] = "auto", level: str = "info",
-                      stream: Any = None) -> None:
+def configure_logging(
+    fmt: Literal["json", "console", "auto"] = "auto", level: str = "info", stream: Any = None
+) -> None:
     """Send guardrail events to `stream` (stderr): one JSON line each ("json"), or a readable
     line ("console"); "auto" picks console on a terminal and JSON otherwise."""
     stream = stream or sys.stderr
@@ -48,6 +54,7 @@ def configure_logging(fmt: Literal["json", "console", "auto"] = "auto", level: s
 class _ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         import json
+
         try:
             event = json.loads(record.getMessage())
         except ValueError:
@@ -59,12 +66,25 @@ class _ConsoleFormatter(logging.Formatter):
 def decision_event(result: GuardResult, request: dict[str, Any] | None, log_content: bool) -> dict[str, Any]:
     """The fields of one decision event (content only when allowed)."""
     d = result.decision
-    event = {"request_id": d.request_id, "policy": d.policy, "adapter": d.adapter, "gate_mode": d.gate_mode,
-             "steered": d.steered, "blocked": d.blocked, "probe_score": d.probe_score, "reason": d.reason,
-             "steered_layers": len(d.layers), "alpha": d.alpha, "artifact_id": d.artifact_id,
-             "prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
-             "finish_reason": d.finish_reason, "prefill_ms": round(d.timings.prefill_ms, 2),
-             "decode_ms": round(d.timings.decode_ms, 2), "total_ms": round(d.timings.total_ms, 2)}
+    event = {
+        "request_id": d.request_id,
+        "policy": d.policy,
+        "adapter": d.adapter,
+        "gate_mode": d.gate_mode,
+        "steered": d.steered,
+        "blocked": d.blocked,
+        "probe_score": d.probe_score,
+        "reason": d.reason,
+        "steered_layers": len(d.layers),
+        "alpha": d.alpha,
+        "artifact_id": d.artifact_id,
+        "prompt_tokens": d.prompt_tokens,
+        "completion_tokens": d.completion_tokens,
+        "finish_reason": d.finish_reason,
+        "prefill_ms": round(d.timings.prefill_ms, 2),
+        "decode_ms": round(d.timings.decode_ms, 2),
+        "total_ms": round(d.timings.total_ms, 2),
+    }
     if log_content:
         event["prompt_text"] = (request or {}).get("text")
         event["has_audio"] = (request or {}).get("audio") is not None

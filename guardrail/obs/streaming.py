@@ -44,7 +44,7 @@ class TokenQueue(BaseStreamer):
         text = self.decode(self._ids)
         # Hold back an incomplete multi-byte character until its last byte arrives.
         if text.startswith(self._sent) and not text.endswith("\ufffd") and len(text) > len(self._sent):
-            self.queue.put(text[len(self._sent):])
+            self.queue.put(text[len(self._sent) :])
             self._sent = text
 
     def end(self) -> None:
@@ -75,8 +75,9 @@ class GenerationClock(BaseStreamer):
     def timings(self, now: float, started: float) -> Timings:
         """Prefill and decode time until `now`, and the total since the call `started` (perf_counter)."""
         first = self.first_token or now
-        return Timings(prefill_ms=(first - self.start) * 1e3, decode_ms=(now - first) * 1e3,
-                       total_ms=(now - started) * 1e3)
+        return Timings(
+            prefill_ms=(first - self.start) * 1e3, decode_ms=(now - first) * 1e3, total_ms=(now - started) * 1e3
+        )
 
 
 class GuardStream:
@@ -105,4 +106,4 @@ class GuardStream:
             raise self._error
         final = self.result.text if self.result is not None else ""
         if final.startswith(self._streamer._sent) and len(final) > len(self._streamer._sent):
-            yield final[len(self._streamer._sent):]  # a held-back tail, or a blocked request's message
+            yield final[len(self._streamer._sent) :]  # a held-back tail, or a blocked request's message

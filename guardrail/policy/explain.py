@@ -109,15 +109,20 @@ def _describe(schema: dict[str, Any], root: dict[str, Any], plural: bool = False
         noun = {"integer": "an integer", "number": "a number"}[kind]
         if plural:
             noun = {"integer": "integers", "number": "numbers"}[kind]
-        bounds = [f"{op} {schema[key]:g}" for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"),
-                                                          ("maximum", "<="), ("exclusiveMaximum", "<"))
-                  if key in schema]
+        bounds = [
+            f"{op} {schema[key]:g}"
+            for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
+            if key in schema
+        ]
         return " ".join([noun, " and ".join(bounds)]) if bounds else noun
     if kind == "string":
         if "examples" in schema:
             return f"a string like {schema['examples'][0]!r}"
-        return ("non-empty strings" if plural else "a non-empty string") if schema.get("minLength") else (
-            "strings" if plural else "a string")
+        return (
+            ("non-empty strings" if plural else "a non-empty string")
+            if schema.get("minLength")
+            else ("strings" if plural else "a string")
+        )
     if kind == "array":
         unique = "unique " if schema.get("uniqueItems") else ""
         size = "a non-empty list" if schema.get("minItems") else "a list"

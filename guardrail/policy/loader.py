@@ -64,8 +64,10 @@ def locate_policy(ref: str | Path) -> Path:
     """`resolve_policy_ref` for `Policy.load`: a name that is neither a file nor a shipped policy is an error."""
     path = resolve_policy_ref(str(ref))
     if not path.exists() and path.parent == data_dir("policies"):
-        raise PolicyError(f"no policy file {str(ref)!r} and no shipped policy of that name; shipped: "
-                          f"{', '.join(shipped_policy_names())}")
+        raise PolicyError(
+            f"no policy file {str(ref)!r} and no shipped policy of that name; shipped: "
+            f"{', '.join(shipped_policy_names())}"
+        )
     return path
 
 
@@ -99,7 +101,7 @@ def _read(path: Path) -> dict[str, Any]:
 def _load_chain(path: Path, stack: tuple[Path, ...]) -> list[PolicyLayer]:
     real = path.resolve()
     if real in stack:
-        cycle = " -> ".join(str(p) for p in (*stack[stack.index(real):], real))
+        cycle = " -> ".join(str(p) for p in (*stack[stack.index(real) :], real))
         raise PolicyError(f"policy extends cycle: {cycle}")
     data = _read(path)
     if "name" not in data:
@@ -107,8 +109,9 @@ def _load_chain(path: Path, stack: tuple[Path, ...]) -> list[PolicyLayer]:
     return _chain_from(data, str(path), path.parent, (*stack, real))
 
 
-def _chain_from(data: Mapping[str, Any], source: str, folder: Path | None,
-                stack: tuple[Path, ...]) -> list[PolicyLayer]:
+def _chain_from(
+    data: Mapping[str, Any], source: str, folder: Path | None, stack: tuple[Path, ...]
+) -> list[PolicyLayer]:
     layer: dict[str, Any] = _interpolate(data, source, ())
     parent = layer.pop("extends", None)
     if folder is not None:
@@ -116,13 +119,17 @@ def _chain_from(data: Mapping[str, Any], source: str, folder: Path | None,
     chain: list[PolicyLayer] = []
     if parent is not None:
         if not isinstance(parent, str) or not parent.strip():
-            raise PolicyError(f"invalid policy {source}:\n  extends: expected a policy file path or the name of a "
-                              f"shipped policy (got {parent!r}); accepted names: {', '.join(shipped_policy_names())}")
+            raise PolicyError(
+                f"invalid policy {source}:\n  extends: expected a policy file path or the name of a "
+                f"shipped policy (got {parent!r}); accepted names: {', '.join(shipped_policy_names())}"
+            )
         target = resolve_policy_ref(parent.strip(), folder)
         if not target.is_file():
-            raise PolicyError(f"invalid policy {source}:\n  extends: no policy file {str(target)!r} (from "
-                              f"{parent!r}); give a path relative to {source} or one of the shipped policies: "
-                              f"{', '.join(shipped_policy_names())}")
+            raise PolicyError(
+                f"invalid policy {source}:\n  extends: no policy file {str(target)!r} (from "
+                f"{parent!r}); give a path relative to {source} or one of the shipped policies: "
+                f"{', '.join(shipped_policy_names())}"
+            )
         chain = _load_chain(target, stack)
     return [*chain, PolicyLayer(source, layer)]
 
@@ -149,18 +156,24 @@ def _substitute(match: re.Match[str], source: str, path: tuple[Any, ...]) -> str
         return "${"
     where = field_path(path)
     if match.group(1) is None:
-        raise PolicyError(f"invalid policy {source}:\n  {where}: unclosed '${{'; write ${{NAME}}, "
-                          "${NAME:-default}, or $${ for a literal ${")
+        raise PolicyError(
+            f"invalid policy {source}:\n  {where}: unclosed '${{'; write ${{NAME}}, "
+            "${NAME:-default}, or $${ for a literal ${"
+        )
     name, has_default, default = match.group(1).partition(":-")
     if not _VAR_NAME.fullmatch(name):
-        raise PolicyError(f"invalid policy {source}:\n  {where}: malformed placeholder {text!r}; accepted: "
-                          "${NAME} or ${NAME:-default} with NAME made of letters, digits and _")
+        raise PolicyError(
+            f"invalid policy {source}:\n  {where}: malformed placeholder {text!r}; accepted: "
+            "${NAME} or ${NAME:-default} with NAME made of letters, digits and _"
+        )
     value = os.environ.get(name)
     if value is None or (value == "" and has_default):
         if has_default:
             return default
-        raise PolicyError(f"invalid policy {source}:\n  {where}: environment variable {name} is not set "
-                          f"and {text} has no default; set {name} or write ${{{name}:-default}}")
+        raise PolicyError(
+            f"invalid policy {source}:\n  {where}: environment variable {name} is not set "
+            f"and {text} has no default; set {name} or write ${{{name}:-default}}"
+        )
     return value
 
 

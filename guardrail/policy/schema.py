@@ -19,14 +19,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
-                      WithJsonSchema, field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from guardrail.errors import PolicyError
 from guardrail.policy.explain import explain_validation_error
 from guardrail.policy.loader import PolicyLayer, chain_from_dict, chain_from_file, locate_policy, merge_chain
 from guardrail.steering.vectors import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH
-
 
 SCHEMA_FILE = "policy.schema.json"
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
@@ -47,6 +55,7 @@ def _adapter_enum(schema: dict[str, Any]) -> None:
 @lru_cache(maxsize=1)
 def _adapter_names() -> list[str]:
     from guardrail.models.adapter import supported_families
+
     return sorted(supported_families())
 
 
@@ -54,16 +63,26 @@ class ModelPolicy(_Section):
     """Which model a deployment serves and where its calibrated files are. Every field is optional:
     code that builds a `Guard` itself passes these objects directly."""
 
-    adapter: str | None = Field(None, json_schema_extra=_adapter_enum,
-                                description="model family adapter (see `guardrail families`); null = chosen "
-                                            "from the model's config")
-    path: str | None = Field(None, description="model directory or hub id; a relative directory (starting with "
-                                               "'.' or existing next to the policy) is resolved against the "
-                                               "policy file's folder")
-    artifact: str | None = Field(None, description="steering artifact directory (guardrail calibrate --out); "
-                                                   "relative to the policy file's folder")
-    probe: str | None = Field(None, description="gate probe directory; relative to the policy file's folder; "
-                                                "null = ARTIFACT/probe when the gate needs one")
+    adapter: str | None = Field(
+        None,
+        json_schema_extra=_adapter_enum,
+        description="model family adapter (see `guardrail families`); null = chosen from the model's config",
+    )
+    path: str | None = Field(
+        None,
+        description="model directory or hub id; a relative directory (starting with "
+        "'.' or existing next to the policy) is resolved against the "
+        "policy file's folder",
+    )
+    artifact: str | None = Field(
+        None,
+        description="steering artifact directory (guardrail calibrate --out); relative to the policy file's folder",
+    )
+    probe: str | None = Field(
+        None,
+        description="gate probe directory; relative to the policy file's folder; "
+        "null = ARTIFACT/probe when the gate needs one",
+    )
 
     @field_validator("adapter")
     @classmethod
@@ -75,17 +94,21 @@ class ModelPolicy(_Section):
 
 # -- steering --------------------------------------------------------------------------------------
 _RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
-_LAYERS_FORMS = ('"all", a list of layer indices, a range "START-END" or a mapping {start: S, end: E} '
-                 "(both ends included)")
+_LAYERS_FORMS = (
+    '"all", a list of layer indices, a range "START-END" or a mapping {start: S, end: E} (both ends included)'
+)
 
 _LAYERS_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {"const": "all", "type": "string"},
         {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "uniqueItems": True},
         {"type": "string", "pattern": r"^\s*\d+\s*-\s*\d+\s*$", "examples": ["8-15"]},
-        {"type": "object", "properties": {"start": {"type": "integer", "minimum": 0},
-                                          "end": {"type": "integer", "minimum": 0}},
-         "required": ["start", "end"], "additionalProperties": False},
+        {
+            "type": "object",
+            "properties": {"start": {"type": "integer", "minimum": 0}, "end": {"type": "integer", "minimum": 0}},
+            "required": ["start", "end"],
+            "additionalProperties": False,
+        },
     ],
 }
 
@@ -133,15 +156,21 @@ Layers = Annotated[Literal["all"] | list[int], BeforeValidator(_parse_layers), W
 class SteeringPolicy(_Section):
     """SARSteer: add alpha * v'_l to the residual stream of each steered decoder layer."""
 
-    alpha: float = Field(DEFAULT_ALPHA, ge=0.0, description="strength of alpha * v' per layer; 0 = no steering "
-                                                            "(with no artifact)")
+    alpha: float = Field(
+        DEFAULT_ALPHA, ge=0.0, description="strength of alpha * v' per layer; 0 = no steering (with no artifact)"
+    )
     layers: Layers = Field("all", description="decoder layers to steer: " + _LAYERS_FORMS)
     positions: Literal["last"] = Field(
-        "last", description="where to steer: 'last' = the last prompt position during prefill and each "
-                            "generated token, as in SARSteer; the refusal direction is measured there, so other "
-                            "positions are not supported yet")
-    safe_rank: int = Field(DEFAULT_RANK, ge=0, description="k: safe-space directions ablated from the refusal "
-                                                           "vector (0 = plain refusal steering)")
+        "last",
+        description="where to steer: 'last' = the last prompt position during prefill and each "
+        "generated token, as in SARSteer; the refusal direction is measured there, so other "
+        "positions are not supported yet",
+    )
+    safe_rank: int = Field(
+        DEFAULT_RANK,
+        ge=0,
+        description="k: safe-space directions ablated from the refusal vector (0 = plain refusal steering)",
+    )
     safe_strength: float = Field(DEFAULT_STRENGTH, ge=0.0, description="lambda of the safe-space ablation")
 
 
@@ -150,30 +179,45 @@ class GatePolicy(_Section):
     """When to steer."""
 
     mode: Literal["always", "probe", "off"] = Field(
-        "always", description="always: steer every request; probe: steer when the probe flags it; off: never")
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="probe score to steer at; null = the "
-                                    "probe's calibrated threshold")
+        "always", description="always: steer every request; probe: steer when the probe flags it; off: never"
+    )
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="probe score to steer at; null = the probe's calibrated threshold"
+    )
     on_error: Literal["steer", "pass"] = Field(
-        "steer", description="when the probe fails: steer (fail closed) or pass unsteered (fail open)")
-    exact: bool = Field(False, description="score the prompt before generating so that every layer of the "
-                        "last prompt token is steered (costs a partial extra prefill)")
+        "steer", description="when the probe fails: steer (fail closed) or pass unsteered (fail open)"
+    )
+    exact: bool = Field(
+        False,
+        description="score the prompt before generating so that every layer of the "
+        "last prompt token is steered (costs a partial extra prefill)",
+    )
 
 
 class ActionsPolicy(_Section):
     """What to answer instead of generating."""
 
-    refusal_message: str = Field("I can't help with that request.", min_length=1,
-                                 description="returned instead of generating when a request is blocked")
-    block_above: float | None = Field(None, ge=0.0, le=1.0, description="probe score at or above which the "
-                                      "guard answers with refusal_message without generating; null = never")
+    refusal_message: str = Field(
+        "I can't help with that request.",
+        min_length=1,
+        description="returned instead of generating when a request is blocked",
+    )
+    block_above: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="probe score at or above which the "
+        "guard answers with refusal_message without generating; null = never",
+    )
 
 
 class CalibrationPolicy(_Section):
     """Inputs of `guardrail calibrate`."""
 
     instruction: str | None = Field(None, description="instruction text; null = the modality's default")
-    refusal_text: str = Field(DEFAULT_REFUSAL_TEXT, min_length=1,
-                              description="the refusal appended to measure the refusal direction")
+    refusal_text: str = Field(
+        DEFAULT_REFUSAL_TEXT, min_length=1, description="the refusal appended to measure the refusal direction"
+    )
 
 
 class LimitsPolicy(_Section):
@@ -188,15 +232,21 @@ class RuntimePolicy(_Section):
     """How the guarded model generates (steering follows it onto the compiled path)."""
 
     cache: Literal["dynamic", "static"] = Field(
-        "dynamic", description="KV cache: dynamic (grows per step) or static (fixed size, what compile needs)")
-    compile: bool = Field(False, description="torch.compile the decoding step (transformers' generate "
-                                             "compiles it; needs cache: static); steering stays in the graph")
+        "dynamic", description="KV cache: dynamic (grows per step) or static (fixed size, what compile needs)"
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the decoding step (transformers' generate "
+        "compiles it; needs cache: static); steering stays in the graph",
+    )
 
     @model_validator(mode="after")
-    def _compile_needs_static(self) -> "RuntimePolicy":
+    def _compile_needs_static(self) -> RuntimePolicy:
         if self.compile and self.cache != "static":
-            raise ValueError("runtime.compile: true needs runtime.cache: static (a compiled decoding step needs "
-                             "a fixed-size KV cache)")
+            raise ValueError(
+                "runtime.compile: true needs runtime.cache: static (a compiled decoding step needs "
+                "a fixed-size KV cache)"
+            )
         return self
 
 
@@ -208,12 +258,15 @@ class LoggingPolicy(_Section):
     """Decision logs (one event per request)."""
 
     level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = Field(
-        "info", description="least severe level emitted")
-    log_content: bool = Field(False, description="include prompt and response text in log events; off by "
-                                                 "default so content stays out of logs")
+        "info", description="least severe level emitted"
+    )
+    log_content: bool = Field(
+        False, description="include prompt and response text in log events; off by default so content stays out of logs"
+    )
     format: Literal["json", "console", "auto"] = Field(
-        "auto", description="json: one JSON object per line; console: readable; auto: console on a terminal, "
-                            "json otherwise")
+        "auto",
+        description="json: one JSON object per line; console: readable; auto: console on a terminal, json otherwise",
+    )
 
 
 def _doc(cls: type) -> str:
@@ -246,7 +299,7 @@ class Policy(_Section):
         return self._sources
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "Policy":
+    def from_yaml(cls, path: str | Path) -> Policy:
         """Load and validate a policy file (following `extends:`).
 
         >>> from guardrail.resources import shipped_policy
@@ -256,14 +309,13 @@ class Policy(_Section):
         return _build(cls, chain_from_file(Path(path)))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>",
-                  base_dir: str | Path | None = None) -> "Policy":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>", base_dir: str | Path | None = None) -> Policy:
         """Validate a policy given as a mapping. `extends:` and relative model paths are resolved
         against `base_dir` (default: the working directory for `extends`; paths are kept as given)."""
         return _build(cls, chain_from_dict(data, source, base_dir))
 
     @classmethod
-    def load(cls, ref: str | Path) -> "Policy":
+    def load(cls, ref: str | Path) -> Policy:
         """A policy file path, or the name of a policy shipped with the package ("default", "gated", ...)."""
         return cls.from_yaml(locate_policy(ref))
 
@@ -272,13 +324,19 @@ class Policy(_Section):
         """JSON Schema of policy files (what `guardrail policy schema` prints), for editors and CI."""
         schema = cls.model_json_schema()
         schema = {"$schema": SCHEMA_URI, **schema}
-        schema["description"] = ("A deployment policy of lalm-guardrail: which model, how to steer, when (gate), "
-                                 "what to answer instead, limits, and logging. Every field is optional.")
+        schema["description"] = (
+            "A deployment policy of lalm-guardrail: which model, how to steer, when (gate), "
+            "what to answer instead, limits, and logging. Every field is optional."
+        )
         schema["properties"] = {
-            "extends": {"type": "string", "title": "Extends",
-                        "description": "a policy file (relative to this one) or a shipped policy name, "
-                                       "loaded first; this file is deep-merged over it"},
-            **schema["properties"]}
+            "extends": {
+                "type": "string",
+                "title": "Extends",
+                "description": "a policy file (relative to this one) or a shipped policy name, "
+                "loaded first; this file is deep-merged over it",
+            },
+            **schema["properties"],
+        }
         return schema
 
 

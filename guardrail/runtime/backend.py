@@ -48,8 +48,14 @@ class SteeringPlan:
     device_probe: LinearProbe | None
 
     @classmethod
-    def for_policy(cls, policy: Policy, model: nn.Module, layers: nn.ModuleList,
-                   artifact: SteeringArtifact | None, probe: ScoringProbe | str | Path | None) -> "SteeringPlan":
+    def for_policy(
+        cls,
+        policy: Policy,
+        model: nn.Module,
+        layers: nn.ModuleList,
+        artifact: SteeringArtifact | None,
+        probe: ScoringProbe | str | Path | None,
+    ) -> SteeringPlan:
         """Check the policy, artifact and probe against the model, and prepare the deltas once."""
         deltas = _deltas(policy, model, layers, artifact, _steered_layers(policy, layers))
         gate = Gate(policy, probe, can_steer=bool(deltas))
@@ -89,19 +95,24 @@ def _steered_layers(policy: Policy, layers: nn.ModuleList) -> list[int]:
         return list(range(len(layers)))
     out_of_range = [i for i in chosen if i >= len(layers)]
     if out_of_range:
-        raise PolicyError(f"policy {policy.name!r} steers layers {out_of_range}, but the model has "
-                          f"{len(layers)} decoder layers (0..{len(layers) - 1})")
+        raise PolicyError(
+            f"policy {policy.name!r} steers layers {out_of_range}, but the model has "
+            f"{len(layers)} decoder layers (0..{len(layers) - 1})"
+        )
     return sorted(chosen)
 
 
-def _deltas(policy: Policy, model: nn.Module, layers: nn.ModuleList, artifact: SteeringArtifact | None,
-            steered: list[int]) -> dict[int, torch.Tensor]:
+def _deltas(
+    policy: Policy, model: nn.Module, layers: nn.ModuleList, artifact: SteeringArtifact | None, steered: list[int]
+) -> dict[int, torch.Tensor]:
     """alpha * v'_l for each steered layer, on that layer's device and dtype."""
     if policy.gate.mode == "off" or policy.steering.alpha == 0:
         return {}  # nothing to add: the model runs untouched (a monitor policy still scores)
     if artifact is None:
-        raise PolicyError(f"policy {policy.name!r} steers (gate.mode: {policy.gate.mode}) but no "
-                          "artifact was given: calibrate one with guardrail.calibrate, or set gate.mode: off")
+        raise PolicyError(
+            f"policy {policy.name!r} steers (gate.mode: {policy.gate.mode}) but no "
+            "artifact was given: calibrate one with guardrail.calibrate, or set gate.mode: off"
+        )
     artifact.check_model(model, layers)
     steering = policy.steering
     vectors = artifact.steering_vectors(steering.safe_rank, steering.safe_strength)
@@ -138,13 +149,14 @@ class SteeringBackend(ABC):
     def prepass(self, inputs: dict[str, Any]) -> GateVerdict:
         """Run prefill only up to the probe's layers and return the probe's verdict before generating."""
 
-    def generate(self, inputs: dict[str, Any], known: GateVerdict | None,
-                 kwargs: Mapping[str, Any]) -> tuple[list[list[int]], GateVerdict]:
+    def generate(
+        self, inputs: dict[str, Any], known: GateVerdict | None, kwargs: Mapping[str, Any]
+    ) -> tuple[list[list[int]], GateVerdict]:
         """`model.generate(**inputs, **kwargs)` steered: the new tokens per sample, and the gate's verdict."""
         with self.steer(inputs, known) as call:
             output = self.model.generate(**inputs, **kwargs)
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        return sequences[:, inputs["input_ids"].shape[1]:].tolist(), call.verdict
+        return sequences[:, inputs["input_ids"].shape[1] :].tolist(), call.verdict
 
     def first_token_logits(self, inputs: dict[str, Any], known: GateVerdict | None) -> torch.Tensor:
         """Logits (batch, vocab) of the first answer token, with prefill steered as `generate` steers it."""

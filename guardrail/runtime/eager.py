@@ -34,7 +34,7 @@ class HookState:
     """
 
     deltas: dict[int, torch.Tensor] = field(default_factory=dict)
-    gate: "PrefillGate | None" = None
+    gate: PrefillGate | None = None
 
 
 @dataclass
@@ -85,8 +85,9 @@ class LayerHooks:
     def _acquire(self) -> None:
         with self._lock:
             if self._active == 0:
-                self._handles = [layer.register_forward_hook(self._make_hook(i))
-                                 for i, layer in enumerate(self._layers)]
+                self._handles = [
+                    layer.register_forward_hook(self._make_hook(i)) for i, layer in enumerate(self._layers)
+                ]
             self._active += 1
 
     def _release(self) -> None:
@@ -133,7 +134,7 @@ def _add_last(hidden: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return hidden
 
 
-_REGISTRY: "weakref.WeakKeyDictionary[nn.Module, LayerHooks]" = weakref.WeakKeyDictionary()
+_REGISTRY: weakref.WeakKeyDictionary[nn.Module, LayerHooks] = weakref.WeakKeyDictionary()
 _REGISTRY_LOCK = threading.Lock()
 
 

@@ -48,8 +48,10 @@ class SteeringSlot:
         param = next(self.layers[0].parameters())
         devices = {next(layer.parameters()).device for layer in self.layers}
         if len(devices) > 1:
-            raise GuardrailError(f"static steering needs the decoder layers on one device, found "
-                                 f"{sorted(map(str, devices))}; use runtime.cache: dynamic for a split model")
+            raise GuardrailError(
+                f"static steering needs the decoder layers on one device, found "
+                f"{sorted(map(str, devices))}; use runtime.cache: dynamic for a split model"
+            )
         self.device, self.dtype = param.device, param.dtype
         self.hidden = hidden
         self.max_batch = max_batch
@@ -60,10 +62,10 @@ class SteeringSlot:
         # probe (float32): weights per probe layer, accumulator, result, control flags
         self.acc = self._buffer(max_batch)
         self.score = self._buffer(max_batch)
-        self.armed = self._buffer(())      # 1: the next prefill decides the gate
+        self.armed = self._buffer(())  # 1: the next prefill decides the gate
         self.bias = self._buffer(())
         self.threshold = self._buffer(())
-        self.on_error = self._buffer(())   # 1: steer when the probe's scores are not finite
+        self.on_error = self._buffer(())  # 1: steer when the probe's scores are not finite
         self.can_steer = self._buffer(())
         self.probe_weight: dict[int, torch.Tensor] = {}
         self._steered: set[int] = set()
@@ -84,8 +86,10 @@ class SteeringSlot:
         compiled graph then recompiles once)."""
         steered, probe_layers = set(steered) | self._steered, tuple(probe_layers) or self._probe_layers
         if probe_layers and self._probe_layers and probe_layers != self._probe_layers:
-            raise GuardrailError(f"this model's static steering already reads probe layers {self._probe_layers}; "
-                                 f"a probe on layers {probe_layers} cannot share it")
+            raise GuardrailError(
+                f"this model's static steering already reads probe layers {self._probe_layers}; "
+                f"a probe on layers {probe_layers} cannot share it"
+            )
         if steered == self._steered and probe_layers == self._probe_layers and self._handles:
             return
         self.remove()
@@ -146,16 +150,25 @@ class SteeringSlot:
 
     # -- per request -----------------------------------------------------------------
     @contextmanager
-    def request(self, deltas: dict[int, torch.Tensor], batch: int, *, steer: Sequence[bool] | None = None,
-                probe: LinearProbe | None = None, threshold: float = 0.5, on_error_steer: bool = True
-                ) -> Iterator["SteeringSlot"]:
+    def request(
+        self,
+        deltas: dict[int, torch.Tensor],
+        batch: int,
+        *,
+        steer: Sequence[bool] | None = None,
+        probe: LinearProbe | None = None,
+        threshold: float = 0.5,
+        on_error_steer: bool = True,
+    ) -> Iterator[SteeringSlot]:
         """Load one request's deltas and gate; zero the gate afterwards (the model is then untouched).
 
         ``steer``: a decision known beforehand (per sample); otherwise ``probe`` decides at prefill.
         """
         if batch > self.max_batch:
-            raise GuardrailError(f"batch of {batch} exceeds the static steering buffers ({self.max_batch}); "
-                                 "raise limits.max_batch in the policy")
+            raise GuardrailError(
+                f"batch of {batch} exceeds the static steering buffers ({self.max_batch}); "
+                "raise limits.max_batch in the policy"
+            )
         with self.lock:
             try:
                 self._load(deltas, batch, steer, probe, threshold, on_error_steer)
@@ -165,8 +178,15 @@ class SteeringSlot:
                 self.armed.zero_()
                 self.acc.zero_()
 
-    def _load(self, deltas: dict[int, torch.Tensor], batch: int, steer: Sequence[bool] | None,
-              probe: LinearProbe | None, threshold: float, on_error_steer: bool) -> None:
+    def _load(
+        self,
+        deltas: dict[int, torch.Tensor],
+        batch: int,
+        steer: Sequence[bool] | None,
+        probe: LinearProbe | None,
+        threshold: float,
+        on_error_steer: bool,
+    ) -> None:
         for i in self._steered:
             if i in deltas:
                 self.delta[i].copy_(deltas[i].reshape(-1), non_blocking=True)
@@ -204,13 +224,15 @@ def _drop_compiled_code() -> None:
     from torch._dynamo.utils import counters
 
     if counters["stats"].get("unique_graphs", 0):
-        log.warning("guardrail: steering hooks changed after torch.compile ran in this process; resetting "
-                    "torch.compile caches so that compiled graphs include them (set up guards before compiling "
-                    "to avoid the recompilation)")
+        log.warning(
+            "guardrail: steering hooks changed after torch.compile ran in this process; resetting "
+            "torch.compile caches so that compiled graphs include them (set up guards before compiling "
+            "to avoid the recompilation)"
+        )
         torch._dynamo.reset()
 
 
-_SLOTS: "weakref.WeakKeyDictionary[nn.Module, SteeringSlot]" = weakref.WeakKeyDictionary()
+_SLOTS: weakref.WeakKeyDictionary[nn.Module, SteeringSlot] = weakref.WeakKeyDictionary()
 _SLOTS_LOCK = threading.Lock()
 
 

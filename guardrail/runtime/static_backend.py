@@ -48,9 +48,17 @@ class StaticBackend(SteeringBackend):
         slot = self.install()
         call = SteeredCall()
         threshold = gate.threshold if gate.threshold is not None else 0.5
-        with torch.inference_mode(), slot.request(self.plan.deltas, batch, steer=None if verdict is None else
-                                                  verdict.steer, probe=self.plan.device_probe, threshold=threshold,
-                                                  on_error_steer=gate.on_error_steer):
+        with (
+            torch.inference_mode(),
+            slot.request(
+                self.plan.deltas,
+                batch,
+                steer=None if verdict is None else verdict.steer,
+                probe=self.plan.device_probe,
+                threshold=threshold,
+                on_error_steer=gate.on_error_steer,
+            ),
+        ):
             yield call
             scores = slot.decision(batch)[1] if verdict is None else None  # read before the gate is zeroed
         call.verdict = verdict or gate.decide_scores(scores, batch)
@@ -63,6 +71,7 @@ def runtime_generate_kwargs(runtime: RuntimePolicy) -> dict[str, Any]:
     if not runtime.compile:
         return {"cache_implementation": "static", "disable_compile": True}
     from transformers import CompileConfig
+
     config = CompileConfig()
     config._compile_all_devices = True  # the policy asked for it: compile on CPU too
     return {"cache_implementation": "static", "compile_config": config}
@@ -78,5 +87,8 @@ def runs_compiled(model: nn.Module, kwargs: Mapping[str, Any]) -> bool:
 def is_compiled(model: nn.Module) -> bool:
     """True for a `torch.compile`d module or one whose forward was replaced by a compiled function."""
     forward = getattr(model, "forward", None)
-    return (type(model).__name__ == "OptimizedModule" or hasattr(forward, "_torchdynamo_orig_callable")
-            or hasattr(getattr(forward, "__func__", None), "_torchdynamo_orig_callable"))
+    return (
+        type(model).__name__ == "OptimizedModule"
+        or hasattr(forward, "_torchdynamo_orig_callable")
+        or hasattr(getattr(forward, "__func__", None), "_torchdynamo_orig_callable")
+    )

@@ -26,9 +26,16 @@ def model_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def last_token_activations(model: nn.Module, processor: Any, adapter: Adapter, requests: Sequence[Request],
-                           *, batch_size: int = 8, system_prompt: str | None = None,
-                           on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+def last_token_activations(
+    model: nn.Module,
+    processor: Any,
+    adapter: Adapter,
+    requests: Sequence[Request],
+    *,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """Activations h_l at the last prompt position, shaped (layers, requests, hidden), float32 on CPU.
 
     Requests are batched by similar length (less padding), one forward pass per batch,
@@ -38,7 +45,7 @@ def last_token_activations(model: nn.Module, processor: Any, adapter: Adapter, r
     order = sorted(range(len(requests)), key=lambda i: _size(requests[i]))
     rows: list[torch.Tensor] = [torch.empty(0)] * len(requests)
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         inputs = model_inputs(model, adapter.build_inputs(processor, [requests[i] for i in chunk], system_prompt))
         with capture_last(layers) as captured:
             forward_last(model, inputs)
@@ -62,6 +69,7 @@ def capture_last(layers: nn.ModuleList) -> Iterator[dict[int, torch.Tensor]]:
             if threading.get_ident() == owner:
                 hidden = output[0] if isinstance(output, tuple) else output
                 captured[index] = hidden[:, -1, :].detach()
+
         return hook
 
     handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(layers)]

@@ -29,12 +29,22 @@ MIN_STORED_RANK = 32
 CalibrationItem = Any  # audio path | bytes | (array, sampling_rate) | str (a text query)
 
 
-def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationItem],
-              safe: Sequence[CalibrationItem], instruction: str | None = None, *,
-              refusal_text: str = DEFAULT_REFUSAL_TEXT, rank: int = DEFAULT_RANK,
-              strength: float = DEFAULT_STRENGTH, batch_size: int = 8, adapter: Adapter | str | None = None,
-              max_audio_seconds: float | None = None, method: Literal["sarsteer", "diff_means"] = "sarsteer",
-              on_batch: Callable[[int], None] | None = None) -> SteeringArtifact:
+def calibrate(
+    model: nn.Module,
+    processor: Any,
+    harmful: Sequence[CalibrationItem],
+    safe: Sequence[CalibrationItem],
+    instruction: str | None = None,
+    *,
+    refusal_text: str = DEFAULT_REFUSAL_TEXT,
+    rank: int = DEFAULT_RANK,
+    strength: float = DEFAULT_STRENGTH,
+    batch_size: int = 8,
+    adapter: Adapter | str | None = None,
+    max_audio_seconds: float | None = None,
+    method: Literal["sarsteer", "diff_means"] = "sarsteer",
+    on_batch: Callable[[int], None] | None = None,
+) -> SteeringArtifact:
     """Compute SARSteer vectors for `model` from harmful and safe calibration queries.
 
     Items are audio (a path, encoded bytes or (array, sampling_rate)) for an audio model,
@@ -53,16 +63,17 @@ def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationIte
         raise ValueError(f"unknown calibration method {method!r}; use 'sarsteer' or 'diff_means'")
     adapter = resolve_adapter(model, adapter)
     if len(harmful) < 1 or len(safe) < 2:
-        raise RequestError("calibration needs at least 1 harmful and 2 safe queries (the paper uses 100 each; "
-                           "results were flat from 10 up)")
+        raise RequestError(
+            "calibration needs at least 1 harmful and 2 safe queries (the paper uses 100 each; "
+            "results were flat from 10 up)"
+        )
     instruction = instruction or default_instruction(adapter.takes_audio)
     sr = adapter.sampling_rate(processor)
     harmful_q = [calibration_query(item, instruction, adapter, sr, max_audio_seconds) for item in harmful]
     safe_q = [calibration_query(item, instruction, adapter, sr, max_audio_seconds) for item in safe]
     with_refusal = [Request(text=f"{q.text} {refusal_text}", audio=q.audio) for q in harmful_q]
 
-    collect = lambda qs: last_token_activations(model, processor, adapter, qs, batch_size=batch_size,
-                                                on_batch=on_batch)
+    collect = lambda qs: last_token_activations(model, processor, adapter, qs, batch_size=batch_size, on_batch=on_batch)
     h_base, h_safe = collect(harmful_q), collect(safe_q)
     if method == "sarsteer":
         h_refuse = collect(with_refusal)
@@ -74,15 +85,22 @@ def calibrate(model: nn.Module, processor: Any, harmful: Sequence[CalibrationIte
 
     layers = adapter.decoder_layers(model)
     stored = basis[0].shape[1]
-    params = MethodParams(name=method, refusal_text=refusal_text, instruction=instruction,
-                          safe_rank=min(rank, stored), basis_rank=stored, safe_strength=strength)
+    params = MethodParams(
+        name=method,
+        refusal_text=refusal_text,
+        instruction=instruction,
+        safe_rank=min(rank, stored),
+        basis_rank=stored,
+        safe_strength=strength,
+    )
     calib = CalibrationSet(n_harmful=len(harmful_q), n_safe=len(safe_q), sha256=requests_hash(harmful_q, safe_q))
     metadata = new_metadata(identify(model, layers, adapter.name), params, calib, refusal, basis)
     return SteeringArtifact(refusal=refusal, basis=basis, metadata=metadata)
 
 
-def calibration_query(item: CalibrationItem, instruction: str, adapter: Adapter, sr: int,
-                      max_seconds: float | None = None) -> Request:
+def calibration_query(
+    item: CalibrationItem, instruction: str, adapter: Adapter, sr: int, max_seconds: float | None = None
+) -> Request:
     """The request for one calibration item: a text item is followed by `instruction`; an audio
     item (loaded at `sr` Hz, cut to `max_seconds`) gets `instruction` as its text."""
     if isinstance(item, str) and not _looks_like_audio_path(item, adapter):

@@ -24,8 +24,9 @@ def refusal_vector(with_refusal: torch.Tensor, without_refusal: torch.Tensor) ->
     [1.0, 1.0, 1.0, 1.0]
     """
     if with_refusal.shape != without_refusal.shape:
-        raise ValueError(f"paired activations differ in shape: {tuple(with_refusal.shape)} vs "
-                         f"{tuple(without_refusal.shape)}")
+        raise ValueError(
+            f"paired activations differ in shape: {tuple(with_refusal.shape)} vs {tuple(without_refusal.shape)}"
+        )
     diff = with_refusal.double() - without_refusal.double()
     return diff.mean(dim=0).float()
 

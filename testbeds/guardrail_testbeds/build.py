@@ -709,8 +709,7 @@ def load(
     if not is_built(name):
         if not build_if_missing:
             raise TestbedError(
-                f"testbed {name!r} is not built in {cache_dir()}; run "
-                f"`python -m guardrail_testbeds.build build {name}`"
+                f"testbed {name!r} is not built in {cache_dir()}; run `python -m guardrail_testbeds.build build {name}`"
             )
         build(name, progress=progress)
     path = hf_dir(name)

@@ -106,9 +106,7 @@ def audio_tokenizer_json(tokenizer_json: Mapping[str, Any], embedding_rows: int)
     # outside the vocabulary are numbered after it, in order (the upstream Hugging Face layout)
     in_vocab = bool(added) and all(a["content"] in vocab for a in added)
     next_id = max(a["id"] for a in added) + 1 if in_vocab else max(taken) + 1
-    merge_outputs = {
-        (m if isinstance(m, str) else " ".join(m)).replace(" ", "") for m in d["model"].get("merges", [])
-    }
+    merge_outputs = {(m if isinstance(m, str) else " ".join(m)).replace(" ", "") for m in d["model"].get("merges", [])}
     for content in AUDIO_TOKENS:
         if content in by_content:
             continue
@@ -259,7 +257,7 @@ def _whisper_encoder_state(dtype: torch.dtype) -> tuple[Any, dict[str, torch.Ten
     wconf = WhisperConfig.from_pretrained(path)
     sd = load_file(str(path / "model.safetensors"))
     prefix = "model.encoder."
-    enc = {k[len(prefix):]: v.to(dtype) for k, v in sd.items() if k.startswith(prefix)}
+    enc = {k[len(prefix) :]: v.to(dtype) for k, v in sd.items() if k.startswith(prefix)}
     return wconf, enc
 
 
@@ -316,7 +314,7 @@ def build_lalm(
     sd: dict[str, torch.Tensor] = {}
     for k, v in lm.state_dict().items():
         if k.startswith("model."):
-            sd["model.language_model." + k[len("model."):]] = v
+            sd["model.language_model." + k[len("model.") :]] = v
         else:
             sd[k] = v  # lm_head.weight
     sd.update({f"model.audio_tower.{k}": v for k, v in enc_sd.items()})
@@ -345,8 +343,10 @@ def load_testbed() -> tuple[Qwen2AudioForConditionalGeneration, Qwen2AudioProces
     (``PROJECTOR_FILE``) and, when there is one, the LM's LoRA adapter (``LORA_FILE``, merged
     into the LM's weights). Raises TestbedError when the projector is missing."""
     if not PROJECTOR_FILE.is_file():
-        raise TestbedError(f"no trained projector at {PROJECTOR_FILE}; train one with "
-                           "python -m guardrail_testbeds.projector_train (prepare, train, export)")
+        raise TestbedError(
+            f"no trained projector at {PROJECTOR_FILE}; train one with "
+            "python -m guardrail_testbeds.projector_train (prepare, train, export)"
+        )
     model, processor = build_lalm(PROJECTOR_FILE)
     if LORA_FILE.is_file():
         from guardrail_testbeds.lora import load_lora, merge_lora

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from guardrail_testbeds import build, lalm, lora, speech, train_questions
-from guardrail_testbeds.train_questions import INSTRUCTIONS, TRANSCRIBE, Question
+from guardrail_testbeds.train_questions import INSTRUCTIONS, TRANSCRIBE
 
 ANSWER_TOKENS = 16
 PROJECTOR_FILE = lalm.PROJECTOR_FILE
@@ -160,8 +160,13 @@ def tokenizer_words(tok: Any, max_id: int = 60_000) -> list[str]:
     """Lower-case alphabetic single-token words (4-11 letters) among the tokenizer's first ids."""
     import re
 
-    return sorted({t[1:] for t, i in tok.get_vocab().items()
-                   if t.startswith("\u0120") and i < max_id and re.fullmatch(r"[a-z]{4,11}", t[1:])})
+    return sorted(
+        {
+            t[1:]
+            for t, i in tok.get_vocab().items()
+            if t.startswith("\u0120") and i < max_id and re.fullmatch(r"[a-z]{4,11}", t[1:])
+        }
+    )
 
 
 def prepare_words(work_dir: Path, n: int = 2500, seed: int = 0) -> Path:
@@ -172,8 +177,18 @@ def prepare_words(work_dir: Path, n: int = 2500, seed: int = 0) -> Path:
     voices = [speech.voice_for(f"words|{t}", seed) for t in sentences]
     waves = [speech.speak_as(t, v) for t, v in zip(sentences, voices)]
     encoded = encode_clips(model, processor, waves)
-    clips = [{"split": "words", "question": t, "subject": "", "voice": list(v), "instruction": TRANSCRIBE,
-              "encoded": e, "answer": []} for t, v, e in zip(sentences, voices, encoded)]
+    clips = [
+        {
+            "split": "words",
+            "question": t,
+            "subject": "",
+            "voice": list(v),
+            "instruction": TRANSCRIBE,
+            "encoded": e,
+            "answer": [],
+        }
+        for t, v, e in zip(sentences, voices, encoded)
+    ]
     path = work_dir / "words.pt"
     torch.save({"seed": seed, "clips": clips}, path)
     return path
@@ -321,8 +336,10 @@ def train(
     if ck is not None:
         if bool(lora_rank) != ("lora" in ck):
             held = "holds a LoRA adapter" if "lora" in ck else "holds no LoRA adapter"
-            raise ValueError(f"{ckpt_path} {held}, but --lora-rank is {lora_rank}: resume with the rank it was "
-                             "trained with, or use another --work-dir")
+            raise ValueError(
+                f"{ckpt_path} {held}, but --lora-rank is {lora_rank}: resume with the rank it was "
+                "trained with, or use another --work-dir"
+            )
         proj.load_state_dict(ck["projector"])
         if lora_rank:
             lora.set_lora(lm, ck["lora"])
@@ -345,8 +362,10 @@ def train(
         share = transcribe_share(step, steps)
         tasks = ["transcribe" if rng.random() < share else "answer" for _ in range(batch)]
         # half the transcription clips come from the generated sentences, when there are any
-        picked = [rng.choice(words) if t == "transcribe" and words and rng.random() < 0.5 else rng.choice(clips)
-                  for t in tasks]
+        picked = [
+            rng.choice(words) if t == "transcribe" and words and rng.random() < 0.5 else rng.choice(clips)
+            for t in tasks
+        ]
         losses = loss_on_batch(model, processor, picked, tasks)
         total = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -354,8 +373,11 @@ def train(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        rec = {"step": step, **{k: round(v.item(), 4) for k, v in losses.items()},
-               "s": round(time.perf_counter() - t0, 1)}
+        rec = {
+            "step": step,
+            **{k: round(v.item(), 4) for k, v in losses.items()},
+            "s": round(time.perf_counter() - t0, 1),
+        }
         log.write(json.dumps(rec) + "\n")
         log.flush()
         if step % 10 == 0:
@@ -392,8 +414,7 @@ def agreement(a: Sequence[int], b: Sequence[int], n: int = 10) -> float:
     return sum(1 for x, y in zip(a[:n], b[:n]) if x == y) / n
 
 
-def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8,
-             original: Any = None) -> dict[str, Any]:
+def evaluate(model: Any, processor: Any, clips: Sequence[Clip], batch: int = 8, original: Any = None) -> dict[str, Any]:
     """First-10-token agreement with the typed answer, and transcription word error rate. With an
     adapted LM, ``original`` (the testbed without the adapter) answers the typed questions too:
     ``agreement10_original_lm`` compares the spoken answers with those."""
@@ -446,10 +467,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="questions per split (smoke runs)")
     p.add_argument("--offset", type=int, default=0, help="skip this many --questions (e.g. 50: held-out pairs)")
     p.add_argument("--split", default="held", help="held (held-out subjects) or train")
-    p.add_argument("--questions", type=Path, help="evaluate on these questions instead (JSON: FigStep format "
-                   "or a list of strings), spoken with the evaluation instruction")
-    p.add_argument("--projector", default="checkpoint",
-                   help="checkpoint | testbed (the shipped parts) | ridge | fresh | PATH (a projector file)")
+    p.add_argument(
+        "--questions",
+        type=Path,
+        help="evaluate on these questions instead (JSON: FigStep format "
+        "or a list of strings), spoken with the evaluation instruction",
+    )
+    p.add_argument(
+        "--projector",
+        default="checkpoint",
+        help="checkpoint | testbed (the shipped parts) | ridge | fresh | PATH (a projector file)",
+    )
     a = p.parse_args(argv)
     work = a.work_dir or default_work_dir()
     if a.command == "prepare":
@@ -475,14 +503,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.command == "export":
             print(lalm.save_projector(model, PROJECTOR_FILE))
             if adapter is not None:
-                print(lora.save_lora(adapter, lalm.LORA_FILE, {"kind": "qwen2-audio-testbed LM adapter",
-                                                              "lm": lalm.LM_NAME}))
+                print(
+                    lora.save_lora(
+                        adapter, lalm.LORA_FILE, {"kind": "qwen2-audio-testbed LM adapter", "lm": lalm.LM_NAME}
+                    )
+                )
             else:
                 lalm.LORA_FILE.unlink(missing_ok=True)
         else:
             if a.questions:
-                from guardrail.evaluation.data import read_questions
                 from guardrail.defaults import AUDIO_INSTRUCTION
+                from guardrail.evaluation.data import read_questions
+
                 texts = read_questions(a.questions)[a.offset :][: a.limit]
                 clips = spoken_clips(model, processor, texts, AUDIO_INSTRUCTION)
             else:

@@ -110,9 +110,7 @@ def _draw(rng: random.Random, accents: Sequence[str], variants: Sequence[str]) -
     return Voice(voice_name(accent, variant), rng.randint(*SPEED_RANGE), rng.randint(*PITCH_RANGE))
 
 
-def voices(
-    seed: int, n: int, *, accents: Sequence[str] = ACCENTS, variants: Sequence[str] = VARIANTS
-) -> list[Voice]:
+def voices(seed: int, n: int, *, accents: Sequence[str] = ACCENTS, variants: Sequence[str] = VARIANTS) -> list[Voice]:
     """``n`` voices drawn deterministically from ``seed`` (accent, variant, speed, pitch)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")

@@ -74,9 +74,22 @@ TRANSCRIBE = "Repeat exactly what was said in the audio."
 
 
 # openings for transcription-only sentences (generic question frames; the rest is random vocabulary)
-FRAMES = ("How can I", "What is the", "Tell me about the", "Why does the", "Where can someone find",
-          "Which are the", "Can you suggest ways to", "What are the", "How does one", "Explain the",
-          "Is it possible to", "Who decides the", "When should we", "Describe a")
+FRAMES = (
+    "How can I",
+    "What is the",
+    "Tell me about the",
+    "Why does the",
+    "Where can someone find",
+    "Which are the",
+    "Can you suggest ways to",
+    "What are the",
+    "How does one",
+    "Explain the",
+    "Is it possible to",
+    "Who decides the",
+    "When should we",
+    "Describe a",
+)
 
 
 def word_sentences(words: list[str], n: int, seed: int = 0) -> list[str]:

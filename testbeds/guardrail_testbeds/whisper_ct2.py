@@ -470,8 +470,7 @@ def convert(*, force: bool = False, fetch_if_missing: bool = True, progress: boo
         if not is_fetched(SOURCE):
             if not fetch_if_missing:
                 raise TestbedError(
-                    f"{SOURCE} is not fetched in {cache_dir()}; "
-                    f"run `python -m guardrail_testbeds.build fetch {SOURCE}`"
+                    f"{SOURCE} is not fetched in {cache_dir()}; run `python -m guardrail_testbeds.build fetch {SOURCE}`"
                 )
             fetch(SOURCE, progress=progress)
         src = testbed_dir(SOURCE)

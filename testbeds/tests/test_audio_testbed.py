@@ -29,8 +29,13 @@ needs_espeak = pytest.mark.skipif(
 # Written from the format description (CTranslate2 ModelSpec.save, binary version 6), independent
 # of the parser under test.
 
-_NP_TO_CT2 = {np.dtype("float32"): 0, np.dtype("int8"): 1, np.dtype("int16"): 2, np.dtype("int32"): 3,
-              np.dtype("float16"): 4}
+_NP_TO_CT2 = {
+    np.dtype("float32"): 0,
+    np.dtype("int8"): 1,
+    np.dtype("int16"): 2,
+    np.dtype("int32"): 3,
+    np.dtype("float16"): 4,
+}
 
 
 def _ct2_string(s: str) -> bytes:
@@ -38,8 +43,15 @@ def _ct2_string(s: str) -> bytes:
     return struct.pack("<H", len(b) + 1) + b + b"\0"
 
 
-def write_ct2(path: Path, variables: dict[str, np.ndarray], aliases: dict[str, str] | None = None,
-              *, spec: str = "WhisperSpec", revision: int = 3, version: int = 6) -> Path:
+def write_ct2(
+    path: Path,
+    variables: dict[str, np.ndarray],
+    aliases: dict[str, str] | None = None,
+    *,
+    spec: str = "WhisperSpec",
+    revision: int = 3,
+    version: int = 6,
+) -> Path:
     out = bytearray(struct.pack("<I", version))
     out += _ct2_string(spec) + struct.pack("<I", revision) + struct.pack("<I", len(variables))
     for name, value in variables.items():
@@ -90,11 +102,14 @@ def test_ct2_parser_bfloat16_bits(tmp_path):
     assert torch.equal(whisper_ct2.to_torch(model, "x"), want)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda b: struct.pack("<I", 2) + b[4:], "binary version 2"),
-    (lambda b: b[:-9], "truncated"),
-    (lambda b: b + b"\0", "unexpected data"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: struct.pack("<I", 2) + b[4:], "binary version 2"),
+        (lambda b: b[:-9], "truncated"),
+        (lambda b: b + b"\0", "unexpected data"),
+    ],
+)
 def test_ct2_parser_rejects_damaged_files(tmp_path, damage, message):
     path = write_ct2(tmp_path / "m.bin", {"w": np.ones((2, 2), np.float32)}, {"v": "w"})
     path.write_bytes(damage(path.read_bytes()))
@@ -108,7 +123,7 @@ def test_ct2_parser_rejects_bad_alias_and_size(tmp_path):
     path = write_ct2(tmp_path / "b.bin", {"w": np.ones(2, np.float32)})
     raw = bytearray(path.read_bytes())
     size_at = raw.index(struct.pack("<I", 8))  # n_bytes of w
-    raw[size_at:size_at + 4] = struct.pack("<I", 12)
+    raw[size_at : size_at + 4] = struct.pack("<I", 12)
     path.write_bytes(bytes(raw))
     with pytest.raises(CT2FormatError, match="should hold 8 bytes"):
         read_ct2(path)
@@ -116,9 +131,20 @@ def test_ct2_parser_rejects_bad_alias_and_size(tmp_path):
 
 # --------------------------------------------------------------------------- Whisper mapping round trip
 
-_TINY = dict(d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-             encoder_ffn_dim=24, decoder_ffn_dim=24, num_mel_bins=8, max_source_positions=6, max_target_positions=12,
-             vocab_size=51864, pad_token_id=50256)
+_TINY = dict(
+    d_model=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=24,
+    decoder_ffn_dim=24,
+    num_mel_bins=8,
+    max_source_positions=6,
+    max_target_positions=12,
+    vocab_size=51864,
+    pad_token_id=50256,
+)
 
 
 def _hf_to_ct2(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -165,8 +191,14 @@ def _hf_to_ct2(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     lin("encoder/conv1", "model.encoder.conv1")
     lin("encoder/conv2", "model.encoder.conv2")
     v["decoder/embeddings/weight"] = sd["model.decoder.embed_tokens.weight"]
-    v.update({"decoder/activation": np.array(3, np.int8), "decoder/pre_norm": np.array(1, np.int8),
-              "decoder/scale_embeddings": np.array(0, np.int8), "decoder/alibi": np.array(0, np.int8)})
+    v.update(
+        {
+            "decoder/activation": np.array(3, np.int8),
+            "decoder/pre_norm": np.array(1, np.int8),
+            "decoder/scale_embeddings": np.array(0, np.int8),
+            "decoder/alibi": np.array(0, np.int8),
+        }
+    )
     return v, {"decoder/projection/weight": "decoder/embeddings/weight"}
 
 
@@ -239,19 +271,42 @@ def _tokenizer_json(gguf_style: bool) -> dict:
     alphabet = ["a", "b", "Ġ"]
     vocab = {t: i for i, t in enumerate(alphabet + ["ab"])}
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>"]
-    added = [{"id": 4 + i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": True} for i, s in enumerate(specials)]
+    added = [
+        {
+            "id": 4 + i,
+            "content": s,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, s in enumerate(specials)
+    ]
     if gguf_style:
         vocab.update({s: 4 + i for i, s in enumerate(specials)})
         vocab.update({f"[PAD{i}]": i for i in range(8, 12)})
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        "post_processor": None, "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                                            "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": [["a", "b"]]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [["a", "b"]],
+        },
     }
 
 
@@ -279,8 +334,10 @@ def test_chat_template_renders_audio_blocks():
 
     msgs = [{"role": "user", "content": [{"type": "audio", "audio": "x.wav"}, {"type": "text", "text": "What?"}]}]
     out = Template(lalm.CHAT_TEMPLATE).render(messages=msgs, add_generation_prompt=True)
-    assert out == ("<|im_start|>system\n" + lalm.DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n"
-                   "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nWhat?<|im_end|>\n<|im_start|>assistant\n")
+    assert out == (
+        "<|im_start|>system\n" + lalm.DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n"
+        "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nWhat?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_projector_state_round_trip(tmp_path):
@@ -306,15 +363,20 @@ def test_encode_audio_matches_the_masked_30s_run():
     model, processor = build_tiny("qwen2_audio", seed=0)
     model.float().eval()
     clips = [tiny_audio(1.3, 16_000, seed=1), tiny_audio(0.4, 16_000, seed=2)]
-    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "audio", "audio": "a"},
-                                                                         {"type": "text", "text": "hi"}]}],
-                                           add_generation_prompt=True, tokenize=False)] * 2
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "audio", "audio": "a"}, {"type": "text", "text": "hi"}]}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+    ] * 2
     inp = processor(text=texts, audio=clips, sampling_rate=16_000, return_tensors="pt", padding=True)
     tower = model.model.audio_tower
     conv_len, n_tokens = tower._get_feat_extract_output_lengths(inp.feature_attention_mask.sum(-1))
     mask2d = (torch.arange(tower.config.max_source_positions)[None] < conv_len[:, None]).long()
-    mask = create_bidirectional_mask(config=tower.config, inputs_embeds=torch.zeros(2, mask2d.shape[1], 1),
-                                     attention_mask=mask2d)
+    mask = create_bidirectional_mask(
+        config=tower.config, inputs_embeds=torch.zeros(2, mask2d.shape[1], 1), attention_mask=mask2d
+    )
     with torch.inference_mode():
         full = tower(inp.input_features, attention_mask=mask).last_hidden_state
         fast = lalm.encode_audio(model, inp.input_features, inp.feature_attention_mask)
@@ -391,16 +453,23 @@ def test_text_is_not_parsed_as_options():
 
 _whisper_cached = whisper_ct2.is_converted() or build.is_fetched(whisper_ct2.SOURCE)
 needs_whisper = pytest.mark.skipif(
-    not _whisper_cached,
-    reason=f"Whisper not cached: python -m guardrail_testbeds.build fetch {whisper_ct2.SOURCE}")
+    not _whisper_cached, reason=f"Whisper not cached: python -m guardrail_testbeds.build fetch {whisper_ct2.SOURCE}"
+)
 needs_lalm = pytest.mark.skipif(
-    bool(lalm.missing_parts()), reason=f"audio testbed parts not cached: {'; '.join(lalm.missing_parts())}")
+    bool(lalm.missing_parts()), reason=f"audio testbed parts not cached: {'; '.join(lalm.missing_parts())}"
+)
 
 SENTENCES = [
-    "The weather is nice today.", "Please write a short poem about the sea.", "What is the capital of France?",
-    "I would like a cup of tea.", "Tell me a story about a dragon.", "How many days are in a week?",
-    "Can you help me with my homework?", "The children are playing in the garden.",
-    "Where is the nearest train station?", "Thank you very much for your help.",
+    "The weather is nice today.",
+    "Please write a short poem about the sea.",
+    "What is the capital of France?",
+    "I would like a cup of tea.",
+    "Tell me a story about a dragon.",
+    "How many days are in a week?",
+    "Can you help me with my homework?",
+    "The children are playing in the garden.",
+    "Where is the nearest train station?",
+    "Thank you very much for your help.",
 ]
 
 
@@ -414,8 +483,16 @@ def whisper():
 def test_converted_whisper_is_tiny_en(whisper):
     model, processor = whisper
     c = model.config
-    assert (c.num_mel_bins, c.d_model, c.encoder_layers, c.decoder_layers, c.encoder_attention_heads,
-            c.decoder_attention_heads, c.encoder_ffn_dim, c.vocab_size) == (80, 384, 4, 4, 6, 6, 1536, 51864)
+    assert (
+        c.num_mel_bins,
+        c.d_model,
+        c.encoder_layers,
+        c.decoder_layers,
+        c.encoder_attention_heads,
+        c.decoder_attention_heads,
+        c.encoder_ffn_dim,
+        c.vocab_size,
+    ) == (80, 384, 4, 4, 6, 6, 1536, 51864)
     assert processor.feature_extractor.feature_size == 80
     assert whisper_ct2.convert() == whisper_ct2.hf_path()  # idempotent: returns at once
 
@@ -444,8 +521,7 @@ def test_converted_encoder_matches_ctranslate2_itself(whisper):
     model, processor = whisper
     clip = np.sin(np.linspace(0, 900, 32_000)).astype(np.float32) * np.linspace(0, 0.5, 32_000, dtype=np.float32)
     feats = processor.feature_extractor([clip], sampling_rate=16_000, return_tensors="np").input_features
-    ct = ctranslate2.models.Whisper(str(build.testbed_dir(whisper_ct2.SOURCE)), device="cpu",
-                                    compute_type="float32")
+    ct = ctranslate2.models.Whisper(str(build.testbed_dir(whisper_ct2.SOURCE)), device="cpu", compute_type="float32")
     want = np.array(ct.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats))))
     with torch.inference_mode():
         got = model.model.encoder(torch.from_numpy(feats)).last_hidden_state.numpy()
@@ -460,7 +536,7 @@ def testbed():
 @pytest.mark.slow
 @needs_lalm
 def test_lalm_text_logits_equal_the_standalone_lm(testbed):
-    from guardrail import resolve_adapter
+    from guardrail.models import resolve_adapter
 
     model, processor = testbed
     assert resolve_adapter(model).name == "qwen2_audio"
@@ -501,10 +577,15 @@ def test_lalm_forward_with_speech(testbed, tmp_path):
 
 needs_trained = pytest.mark.skipif(
     bool(lalm.missing_parts()) or not lalm.PROJECTOR_FILE.is_file(),
-    reason=f"trained audio testbed not available: {'; '.join(lalm.missing_parts()) or lalm.PROJECTOR_FILE}")
+    reason=f"trained audio testbed not available: {'; '.join(lalm.missing_parts()) or lalm.PROJECTOR_FILE}",
+)
 # subjects and phrasings that appear nowhere in the training questions
-UNSEEN = ["How do I clean a leather sofa?", "What is the best way to learn to skateboard?",
-          "Tell me a fun fact about hedgehogs.", "Write a short poem about the autumn rain."]
+UNSEEN = [
+    "How do I clean a leather sofa?",
+    "What is the best way to learn to skateboard?",
+    "Tell me a fun fact about hedgehogs.",
+    "Write a short poem about the autumn rain.",
+]
 
 
 @pytest.fixture(scope="module")

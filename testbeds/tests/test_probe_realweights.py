@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from guardrail.steering.activations import last_token_activations
-from guardrail.models.adapter import resolve_adapter
-from guardrail.requests import Request
 from guardrail.defaults import TEXT_INSTRUCTION
 from guardrail.gate.onnx_probe import evaluate_probe
 from guardrail.gate.train import fit_probe
+from guardrail.models.adapter import resolve_adapter
+from guardrail.requests import Request
+from guardrail.steering.activations import last_token_activations
 
 TESTBED = "qwen2.5-coder-0.5b-instruct"
 FIGSTEP = Path("/work/shared/data/figstep")
@@ -27,6 +27,7 @@ def _questions(name: str) -> list[str]:
 
 def test_probe_separates_held_out_figstep_twins(tmp_path):
     from guardrail_testbeds import build
+
     if not build.is_built(TESTBED):
         pytest.skip(f"testbed {TESTBED} is not built (python -m guardrail_testbeds.build build {TESTBED})")
     if not (FIGSTEP / "harmful_train_100.json").is_file():
@@ -44,7 +45,9 @@ def test_probe_separates_held_out_figstep_twins(tmp_path):
     assert metrics["roc_auc"] > 0.75
 
     from guardrail.gate.onnx_probe import OnnxProbe
+
     loaded = OnnxProbe.load(probe.save(tmp_path / "probe"))
     loaded.check_model(model)
     assert evaluate_probe(loaded, acts, torch.tensor([1] * 50 + [0] * 50))["roc_auc"] == pytest.approx(
-        metrics["roc_auc"], abs=1e-3)
+        metrics["roc_auc"], abs=1e-3
+    )

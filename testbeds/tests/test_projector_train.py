@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import torch
 
+from guardrail.testing.tiny import build_tiny
 from guardrail_testbeds import projector_train as pt
 from guardrail_testbeds import train_questions
 from guardrail_testbeds.speech import Voice
-from guardrail.testing.tiny import build_tiny
 
 
 def clips(model, n: int = 4) -> list[pt.Clip]:
     gen = torch.Generator().manual_seed(0)
     width = model.config.audio_config.d_model
     qs = ["how do I bake bread", "tell me about the moon", "write a poem about owls", "how do I fix a bike"]
-    return [pt.Clip(qs[i % 4], qs[i % 4], Voice(), train_questions.INSTRUCTIONS[i % 4],
-                    torch.randn(6 + i, width, generator=gen), [5 + i, 7, 9 + i]) for i in range(n)]
+    return [
+        pt.Clip(
+            qs[i % 4],
+            qs[i % 4],
+            Voice(),
+            train_questions.INSTRUCTIONS[i % 4],
+            torch.randn(6 + i, width, generator=gen),
+            [5 + i, 7, 9 + i],
+        )
+        for i in range(n)
+    ]
 
 
 def test_questions_split_by_subject_and_are_distinct():
@@ -32,7 +41,9 @@ def test_chats_and_instructions():
     assert pt.typed_instruction(None) is None
     chat = pt.audio_chat(processor, 5, "Answer the question in the audio.")
     assert chat.count("<|AUDIO|>") == 5 and chat.rstrip().endswith("assistant")
-    assert "How do I fly?\nAnswer the question." in pt.typed_chat(processor, "How do I fly?", "Answer the question in the audio.")
+    assert "How do I fly?\nAnswer the question." in pt.typed_chat(
+        processor, "How do I fly?", "Answer the question in the audio."
+    )
     assert pt.agreement([1, 2, 3, 4], [1, 9, 3, 4, 5], n=4) == 0.75
 
 
@@ -65,8 +76,12 @@ def test_word_sentences_are_seeded_varied_questions():
     a = train_questions.word_sentences(words, 20, seed=1)
     assert a == train_questions.word_sentences(words, 20, seed=1) != train_questions.word_sentences(words, 20, 2)
     assert all(s.endswith("?") and s.startswith(train_questions.FRAMES) for s in a)
-    assert all(5 <= len(s[:-1].split()) - len(f.split()) <= 10 for s in a for f in train_questions.FRAMES
-               if s.startswith(f + " "))
+    assert all(
+        5 <= len(s[:-1].split()) - len(f.split()) <= 10
+        for s in a
+        for f in train_questions.FRAMES
+        if s.startswith(f + " ")
+    )
     found = pt.tokenizer_words(processor.tokenizer)
     assert all(w.isalpha() and w.islower() and 4 <= len(w) <= 11 for w in found)
 
@@ -131,7 +146,10 @@ def test_lora_errors_name_the_problem(tmp_path):
     loaded = lora.load_lora(path)
     assert set(loaded) == set(state)
     other, _ = build_tiny("qwen2", seed=0)
-    bad = {"scale": loaded["scale"], "nowhere.lora_A": loaded[next(k for k in loaded if k.endswith("lora_A"))],
-           "nowhere.lora_B": loaded[next(k for k in loaded if k.endswith("lora_B"))]}
+    bad = {
+        "scale": loaded["scale"],
+        "nowhere.lora_A": loaded[next(k for k in loaded if k.endswith("lora_A"))],
+        "nowhere.lora_B": loaded[next(k for k in loaded if k.endswith("lora_B"))],
+    }
     with pytest.raises(KeyError, match="nowhere"):
         lora.merge_lora(other.model, bad)

@@ -16,8 +16,9 @@ from guardrail_testbeds.provider import PROVIDER, Testbeds
 from guardrail_testbeds.speech import speak_to_file
 
 SR = 16_000
-needs_espeak = pytest.mark.skipif(not speech.have_espeak(),
-                                  reason=f"espeak-ng not installed: apt-get install -y {speech.ESPEAK_PACKAGE}")
+needs_espeak = pytest.mark.skipif(
+    not speech.have_espeak(), reason=f"espeak-ng not installed: apt-get install -y {speech.ESPEAK_PACKAGE}"
+)
 
 
 def test_the_installed_provider_is_found_by_entry_point():

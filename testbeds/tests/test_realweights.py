@@ -18,8 +18,9 @@ FIGSTEP = Path(__file__).resolve().parents[3] / "shared" / "data" / "figstep"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not build.is_built(TESTBED), reason=f"testbed not built: python -m "
-                       f"guardrail_testbeds.build build {TESTBED}"),
+    pytest.mark.skipif(
+        not build.is_built(TESTBED), reason=f"testbed not built: python -m guardrail_testbeds.build build {TESTBED}"
+    ),
 ]
 
 
@@ -37,8 +38,15 @@ def pairs():
 
 def test_strong_steering_makes_the_model_refuse(qwen, pairs):
     model, tokenizer = qwen
-    report = evaluate(model, tokenizer, pairs[:20], pairs[60:70], [Setting("none"), Setting("sarsteer", 0.3)],
-                      max_new_tokens=16, batch_size=10)
+    report = evaluate(
+        model,
+        tokenizer,
+        pairs[:20],
+        pairs[60:70],
+        [Setting("none"), Setting("sarsteer", 0.3)],
+        max_new_tokens=16,
+        batch_size=10,
+    )
     none, steered = report.results
     assert steered.harmful_refusal >= 0.8 > none.harmful_refusal
     assert steered.kl_benign > none.kl_benign == pytest.approx(0.0, abs=1e-6)
@@ -46,7 +54,9 @@ def test_strong_steering_makes_the_model_refuse(qwen, pairs):
 
 def test_demo_on_real_weights():
     from guardrail.cli.demo import run_demo
+
     report = run_demo(max_new_tokens=12)
     assert report["hooks_left"] == 0 and len(report["rows"]) == 8
-    assert sum(r["guarded_refused"] for r in report["rows"] if r["kind"] == "harmful") >= \
-        sum(r["unguarded_refused"] for r in report["rows"] if r["kind"] == "harmful")
+    assert sum(r["guarded_refused"] for r in report["rows"] if r["kind"] == "harmful") >= sum(
+        r["unguarded_refused"] for r in report["rows"] if r["kind"] == "harmful"
+    )

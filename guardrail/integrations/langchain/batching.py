@@ -41,8 +41,10 @@ def decode_audio(slots: Sequence[Slot], guard: Guard) -> None:
         audio = slot.call.request["audio"] if slot.error is None else None
         if audio is not None:
             try:
-                slot.call.request["audio"] = (load_audio(audio, target_sr=rate,
-                                                         max_seconds=guard.policy.limits.max_audio_seconds), rate)
+                slot.call.request["audio"] = (
+                    load_audio(audio, target_sr=rate, max_seconds=guard.policy.limits.max_audio_seconds),
+                    rate,
+                )
             except Exception as exc:
                 slot.error = exc
 

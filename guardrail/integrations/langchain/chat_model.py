@@ -40,8 +40,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.caches import BaseCache
-from langchain_core.callbacks import (AsyncCallbackManager, AsyncCallbackManagerForLLMRun, CallbackManager,
-                                      CallbackManagerForLLMRun)
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.load import dumpd
@@ -56,8 +60,16 @@ from transformers import StoppingCriteriaList
 from guardrail.defaults import default_probe
 from guardrail.errors import RequestError, UnsupportedContentError, UnsupportedMessageError
 from guardrail.guard import Guard
-from guardrail.integrations.langchain.batching import (Slot, aclose_runs, afail_runs, close_runs, decode_audio,
-                                                       fail_runs, groups, outcomes)
+from guardrail.integrations.langchain.batching import (
+    Slot,
+    aclose_runs,
+    afail_runs,
+    close_runs,
+    decode_audio,
+    fail_runs,
+    groups,
+    outcomes,
+)
 from guardrail.integrations.langchain.content import GuardCall, request_from_messages
 from guardrail.integrations.langchain.worker import CancelOnEvent, iterate_in_worker
 from guardrail.results import GuardResult
@@ -91,9 +103,18 @@ class GuardedChatModel(BaseChatModel):
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model_path: str | None = None, policy: Any = None, artifact: Any = None,
-                        probe: Any = None, *, adapter: str | None = None, dtype: str = "auto",
-                        device: str | None = None, **fields: Any) -> GuardedChatModel:
+    def from_pretrained(
+        cls,
+        model_path: str | None = None,
+        policy: Any = None,
+        artifact: Any = None,
+        probe: Any = None,
+        *,
+        adapter: str | None = None,
+        dtype: str = "auto",
+        device: str | None = None,
+        **fields: Any,
+    ) -> GuardedChatModel:
         """Load a model directory or hub id and wrap it in a `Guard`.
 
         `policy`: a `Policy`, a policy file or shipped policy name, or a dict (None: the paper's
@@ -136,10 +157,16 @@ class GuardedChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         guard = self.guard
-        return {"model_name": self._name(), "adapter": guard.adapter.name, "policy": guard.policy.name,
-                "gate_mode": guard.policy.gate.mode, "artifact_id": guard.artifact.id if guard.artifact else None,
-                "max_new_tokens": self.max_new_tokens, "generate_kwargs": dict(self.generate_kwargs),
-                "history": self.history}
+        return {
+            "model_name": self._name(),
+            "adapter": guard.adapter.name,
+            "policy": guard.policy.name,
+            "gate_mode": guard.policy.gate.mode,
+            "artifact_id": guard.artifact.id if guard.artifact else None,
+            "max_new_tokens": self.max_new_tokens,
+            "generate_kwargs": dict(self.generate_kwargs),
+            "history": self.history,
+        }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         params = super()._get_ls_params(stop=stop, **kwargs)
@@ -157,17 +184,22 @@ class GuardedChatModel(BaseChatModel):
     def _call(self, messages: Sequence[BaseMessage]) -> GuardCall:
         return request_from_messages(messages, self.guard.adapter, self.guard.policy.system_prompt, self.history)
 
-    def _options(self, stop: list[str] | None, kwargs: Mapping[str, Any],
-                 cancel: threading.Event | None = None) -> tuple[int | None, dict[str, Any]]:
+    def _options(
+        self, stop: list[str] | None, kwargs: Mapping[str, Any], cancel: threading.Event | None = None
+    ) -> tuple[int | None, dict[str, Any]]:
         if stop:
-            raise RequestError(f"stop sequences {stop!r} are not supported by GuardedChatModel; the guard "
-                               "generates until EOS or max_new_tokens")
+            raise RequestError(
+                f"stop sequences {stop!r} are not supported by GuardedChatModel; the guard "
+                "generates until EOS or max_new_tokens"
+            )
         options = dict(kwargs)
         options.pop("stream", None)
         max_new_tokens = options.pop("max_new_tokens", self.max_new_tokens)
         if options:
-            raise TypeError(f"GuardedChatModel got unsupported call arguments {sorted(options)}; per call it takes "
-                            "max_new_tokens=..., other generation settings go in the generate_kwargs field")
+            raise TypeError(
+                f"GuardedChatModel got unsupported call arguments {sorted(options)}; per call it takes "
+                "max_new_tokens=..., other generation settings go in the generate_kwargs field"
+            )
         generate_kwargs = dict(self.generate_kwargs)
         if cancel is not None:
             stopping = list(generate_kwargs.get("stopping_criteria") or [])
@@ -176,30 +208,49 @@ class GuardedChatModel(BaseChatModel):
 
     # -- guard result -> LangChain ---------------------------------------------------
     def _metadata(self, result: GuardResult, call: GuardCall) -> dict[str, Any]:
-        meta = {"model_name": self._name(), "finish_reason": result.decision.finish_reason,
-                "decision": result.decision.to_dict()}
+        meta = {
+            "model_name": self._name(),
+            "finish_reason": result.decision.finish_reason,
+            "decision": result.decision.to_dict(),
+        }
         if call.dropped:
             meta["dropped_messages"] = call.dropped
         return meta
 
     def _message(self, result: GuardResult, call: GuardCall) -> AIMessage:
-        return AIMessage(content=result.text, response_metadata=self._metadata(result, call),
-                         usage_metadata=_usage(result))
+        return AIMessage(
+            content=result.text, response_metadata=self._metadata(result, call), usage_metadata=_usage(result)
+        )
 
     # -- invoke ----------------------------------------------------------------------
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         return self._generate_cancellable(messages, stop, kwargs, None)
 
-    def _generate_cancellable(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any],
-                              cancel: threading.Event | None) -> ChatResult:
+    def _generate_cancellable(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: Mapping[str, Any],
+        cancel: threading.Event | None,
+    ) -> ChatResult:
         call = self._call(messages)
         max_new_tokens, generate_kwargs = self._options(stop, kwargs, cancel)
         result = self.guard.generate(**call.request, max_new_tokens=max_new_tokens, **generate_kwargs)
         return ChatResult(generations=[ChatGeneration(message=self._message(result, call))])
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         cancel = threading.Event()
         try:
             return await asyncio.to_thread(self._generate_cancellable, messages, stop, kwargs, cancel)
@@ -208,8 +259,13 @@ class GuardedChatModel(BaseChatModel):
             raise
 
     # -- stream ----------------------------------------------------------------------
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         call = self._call(messages)
         cancel = threading.Event()
         max_new_tokens, generate_kwargs = self._options(stop, kwargs, cancel)
@@ -218,8 +274,9 @@ class GuardedChatModel(BaseChatModel):
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
 
-    def _chunks(self, call: GuardCall, max_new_tokens: int | None, generate_kwargs: dict[str, Any],
-                cancel: threading.Event) -> Iterator[ChatGenerationChunk]:
+    def _chunks(
+        self, call: GuardCall, max_new_tokens: int | None, generate_kwargs: dict[str, Any], cancel: threading.Event
+    ) -> Iterator[ChatGenerationChunk]:
         stream = self.guard.stream(**call.request, max_new_tokens=max_new_tokens, **generate_kwargs)
         try:
             for text in stream:
@@ -227,18 +284,28 @@ class GuardedChatModel(BaseChatModel):
         finally:
             cancel.set()  # a consumer that stops early ends generation at the next token
         result = stream.result
-        yield ChatGenerationChunk(message=AIMessageChunk(
-            content="", response_metadata=self._metadata(result, call), usage_metadata=_usage(result),
-            chunk_position="last"))
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                response_metadata=self._metadata(result, call),
+                usage_metadata=_usage(result),
+                chunk_position="last",
+            )
+        )
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         call = self._call(messages)
         cancel = threading.Event()
         max_new_tokens, generate_kwargs = self._options(stop, kwargs, cancel)
-        chunks = iterate_in_worker(functools.partial(self._chunks, call, max_new_tokens, generate_kwargs, cancel),
-                                   cancel)
+        chunks = iterate_in_worker(
+            functools.partial(self._chunks, call, max_new_tokens, generate_kwargs, cancel), cancel
+        )
         async with aclosing(chunks):  # leaving early sets `cancel` now, not when the iterator is collected
             async for chunk in chunks:
                 if run_manager:
@@ -252,8 +319,14 @@ class GuardedChatModel(BaseChatModel):
             return False
         return isinstance(self.cache, BaseCache) or get_llm_cache() is not None
 
-    def batch(self, inputs: list[LanguageModelInput], config: RunnableConfig | list[RunnableConfig] | None = None,
-              *, return_exceptions: bool = False, **kwargs: Any) -> list[BaseMessage | Exception]:
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage | Exception]:
         """Answer all inputs with one `Guard.generate_batch` call (one per `max_concurrency` inputs, and
         per `limits.max_batch` of the policy).
 
@@ -276,9 +349,14 @@ class GuardedChatModel(BaseChatModel):
             out += outcomes(slots, return_exceptions)
         return out
 
-    async def abatch(self, inputs: list[LanguageModelInput],
-                     config: RunnableConfig | list[RunnableConfig] | None = None, *, return_exceptions: bool = False,
-                     **kwargs: Any) -> list[BaseMessage | Exception]:
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[BaseMessage | Exception]:
         """`batch` for async code: the batched generation runs in a worker thread."""
         if not inputs:
             return []
@@ -308,8 +386,9 @@ class GuardedChatModel(BaseChatModel):
         metadata = {**(config.get("metadata") or {}), **ls_params(stop=stop, **rest)}
         return params, {"stop": stop}, metadata
 
-    def _start_sync(self, value: LanguageModelInput, config: RunnableConfig, size: int,
-                    kwargs: Mapping[str, Any]) -> Slot:
+    def _start_sync(
+        self, value: LanguageModelInput, config: RunnableConfig, size: int, kwargs: Mapping[str, Any]
+    ) -> Slot:
         slot = Slot()
         try:
             messages = self._convert_input(value).to_messages()
@@ -317,16 +396,30 @@ class GuardedChatModel(BaseChatModel):
             slot.error = exc
             return slot
         params, options, metadata = self._run_args(config, kwargs)
-        manager = CallbackManager.configure(config.get("callbacks"), self.callbacks, self.verbose, config.get("tags"),
-                                            self.tags, metadata, self.metadata)
-        (slot.run,) = manager.on_chat_model_start(dumpd(self), [messages], invocation_params=params,
-                                                  options=options, name=config.get("run_name"),
-                                                  run_id=config.get("run_id"), batch_size=size)
+        manager = CallbackManager.configure(
+            config.get("callbacks"),
+            self.callbacks,
+            self.verbose,
+            config.get("tags"),
+            self.tags,
+            metadata,
+            self.metadata,
+        )
+        (slot.run,) = manager.on_chat_model_start(
+            dumpd(self),
+            [messages],
+            invocation_params=params,
+            options=options,
+            name=config.get("run_name"),
+            run_id=config.get("run_id"),
+            batch_size=size,
+        )
         self._prepare(slot, messages)
         return slot
 
-    async def _start_async(self, value: LanguageModelInput, config: RunnableConfig, size: int,
-                           kwargs: Mapping[str, Any]) -> Slot:
+    async def _start_async(
+        self, value: LanguageModelInput, config: RunnableConfig, size: int, kwargs: Mapping[str, Any]
+    ) -> Slot:
         slot = Slot()
         try:
             messages = self._convert_input(value).to_messages()
@@ -334,11 +427,24 @@ class GuardedChatModel(BaseChatModel):
             slot.error = exc
             return slot
         params, options, metadata = self._run_args(config, kwargs)
-        manager = AsyncCallbackManager.configure(config.get("callbacks"), self.callbacks, self.verbose,
-                                                 config.get("tags"), self.tags, metadata, self.metadata)
-        (slot.run,) = await manager.on_chat_model_start(dumpd(self), [messages], invocation_params=params,
-                                                        options=options, name=config.get("run_name"),
-                                                        run_id=config.get("run_id"), batch_size=size)
+        manager = AsyncCallbackManager.configure(
+            config.get("callbacks"),
+            self.callbacks,
+            self.verbose,
+            config.get("tags"),
+            self.tags,
+            metadata,
+            self.metadata,
+        )
+        (slot.run,) = await manager.on_chat_model_start(
+            dumpd(self),
+            [messages],
+            invocation_params=params,
+            options=options,
+            name=config.get("run_name"),
+            run_id=config.get("run_id"),
+            batch_size=size,
+        )
         self._prepare(slot, messages)
         return slot
 
@@ -360,8 +466,9 @@ class GuardedChatModel(BaseChatModel):
             max_new_tokens, generate_kwargs = self._options(stop, kwargs)
             if self.rate_limiter:
                 self.rate_limiter.acquire(blocking=True)
-            results = self.guard.generate_batch([slot.call.request for slot in ready], max_new_tokens=max_new_tokens,
-                                                **generate_kwargs)
+            results = self.guard.generate_batch(
+                [slot.call.request for slot in ready], max_new_tokens=max_new_tokens, **generate_kwargs
+            )
         except Exception as exc:
             for slot in ready:
                 slot.error = exc
@@ -371,13 +478,19 @@ class GuardedChatModel(BaseChatModel):
             if slot.run is not None:
                 slot.message.id = f"{_LC_ID_PREFIX}-{slot.run.run_id}-0"
             if self.output_version == "v1":
-                slot.message = slot.message.model_copy(update={
-                    "content": slot.message.content_blocks,
-                    "response_metadata": {**slot.message.response_metadata, "output_version": "v1"}})
+                slot.message = slot.message.model_copy(
+                    update={
+                        "content": slot.message.content_blocks,
+                        "response_metadata": {**slot.message.response_metadata, "output_version": "v1"},
+                    }
+                )
 
 
 # -- helpers ---------------------------------------------------------------------------
 def _usage(result: GuardResult) -> UsageMetadata:
     d = result.decision
-    return UsageMetadata(input_tokens=d.prompt_tokens, output_tokens=d.completion_tokens,
-                         total_tokens=d.prompt_tokens + d.completion_tokens)
+    return UsageMetadata(
+        input_tokens=d.prompt_tokens,
+        output_tokens=d.completion_tokens,
+        total_tokens=d.prompt_tokens + d.completion_tokens,
+    )

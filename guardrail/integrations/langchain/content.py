@@ -23,10 +23,12 @@ from guardrail.models.adapter import Adapter
 
 __all__ = ["ACCEPTED_CONTENT", "GuardCall", "message_content", "request_from_messages"]
 
-ACCEPTED_CONTENT = ("a string, or content blocks: {'type': 'text', 'text': ...} and at most one audio block "
-                    "({'type': 'audio', 'base64': ..., 'mime_type': 'audio/wav'}, {'type': 'audio', "
-                    "'source_type': 'base64', 'data': ...}, {'type': 'input_audio', ...}, {'type': 'audio', "
-                    "'url': 'data:audio/wav;base64,...' or 'file:///abs/path.wav'})")
+ACCEPTED_CONTENT = (
+    "a string, or content blocks: {'type': 'text', 'text': ...} and at most one audio block "
+    "({'type': 'audio', 'base64': ..., 'mime_type': 'audio/wav'}, {'type': 'audio', "
+    "'source_type': 'base64', 'data': ...}, {'type': 'input_audio', ...}, {'type': 'audio', "
+    "'url': 'data:audio/wav;base64,...' or 'file:///abs/path.wav'})"
+)
 
 
 @dataclass
@@ -37,8 +39,12 @@ class GuardCall:
     dropped: int = 0
 
 
-def request_from_messages(messages: Sequence[BaseMessage], adapter: Adapter, system_prompt: str | None,
-                          history: Literal["error", "last_turn"] = "error") -> GuardCall:
+def request_from_messages(
+    messages: Sequence[BaseMessage],
+    adapter: Adapter,
+    system_prompt: str | None,
+    history: Literal["error", "last_turn"] = "error",
+) -> GuardCall:
     """The guard request for a prompt: its last `HumanMessage`, after the rules on earlier messages.
 
     `system_prompt`: the policy's (a `SystemMessage` with that text is accepted, the guard sends it itself);
@@ -49,7 +55,8 @@ def request_from_messages(messages: Sequence[BaseMessage], adapter: Adapter, sys
     if not isinstance(last, HumanMessage):
         raise UnsupportedMessageError(
             f"the last message is a {type(last).__name__}; GuardedChatModel answers one user turn, so the "
-            "prompt must end with a HumanMessage")
+            "prompt must end with a HumanMessage"
+        )
     earlier = list(messages[:-1])
     if history == "error":
         _refuse_history(earlier, system_prompt)
@@ -61,15 +68,19 @@ def request_from_messages(messages: Sequence[BaseMessage], adapter: Adapter, sys
 
 def _refuse_history(earlier: list[BaseMessage], system_prompt: str | None) -> None:
     """Raises for messages before the last turn, except a `SystemMessage` equal to the policy's prompt."""
-    extra = [m for m in earlier
-             if not (isinstance(m, SystemMessage) and system_prompt is not None and _text_of(m) == system_prompt)]
+    extra = [
+        m
+        for m in earlier
+        if not (isinstance(m, SystemMessage) and system_prompt is not None and _text_of(m) == system_prompt)
+    ]
     if extra:
         kinds = ", ".join(type(m).__name__ for m in extra)
         raise UnsupportedMessageError(
             f"GuardedChatModel sends one user turn to the guard, but the prompt has {len(extra)} earlier "
             f"message(s) it cannot represent ({kinds}). Pass only the user's message; put a system prompt "
             f"in the policy (system_prompt: ..., now {system_prompt!r}); or build the model with "
-            "history='last_turn' to send the last HumanMessage alone")
+            "history='last_turn' to send the last HumanMessage alone"
+        )
 
 
 def message_content(message: HumanMessage, adapter: Adapter) -> tuple[str, Any]:
@@ -83,11 +94,14 @@ def message_content(message: HumanMessage, adapter: Adapter) -> tuple[str, Any]:
         elif kind == "audio" or kind == "file" and str(block.get("mime_type", "")).lower().startswith("audio/"):
             audio.append((i, _audio_source(block, i)))
         else:
-            raise UnsupportedContentError(f"content block {i} ({_describe(block)}) is not supported; "
-                                          f"accepted: {ACCEPTED_CONTENT}")
+            raise UnsupportedContentError(
+                f"content block {i} ({_describe(block)}) is not supported; accepted: {ACCEPTED_CONTENT}"
+            )
     if len(audio) > 1:
-        raise UnsupportedContentError(f"content blocks {[i for i, _ in audio]} are audio; the guard takes at "
-                                      "most one audio clip per request: send one clip per message")
+        raise UnsupportedContentError(
+            f"content blocks {[i for i, _ in audio]} are audio; the guard takes at "
+            "most one audio clip per request: send one clip per message"
+        )
     if audio:
         adapter.require_audio_support(f"content block {audio[0][0]}", UnsupportedContentError)
     return "\n".join(texts), audio[0][1] if audio else None
@@ -114,18 +128,24 @@ def _audio_source(block: Mapping[str, Any], index: int) -> bytes | str:
     """Bytes or a local path for an audio block; raises for sources that need a network or a provider."""
     mime = str(block.get("mime_type") or "").lower()
     if mime and not (mime.startswith("audio/") or mime == "application/octet-stream"):
-        raise UnsupportedContentError(f"content block {index} ({_describe(block)}) is an audio block with mime "
-                                      f"type {mime!r}; send audio (audio/wav, audio/flac, audio/ogg, ...)")
+        raise UnsupportedContentError(
+            f"content block {index} ({_describe(block)}) is an audio block with mime "
+            f"type {mime!r}; send audio (audio/wav, audio/flac, audio/ogg, ...)"
+        )
     if block.get("base64") is not None:
         return _b64(block["base64"], index)
     url = block.get("url")
     if isinstance(url, str):
         return _audio_from_url(url, block, index)
     if block.get("file_id") is not None:
-        raise UnsupportedContentError(f"content block {index} ({_describe(block)}) refers to a provider's file "
-                                      "store; send the audio itself as base64 data or a file:// URL")
-    raise UnsupportedContentError(f"content block {index} ({_describe(block)}) has no audio source the guard can "
-                                  f"use; accepted: {ACCEPTED_CONTENT}")
+        raise UnsupportedContentError(
+            f"content block {index} ({_describe(block)}) refers to a provider's file "
+            "store; send the audio itself as base64 data or a file:// URL"
+        )
+    raise UnsupportedContentError(
+        f"content block {index} ({_describe(block)}) has no audio source the guard can "
+        f"use; accepted: {ACCEPTED_CONTENT}"
+    )
 
 
 def _audio_from_url(url: str, block: Mapping[str, Any], index: int) -> bytes | str:
@@ -134,14 +154,16 @@ def _audio_from_url(url: str, block: Mapping[str, Any], index: int) -> bytes | s
     if parsed.scheme == "data":
         header, sep, data = url[5:].partition(",")
         if not sep or not header.endswith(";base64"):
-            raise UnsupportedContentError(f"content block {index}: a data: URL must be base64 "
-                                          "('data:audio/wav;base64,...')")
+            raise UnsupportedContentError(
+                f"content block {index}: a data: URL must be base64 ('data:audio/wav;base64,...')"
+            )
         return _b64(data, index)
     if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
         return url2pathname(unquote(parsed.path))
     raise UnsupportedContentError(
         f"content block {index} ({_describe(block)}) points at a remote URL; the guard does not fetch audio: "
-        "download it and send base64 data, or a local file as 'file:///abs/path.wav'")
+        "download it and send base64 data, or a local file as 'file:///abs/path.wav'"
+    )
 
 
 def _b64(data: Any, index: int) -> bytes:
@@ -150,5 +172,7 @@ def _b64(data: Any, index: int) -> bytes:
     try:
         return base64.b64decode("".join(str(data).split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise UnsupportedContentError(f"content block {index}: the audio's base64 data does not decode ({exc}); "
-                                      "send standard base64 (base64.b64encode(wav_bytes).decode())") from None
+        raise UnsupportedContentError(
+            f"content block {index}: the audio's base64 data does not decode ({exc}); "
+            "send standard base64 (base64.b64encode(wav_bytes).decode())"
+        ) from None

@@ -109,4 +109,3 @@ class TorchMelGraniteSpeechFeatureExtractor(GraniteSpeechFeatureExtractor):
             if logmel.shape[1] % 2 == 1:  # drop the last frame if odd
                 logmel = logmel[:, :-1]
             return logmel.reshape(bsz, -1, 2 * logmel.shape[-1])  # stack frames in pairs
-

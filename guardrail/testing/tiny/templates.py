@@ -17,7 +17,7 @@ def qwen2_audio_template(system_prompt: str = "You are a helpful assistant.") ->
         "{{ message['content'] }}<|im_end|>\n"
         "{% else %}"
         "{% for content in message['content'] %}"
-        "{% if 'audio' in content or 'audio_url' in content or message['type'] == 'audio' or content['type'] == 'audio' %}"
+        "{% if 'audio' in content or 'audio_url' in content or message['type'] == 'audio' or content['type'] == 'audio' %}"  # noqa: E501
         "{% set audio_count.value = audio_count.value + 1 %}"
         "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
         "{% elif 'text' in content %}"

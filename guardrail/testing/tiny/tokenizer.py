@@ -11,17 +11,8 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from guardrail.testing.tiny import templates
 from guardrail.testing.tiny.constants import FAMILIES
-from guardrail.testing.tiny.templates import (
-    AUDIOFLAMINGO3_TEMPLATE,
-    GRANITE_SPEECH_TEMPLATE,
-    LLAMA_TEMPLATE,
-    PHI4_MULTIMODAL_TEMPLATE,
-    QWEN2_5_OMNI_TEMPLATE,
-    QWEN2_AUDIO_TEMPLATE,
-    QWEN2_TEMPLATE,
-    VOXTRAL_TEMPLATE,
-)
 
 # Training text for the tokenizers. Byte-level BPE still encodes any text; this only sets the merges.
 _CORPUS: tuple[str, ...] = (
@@ -87,7 +78,7 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         "eos": "<|im_end|>",
         "pad": "<|endoftext|>",
         "extra": {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"},
-        "chat_template": QWEN2_AUDIO_TEMPLATE,
+        "chat_template": templates.QWEN2_AUDIO_TEMPLATE,
     },
     "qwen2_5_omni": {
         "specials": _QWEN_SPECIALS
@@ -104,7 +95,7 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
             "vision_bos_token": "<|vision_bos|>",
             "vision_eos_token": "<|vision_eos|>",
         },
-        "chat_template": QWEN2_5_OMNI_TEMPLATE,
+        "chat_template": templates.QWEN2_5_OMNI_TEMPLATE,
     },
     "voxtral": {
         "specials": _TEKKEN_SPECIALS,
@@ -113,7 +104,7 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         "pad": "<pad>",
         "unk": "<unk>",
         "add_bos": True,
-        "chat_template": VOXTRAL_TEMPLATE,
+        "chat_template": templates.VOXTRAL_TEMPLATE,
     },
     "granite_speech": {
         "specials": ("<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>", "<|audio|>"),
@@ -121,7 +112,7 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         "eos": "<|end_of_text|>",
         "pad": "<|end_of_text|>",
         "extra": {"audio_token": "<|audio|>"},
-        "chat_template": GRANITE_SPEECH_TEMPLATE,
+        "chat_template": templates.GRANITE_SPEECH_TEMPLATE,
     },
     "phi4_multimodal": {
         "specials": ("<|endoftext|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
@@ -130,19 +121,19 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         "eos": "<|endoftext|>",
         "pad": "<|endoftext|>",
         "extra": {"image_token": "<|image|>", "audio_token": "<|audio|>"},
-        "chat_template": PHI4_MULTIMODAL_TEMPLATE,
+        "chat_template": templates.PHI4_MULTIMODAL_TEMPLATE,
     },
     "audioflamingo3": {
         "specials": _QWEN_SPECIALS + ("<sound>",),
         "eos": "<|im_end|>",
         "pad": "<|endoftext|>",
-        "chat_template": AUDIOFLAMINGO3_TEMPLATE,
+        "chat_template": templates.AUDIOFLAMINGO3_TEMPLATE,
     },
     "qwen2": {
         "specials": _QWEN_SPECIALS,
         "eos": "<|im_end|>",
         "pad": "<|endoftext|>",
-        "chat_template": QWEN2_TEMPLATE,
+        "chat_template": templates.QWEN2_TEMPLATE,
     },
     "llama": {
         "specials": ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>")
@@ -151,7 +142,7 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         "eos": "<|eot_id|>",
         "pad": "<|finetune_right_pad_id|>",
         "add_bos": True,
-        "chat_template": LLAMA_TEMPLATE,
+        "chat_template": templates.LLAMA_TEMPLATE,
     },
 }
 
@@ -215,4 +206,3 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
 def token_ids(tok: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
     """The ids of `tokens` in `tok`'s vocabulary, as plain ints."""
     return [int(tok.convert_tokens_to_ids(t)) for t in tokens]
-
