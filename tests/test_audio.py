@@ -225,8 +225,7 @@ def test_non_finite_samples_in_file(tmp_path: Path) -> None:
 
 def test_too_long_array() -> None:
     with pytest.raises(
-        AudioInputError,
-        match=r"2\.00 s long, over the 1\.5 s limit.*Raise the policy's .*limit or split the clip",
+        AudioInputError, match=r"2\.00 s long, over the 1\.5 s limit.*Raise the policy's .*limit or split the clip"
     ):
         load_audio((tone(seconds=2.0), SR), target_sr=SR, max_seconds=1.5)
 

@@ -109,7 +109,7 @@ _LAYERS_SCHEMA: dict[str, Any] = {
             "required": ["start", "end"],
             "additionalProperties": False,
         },
-    ],
+    ]
 }
 
 

@@ -359,9 +359,7 @@ def load_testbed() -> tuple[Qwen2AudioForConditionalGeneration, Qwen2AudioProces
 
 
 def encode_audio(
-    model: Qwen2AudioForConditionalGeneration,
-    input_features: torch.Tensor,
-    feature_attention_mask: torch.Tensor,
+    model: Qwen2AudioForConditionalGeneration, input_features: torch.Tensor, feature_attention_mask: torch.Tensor
 ) -> list[torch.Tensor]:
     """Audio tower outputs (before the projector) per clip, run on each clip's real frames only.
 
@@ -405,11 +403,7 @@ def audio_embeddings(model: Qwen2AudioForConditionalGeneration, encoded: torch.T
 
 
 def chat(
-    processor: Qwen2AudioProcessor,
-    *,
-    audio: Sequence[Any] = (),
-    text: str | None = None,
-    system: str | None = None,
+    processor: Qwen2AudioProcessor, *, audio: Sequence[Any] = (), text: str | None = None, system: str | None = None
 ) -> str:
     """Render one user turn (audio clips first, then text) with the generation prompt."""
     content: list[dict[str, Any]] = [{"type": "audio", "audio": a} for a in audio]

@@ -22,14 +22,7 @@ from __future__ import annotations
 
 from guardrail.testing.tiny.audio import tiny_audio
 from guardrail.testing.tiny.build import build_tiny
-from guardrail.testing.tiny.constants import (
-    AUDIO_FAMILIES,
-    FAMILIES,
-    HIDDEN,
-    NUM_LAYERS,
-    SAMPLING_RATE,
-    TEXT_FAMILIES,
-)
+from guardrail.testing.tiny.constants import AUDIO_FAMILIES, FAMILIES, HIDDEN, NUM_LAYERS, SAMPLING_RATE, TEXT_FAMILIES
 from guardrail.testing.tiny.features import TorchMelGraniteSpeechFeatureExtractor
 from guardrail.testing.tiny.processors import (
     AudioOnlyPhi4MultimodalProcessor,

@@ -31,10 +31,7 @@ from transformers import (
 )
 
 from guardrail.testing.tiny.constants import HIDDEN, NUM_LAYERS
-from guardrail.testing.tiny.features import (
-    TorchMelGraniteSpeechFeatureExtractor,
-    whisper_features,
-)
+from guardrail.testing.tiny.features import TorchMelGraniteSpeechFeatureExtractor, whisper_features
 from guardrail.testing.tiny.processors import (
     AudioOnlyPhi4MultimodalProcessor,
     AudioOnlyQwen2_5OmniProcessor,

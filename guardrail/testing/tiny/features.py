@@ -6,11 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import (
-    BatchFeature,
-    GraniteSpeechFeatureExtractor,
-    WhisperFeatureExtractor,
-)
+from transformers import BatchFeature, GraniteSpeechFeatureExtractor, WhisperFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 
