@@ -51,7 +51,9 @@ class GenerateClock:
     not swamp this difference."""
 
     def __init__(self, *models: nn.Module) -> None:
-        self.models, self.calls = list({id(m): m for m in models}.values()), []
+        # their generate (transformers') is patched per instance: untyped on nn.Module, hence Any
+        self.models: list[Any] = list({id(m): m for m in models}.values())
+        self.calls: list[float] = []
 
     def _wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
         def generate(*args: Any, **kwargs: Any) -> Any:
@@ -113,7 +115,38 @@ def overhead(
     """
     base = policy or Policy()
     chosen = [requests[i % len(requests)] for i in range(batch)]
-    chosen = [{"text": r} if isinstance(r, str) else dict(r) for r in chosen]
+    dicts = [{"text": r} if isinstance(r, str) else dict(r) for r in chosen]
+    arms, inputs, raw_model = _arms(model, processor, artifact, dicts, base, new_tokens, probe, runtime, raw_model)
+    times, host = _interleaved(arms, rounds, GenerateClock(model, raw_model))
+    result: dict[str, Any] = {
+        "runtime": runtime,
+        "batch": batch,
+        "rounds": rounds,
+        "new_tokens": new_tokens,
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "audio": any(r.get("audio") is not None for r in dicts),
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "host_ms": {k: 1e3 * statistics.median(v) for k, v in host.items()},
+    }
+    for name in arms:
+        if name != "raw":
+            result[f"{name}_over_raw"] = _ratio(times[name], times["raw"])
+    result["steered_over_wrapped"] = _ratio(times["steered"], times["wrapped"])
+    return result
+
+
+def _arms(
+    model: nn.Module,
+    processor: Any,
+    artifact: SteeringArtifact,
+    chosen: list[dict[str, Any]],
+    base: Policy,
+    new_tokens: int,
+    probe: Any,
+    runtime: str,
+    raw_model: nn.Module | None,
+) -> tuple[dict[str, Callable[[], Any]], dict[str, Any], nn.Module]:
+    """The timed call of each arm, the batch's model inputs, and the model the raw arm runs."""
     steered = Guard(model, processor, policy=_policy(base, "always", runtime), artifact=artifact)
     wrapped = Guard(model, processor, policy=_policy(base, "off", runtime))
     # the unguarded arm prepares its inputs as the guard does (audio decoding, chat template, processor)
@@ -126,16 +159,25 @@ def overhead(
         **runtime_generate_kwargs(RuntimePolicy(**RUNTIMES[runtime])),
         "pad_token_id": steered.adapter.pad_token_id(model, processor),
     }
-    if raw_model is None:
-        raw_model = model if runtime == "eager" else copy.deepcopy(model)
+    raw: Any = raw_model  # Any: the raw arm calls transformers' generate, untyped on nn.Module
+    if raw is None:
+        raw = model if runtime == "eager" else copy.deepcopy(model)
     arms: dict[str, Callable[[], Any]] = {
-        "raw": lambda: raw_model.generate(**prepare(), **raw_kwargs),
+        "raw": lambda: raw.generate(**prepare(), **raw_kwargs),
         "wrapped": lambda: wrapped.generate_batch(chosen, **gen),
         "steered": lambda: steered.generate_batch(chosen, **gen),
     }
     if probe is not None:
         gated = Guard(model, processor, policy=_policy(base, "probe", runtime), artifact=artifact, probe=probe)
         arms["gated"] = lambda: gated.generate_batch(chosen, **gen)
+    return arms, inputs, raw
+
+
+def _interleaved(
+    arms: dict[str, Callable[[], Any]], rounds: int, clock: GenerateClock
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per arm, the total and the host seconds (outside model.generate) of each round, after two
+    warm-up calls (and compilation); arms rotate so that none always runs first."""
     with torch.inference_mode():
         for fn in arms.values():  # warm-up (and compilation)
             fn()
@@ -143,27 +185,13 @@ def overhead(
         times: dict[str, list[float]] = {name: [] for name in arms}
         host: dict[str, list[float]] = {name: [] for name in arms}
         names = list(arms)
-        with GenerateClock(model, raw_model) as clock:
+        with clock:
             for r in range(rounds):
                 for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate: no arm always first
                     total, outside = clock.split(arms[name])
                     times[name].append(total)
                     host[name].append(outside)
-    result: dict[str, Any] = {
-        "runtime": runtime,
-        "batch": batch,
-        "rounds": rounds,
-        "new_tokens": new_tokens,
-        "prompt_tokens": int(inputs["input_ids"].shape[1]),
-        "audio": any(r.get("audio") is not None for r in chosen),
-        "median_s": {k: statistics.median(v) for k, v in times.items()},
-        "host_ms": {k: 1e3 * statistics.median(v) for k, v in host.items()},
-    }
-    for name in arms:
-        if name != "raw":
-            result[f"{name}_over_raw"] = _ratio(times[name], times["raw"])
-    result["steered_over_wrapped"] = _ratio(times["steered"], times["wrapped"])
-    return result
+    return times, host
 
 
 def _ratio(a: list[float], b: list[float]) -> dict[str, float]:

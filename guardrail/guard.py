@@ -134,7 +134,9 @@ class Guard:
             generated, verdict = backend.generate(sub_inputs, None if known is None else known.subset(keep), kwargs)
             for j, (i, prompt) in enumerate(zip(keep, _prompt_tokens(sub_inputs))):
                 results[i] = self._answered(generated[j], verdict, j, prompt, clock, started)
-        answers = [results[i] if i in results else self._blocked(known, i, started) for i in range(len(batch))]
+        if known is not None:  # the requests not kept: blocked before generating
+            results.update((i, self._blocked(known, i, started)) for i in range(len(batch)) if known.block[i])
+        answers = [results[i] for i in range(len(batch))]
         self._log(answers, requests)
         return answers
 

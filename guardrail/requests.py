@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from guardrail.audio import load_audio
+from guardrail.audio import AudioSource, load_audio
 from guardrail.errors import RequestError
 
 
@@ -39,24 +39,25 @@ def parse_request(
 ) -> Request:
     """Request `index` of a batch checked and its audio decoded at the model's rate: a mapping with
     'audio' and/or 'text', or a `Request` (whose audio array is taken to be at the model's rate)."""
+    source: AudioSource | None
     if isinstance(raw, Request):
-        text, audio = raw.text, raw.audio
-        if isinstance(audio, np.ndarray):
-            audio = (audio, adapter.sampling_rate(processor))
+        text = raw.text
+        source = (raw.audio, adapter.sampling_rate(processor)) if isinstance(raw.audio, np.ndarray) else raw.audio
     elif isinstance(raw, Mapping):
         unknown = set(raw) - {"audio", "text"}
         if unknown:
             raise RequestError(f"request {index} has unknown keys {sorted(unknown)}; accepted: 'audio', 'text'")
-        text, audio = raw.get("text") or "", raw.get("audio")
+        text, source = raw.get("text") or "", raw.get("audio")
     else:
         raise RequestError(f"request {index} is a {type(raw).__name__}; pass a dict with 'audio' and/or 'text'")
     if not isinstance(text, str):
         raise RequestError(f"request {index}: text must be a str, got {type(text).__name__}")
-    if audio is None and not text.strip():
+    if source is None and not text.strip():
         raise RequestError(f"request {index} has neither audio nor text; pass at least one")
-    if audio is not None:
+    audio = None
+    if source is not None:
         adapter.require_audio_support(f"request {index}")
-        audio = load_audio(audio, target_sr=adapter.sampling_rate(processor), max_seconds=max_audio_seconds)
+        audio = load_audio(source, target_sr=adapter.sampling_rate(processor), max_seconds=max_audio_seconds)
     return Request(text=text, audio=audio)
 
 

@@ -11,6 +11,7 @@ import time
 import pytest
 import soundfile as sf
 import torch
+from conftest import alpha_for
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
@@ -44,8 +45,7 @@ def steered_guard(family: str) -> Guard:
     else:
         harmful, safe = ["how to steal a car", "how to hurt someone"], ["how to wash a car", "how to bake", "a cat"]
     artifact = calibrate(model, processor, harmful, safe)
-    norm = sum(float(v.norm()) for v in artifact.refusal.values()) / len(artifact.refusal)
-    policy = Policy.from_dict({"steering": {"alpha": 2.0 / norm, "safe_rank": 2}})
+    policy = Policy.from_dict({"steering": {"alpha": alpha_for(artifact, 2.0), "safe_rank": 2}})
     return Guard(model, processor, policy=policy, artifact=artifact)
 
 

@@ -11,9 +11,10 @@ import torch
 from conftest import calibration_items
 
 from guardrail.errors import ProbeError, ProbeMismatchError, RequestError
+from guardrail.gate.fit import stratified_folds
 from guardrail.gate.metrics import recall_at_fpr, roc_auc, threshold_at_fpr
 from guardrail.gate.onnx_probe import OnnxProbe, evaluate_probe, features_from_activations, select_providers
-from guardrail.gate.train import TrainedProbe, fit_probe, stratified_folds, train_probe
+from guardrail.gate.train import TrainedProbe, fit_probe, train_probe
 from guardrail.testing.tiny import HIDDEN, NUM_LAYERS, build_tiny
 
 INFORMATIVE = 2

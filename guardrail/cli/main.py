@@ -9,10 +9,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from guardrail.defaults import PROBE_SUBDIR, default_probe
 from guardrail.errors import GuardrailError
 from guardrail.progress import progress  # light: rich is imported only when a bar is drawn
+
+if TYPE_CHECKING:  # torch is imported only by the commands that load a model
+    from torch import nn
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,6 +304,7 @@ def _bench(args: argparse.Namespace) -> int:
     from guardrail.defaults import default_calibration_set
     from guardrail.steering.calibrate import calibrate
 
+    model: nn.Module
     if args.tiny:
         from guardrail.testing.tiny import build_tiny
 

@@ -9,8 +9,9 @@ unguarded model).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -19,7 +20,8 @@ from torch import nn
 from guardrail.defaults import TEXT_INSTRUCTION, default_instruction
 from guardrail.evaluation.data import Pair
 from guardrail.evaluation.judges import Judge, RefusalPhraseJudge
-from guardrail.gate.train import fit_probe
+from guardrail.gate.decide import ScoringProbe
+from guardrail.gate.train import TrainedProbe, fit_probe
 from guardrail.guard import Guard
 from guardrail.models.adapter import resolve_adapter
 from guardrail.policy.schema import Policy
@@ -161,7 +163,7 @@ def evaluate(
     batch_size: int = 16,
     model_name: str = "",
     artifacts: dict[str, SteeringArtifact] | None = None,
-    probe: Any = None,
+    probe: ScoringProbe | str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EvalReport:
     """Run `pairs` through every setting and judge the answers.
@@ -181,25 +183,18 @@ def evaluate(
     safe = [_request(p.safe, instruction) for p in pairs]
     say("unguarded first-token distributions (for utility drift)")
     baseline_logprobs = _logprobs(Guard(model, processor, policy=Setting("none").policy()), safe, batch_size)
-    results = []
+    results: list[SettingResult] = []
     for setting in settings:
         artifact = _artifact_for(setting, artifacts, model, processor, calibration, instruction, say)
         gated = setting.gate != "always"
-        if gated and probe is None:
-            say(f"training the gate probe on {len(calibration)} pairs")
-            probe = fit_probe(
-                model, processor, [p.harmful for p in calibration], [p.safe for p in calibration], instruction
-            )
+        if gated and probe is None:  # trained once, on the first gated setting, and shared by the later ones
+            probe = _train_probe(model, processor, calibration, instruction, say)
         guard = Guard(model, processor, policy=setting.policy(), artifact=artifact, probe=probe if gated else None)
-        say(f"{setting.label}: generating {len(harmful) + len(safe)} answers")
-        harmful_out = _answers(guard, harmful, max_new_tokens, batch_size)
-        safe_out = _answers(guard, safe, max_new_tokens, batch_size)
-        kl = mean_kl(baseline_logprobs, _logprobs(guard, safe, batch_size))
-        result = _score(setting, pairs, [r.text for r in harmful_out], [r.text for r in safe_out], kl, judge)
-        result.steered_harmful = sum(r.steered for r in harmful_out) / len(harmful_out)
-        result.steered_safe = sum(r.steered for r in safe_out) / len(safe_out)
-        results.append(result)
-        say(f"{setting.label}: refusal {results[-1].harmful_refusal:.0%}, benign {results[-1].benign_response:.0%}")
+        results.append(
+            _run_setting(
+                guard, setting, pairs, harmful, safe, baseline_logprobs, judge, max_new_tokens, batch_size, say
+            )
+        )
     return EvalReport(
         model=model_name or type(model).__name__,
         judge=judge.name,
@@ -211,14 +206,46 @@ def evaluate(
     )
 
 
+def _train_probe(
+    model: nn.Module, processor: Any, calibration: Sequence[Pair], instruction: str, say: Callable[[str], None]
+) -> TrainedProbe:
+    """The gate probe, fitted on the calibration pairs (never on the evaluated ones)."""
+    say(f"training the gate probe on {len(calibration)} pairs")
+    return fit_probe(model, processor, [p.harmful for p in calibration], [p.safe for p in calibration], instruction)
+
+
+def _run_setting(
+    guard: Guard,
+    setting: Setting,
+    pairs: Sequence[Pair],
+    harmful: list[dict[str, Any]],
+    safe: list[dict[str, Any]],
+    baseline_logprobs: torch.Tensor,
+    judge: Judge,
+    max_new_tokens: int,
+    batch_size: int,
+    say: Callable[[str], None],
+) -> SettingResult:
+    """One setting's answers to every request, judged, with its utility drift and how often its gate opened."""
+    say(f"{setting.label}: generating {len(harmful) + len(safe)} answers")
+    harmful_out = _answers(guard, harmful, max_new_tokens, batch_size)
+    safe_out = _answers(guard, safe, max_new_tokens, batch_size)
+    kl = mean_kl(baseline_logprobs, _logprobs(guard, safe, batch_size))
+    result = _score(setting, pairs, [r.text for r in harmful_out], [r.text for r in safe_out], kl, judge)
+    result.steered_harmful = sum(r.steered for r in harmful_out) / len(harmful_out)
+    result.steered_safe = sum(r.steered for r in safe_out) / len(safe_out)
+    say(f"{setting.label}: refusal {result.harmful_refusal:.0%}, benign {result.benign_response:.0%}")
+    return result
+
+
 def _artifact_for(
     setting: Setting,
     artifacts: dict[str, SteeringArtifact],
-    model,
-    processor,
+    model: nn.Module,
+    processor: Any,
     calibration: Sequence[Pair],
     instruction: str,
-    say,
+    say: Callable[[str], None],
 ) -> SteeringArtifact | None:
     kind = {
         "refusal_steer": "sarsteer",
@@ -246,12 +273,12 @@ def _request(item: Any, instruction: str) -> dict[str, Any]:
     return {"text": f"{item} {instruction}"} if isinstance(item, str) else {"audio": item, "text": instruction}
 
 
-def _batches(items: Sequence, size: int):
+def _batches(items: Sequence[dict[str, Any]], size: int) -> Iterator[Sequence[dict[str, Any]]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def _answers(guard: Guard, requests: list[dict], max_new_tokens: int, batch_size: int) -> list[GuardResult]:
+def _answers(guard: Guard, requests: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> list[GuardResult]:
     return [
         r
         for chunk in _batches(requests, batch_size)
@@ -259,7 +286,7 @@ def _answers(guard: Guard, requests: list[dict], max_new_tokens: int, batch_size
     ]
 
 
-def _logprobs(guard: Guard, requests: list[dict], batch_size: int) -> torch.Tensor:
+def _logprobs(guard: Guard, requests: list[dict[str, Any]], batch_size: int) -> torch.Tensor:
     return torch.cat([guard.first_token_logprobs(chunk) for chunk in _batches(requests, batch_size)])
 
 

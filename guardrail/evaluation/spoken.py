@@ -2,9 +2,10 @@
 models hear it and reports still show the text.
 
 The SDK synthesises no speech itself. A speaker is any callable from a question's text to a
-:class:`SpokenQuestion`; the testbeds package (``pip install -e ./testbeds``) provides one built
-on espeak-ng (a stable voice per question, cached WAV files), which ``guardrail eval --spoken``
-uses; your own TTS works the same way.
+:class:`SpokenQuestion` (or any object with a ``text`` and an ``__fspath__``:
+``guardrail.models.testbeds.SpokenText``); the testbeds package (``pip install -e ./testbeds``)
+provides one built on espeak-ng (a stable voice per question, cached WAV files), which
+``guardrail eval --spoken`` uses; your own TTS works the same way.
 
     >>> from guardrail.evaluation import load_pairs
     >>> spoken = spoken_pairs(load_pairs("harmful.json", "safe.json"), speak=my_tts)  # doctest: +SKIP
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guardrail.evaluation.data import Pair
+from guardrail.models.testbeds import SpokenText
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,8 @@ class SpokenQuestion:
         return self.text
 
 
-Speaker = Callable[[str], SpokenQuestion]
-"""Turns a question's text into a spoken question (a WAV file that keeps its text)."""
+Speaker = Callable[[str], SpokenText]
+"""Turns a question's text into a spoken question (a WAV file that keeps its text), e.g. a SpokenQuestion."""
 
 
 def spoken_pairs(pairs: Sequence[Pair], speak: Speaker) -> list[Pair]:

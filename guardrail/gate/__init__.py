@@ -1,5 +1,6 @@
 """The gate's probe: `OnnxProbe` (a saved probe, run with onnxruntime) and its training
-(`fit_probe`, `TrainedProbe` in `guardrail.gate.train`; onnx itself is imported only on save).
+(`fit_probe`, `TrainedProbe` in `guardrail.gate.train`, its maths in `guardrail.gate.fit`; onnx
+itself is imported only on save).
 The gate's decision rule is in `guardrail.gate.decide`."""
 
 from guardrail.gate.onnx_probe import OnnxProbe, ProbeMetadata

@@ -43,7 +43,10 @@ class GateVerdict:
     def subset(self, keep: Sequence[int]) -> GateVerdict:
         """The verdict for the samples at `keep`, in that order."""
         return GateVerdict(
-            *[[values[i] for i in keep] for values in (self.steer, self.block, self.scores, self.reasons)]
+            [self.steer[i] for i in keep],
+            [self.block[i] for i in keep],
+            [self.scores[i] for i in keep],
+            [self.reasons[i] for i in keep],
         )
 
 
@@ -98,12 +101,12 @@ class Gate:
         """Score captured (batch, hidden) activations of the probe's layers and decide."""
         from guardrail.gate.onnx_probe import features_from_activations
 
+        probe = self.probe
+        assert probe is not None, "only a probe gate reads activations"
         batch = next(iter(activations.values())).shape[0]
         try:
-            features = features_from_activations(
-                {k: v.float().cpu() for k, v in activations.items()}, self.probe.layers
-            )
-            scores = self.probe.score(features)
+            features = features_from_activations({k: v.float().cpu() for k, v in activations.items()}, probe.layers)
+            scores = probe.score(features)
         except Exception as exc:  # the policy says what a failure means; never a silent pass
             return self.failure(batch, exc)
         return self.decide_scores(scores, batch)

@@ -9,7 +9,9 @@ form is only used after it reproduces onnxruntime's scores on random inputs.
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,11 +45,11 @@ class LinearProbe:
 
     def score(self, activations: Mapping[int, torch.Tensor]) -> torch.Tensor:
         """(batch,) float32 scores from last-position activations (batch, hidden) per layer."""
-        logit = sum(
+        terms = [
             activations[layer].float() @ self.layer_weight(i).to(activations[layer].device)
             for i, layer in enumerate(self.layers)
-        )
-        return torch.sigmoid(logit + self.bias)
+        ]
+        return torch.sigmoid(functools.reduce(operator.add, terms) + self.bias)
 
 
 def steer_flags(scores: torch.Tensor, threshold: float | torch.Tensor, on_error: float | torch.Tensor) -> torch.Tensor:

@@ -123,7 +123,8 @@ def features_from_activations(activations: Array | Mapping[int, Array], layers: 
             )
         parts = [activations[layer] for layer in layers]
     if isinstance(parts[0], torch.Tensor):
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        tensors = [torch.as_tensor(part) for part in parts]  # one source: all tensors when the first is
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=-1)
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
 

@@ -32,7 +32,8 @@ _SAMPLES = 16
 def config_summary(model: nn.Module, layers: nn.ModuleList) -> dict[str, Any]:
     """The architecture facts an artifact depends on."""
     config = model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    # torch types module attributes as Tensor | Module; config is a transformers PretrainedConfig
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config  # type: ignore[operator]
     summary: dict[str, Any] = {
         "model_type": getattr(config, "model_type", None),
         "text_model_type": getattr(text, "model_type", None),
@@ -50,7 +51,8 @@ def config_fingerprint(summary: dict[str, Any]) -> str:
 
 def weight_sample(model: nn.Module, layers: nn.ModuleList) -> list[float]:
     """Values at fixed positions of the input embeddings and of the last decoder layer."""
-    tensors = [model.get_input_embeddings().weight, next(layers[-1].parameters())]
+    embeddings = model.get_input_embeddings()  # type: ignore[operator]  # transformers' method, untyped on Module
+    tensors = [embeddings.weight, next(layers[-1].parameters())]
     values: list[float] = []
     for tensor in tensors:
         if not tensor.is_floating_point() or tensor.device.type == "meta":

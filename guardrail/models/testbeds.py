@@ -14,7 +14,6 @@ Any package can provide testbeds: an object with the methods of :class:`TestbedP
 
 from __future__ import annotations
 
-import os
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol
 
@@ -22,6 +21,16 @@ from guardrail.errors import TestbedsNotInstalledError
 
 ENTRY_POINT_GROUP = "guardrail.testbeds"
 INSTALL_HINT = "install the testbeds: pip install -e ./testbeds"
+
+
+class SpokenText(Protocol):
+    """Speech that keeps its text: ``os.fspath(x)`` is a WAV file of the words ``x.text``
+    (``guardrail.evaluation.spoken.SpokenQuestion`` is one)."""
+
+    @property
+    def text(self) -> str: ...
+
+    def __fspath__(self) -> str: ...
 
 
 class TestbedProvider(Protocol):
@@ -33,7 +42,7 @@ class TestbedProvider(Protocol):
     def load(self, name: str) -> tuple[Any, Any]:
         """``(model, processor)`` of a testbed, in eval mode (built first when the cache lacks it)."""
 
-    def speak(self, text: str) -> os.PathLike[str]:
+    def speak(self, text: str) -> SpokenText:
         """The text spoken into a WAV file that keeps its text (a ``guardrail.evaluation.spoken.SpokenQuestion``)."""
 
 

@@ -64,22 +64,22 @@ class ModelPolicy(_Section):
     code that builds a `Guard` itself passes these objects directly."""
 
     adapter: str | None = Field(
-        None,
+        default=None,
         json_schema_extra=_adapter_enum,
         description="model family adapter (see `guardrail families`); null = chosen from the model's config",
     )
     path: str | None = Field(
-        None,
+        default=None,
         description="model directory or hub id; a relative directory (starting with "
         "'.' or existing next to the policy) is resolved against the "
         "policy file's folder",
     )
     artifact: str | None = Field(
-        None,
+        default=None,
         description="steering artifact directory (guardrail calibrate --out); relative to the policy file's folder",
     )
     probe: str | None = Field(
-        None,
+        default=None,
         description="gate probe directory; relative to the policy file's folder; "
         "null = ARTIFACT/probe when the gate needs one",
     )
@@ -157,21 +157,23 @@ class SteeringPolicy(_Section):
     """SARSteer: add alpha * v'_l to the residual stream of each steered decoder layer."""
 
     alpha: float = Field(
-        DEFAULT_ALPHA, ge=0.0, description="strength of alpha * v' per layer; 0 = no steering (with no artifact)"
+        default=DEFAULT_ALPHA,
+        ge=0.0,
+        description="strength of alpha * v' per layer; 0 = no steering (with no artifact)",
     )
-    layers: Layers = Field("all", description="decoder layers to steer: " + _LAYERS_FORMS)
+    layers: Layers = Field(default="all", description="decoder layers to steer: " + _LAYERS_FORMS)
     positions: Literal["last"] = Field(
-        "last",
+        default="last",
         description="where to steer: 'last' = the last prompt position during prefill and each "
         "generated token, as in SARSteer; the refusal direction is measured there, so other "
         "positions are not supported yet",
     )
     safe_rank: int = Field(
-        DEFAULT_RANK,
+        default=DEFAULT_RANK,
         ge=0,
         description="k: safe-space directions ablated from the refusal vector (0 = plain refusal steering)",
     )
-    safe_strength: float = Field(DEFAULT_STRENGTH, ge=0.0, description="lambda of the safe-space ablation")
+    safe_strength: float = Field(default=DEFAULT_STRENGTH, ge=0.0, description="lambda of the safe-space ablation")
 
 
 # -- gate, actions, calibration, limits, logging ---------------------------------------------------
@@ -179,16 +181,16 @@ class GatePolicy(_Section):
     """When to steer."""
 
     mode: Literal["always", "probe", "off"] = Field(
-        "always", description="always: steer every request; probe: steer when the probe flags it; off: never"
+        default="always", description="always: steer every request; probe: steer when the probe flags it; off: never"
     )
     threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="probe score to steer at; null = the probe's calibrated threshold"
+        default=None, ge=0.0, le=1.0, description="probe score to steer at; null = the probe's calibrated threshold"
     )
     on_error: Literal["steer", "pass"] = Field(
-        "steer", description="when the probe fails: steer (fail closed) or pass unsteered (fail open)"
+        default="steer", description="when the probe fails: steer (fail closed) or pass unsteered (fail open)"
     )
     exact: bool = Field(
-        False,
+        default=False,
         description="score the prompt before generating so that every layer of the "
         "last prompt token is steered (costs a partial extra prefill)",
     )
@@ -198,12 +200,12 @@ class ActionsPolicy(_Section):
     """What to answer instead of generating."""
 
     refusal_message: str = Field(
-        "I can't help with that request.",
+        default="I can't help with that request.",
         min_length=1,
         description="returned instead of generating when a request is blocked",
     )
     block_above: float | None = Field(
-        None,
+        default=None,
         ge=0.0,
         le=1.0,
         description="probe score at or above which the "
@@ -214,28 +216,28 @@ class ActionsPolicy(_Section):
 class CalibrationPolicy(_Section):
     """Inputs of `guardrail calibrate`."""
 
-    instruction: str | None = Field(None, description="instruction text; null = the modality's default")
+    instruction: str | None = Field(default=None, description="instruction text; null = the modality's default")
     refusal_text: str = Field(
-        DEFAULT_REFUSAL_TEXT, min_length=1, description="the refusal appended to measure the refusal direction"
+        default=DEFAULT_REFUSAL_TEXT, min_length=1, description="the refusal appended to measure the refusal direction"
     )
 
 
 class LimitsPolicy(_Section):
     """Per-request limits; requests beyond them are rejected with a RequestError/AudioInputError."""
 
-    max_audio_seconds: float = Field(30.0, gt=0, description="longest accepted audio clip, in seconds")
-    max_new_tokens: int = Field(512, ge=1, description="most tokens one request may generate")
-    max_batch: int = Field(32, ge=1, description="most requests generated together in one batch")
+    max_audio_seconds: float = Field(default=30.0, gt=0, description="longest accepted audio clip, in seconds")
+    max_new_tokens: int = Field(default=512, ge=1, description="most tokens one request may generate")
+    max_batch: int = Field(default=32, ge=1, description="most requests generated together in one batch")
 
 
 class RuntimePolicy(_Section):
     """How the guarded model generates (steering follows it onto the compiled path)."""
 
     cache: Literal["dynamic", "static"] = Field(
-        "dynamic", description="KV cache: dynamic (grows per step) or static (fixed size, what compile needs)"
+        default="dynamic", description="KV cache: dynamic (grows per step) or static (fixed size, what compile needs)"
     )
     compile: bool = Field(
-        False,
+        default=False,
         description="torch.compile the decoding step (transformers' generate "
         "compiles it; needs cache: static); steering stays in the graph",
     )
@@ -258,13 +260,14 @@ class LoggingPolicy(_Section):
     """Decision logs (one event per request)."""
 
     level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = Field(
-        "info", description="least severe level emitted"
+        default="info", description="least severe level emitted"
     )
     log_content: bool = Field(
-        False, description="include prompt and response text in log events; off by default so content stays out of logs"
+        default=False,
+        description="include prompt and response text in log events; off by default so content stays out of logs",
     )
     format: Literal["json", "console", "auto"] = Field(
-        "auto",
+        default="auto",
         description="json: one JSON object per line; console: readable; auto: console on a terminal, json otherwise",
     )
 
@@ -279,9 +282,9 @@ class Policy(_Section):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, title="lalm-guardrail policy")
 
-    name: str = Field("default", description="shown in decision records and logs; default: the file's name")
-    description: str = Field("", description="free text for people")
-    system_prompt: str | None = Field(None, description="system turn added to every request; null = none")
+    name: str = Field(default="default", description="shown in decision records and logs; default: the file's name")
+    description: str = Field(default="", description="free text for people")
+    system_prompt: str | None = Field(default=None, description="system turn added to every request; null = none")
     model: ModelPolicy = Field(default_factory=ModelPolicy, description=_doc(ModelPolicy))
     steering: SteeringPolicy = Field(default_factory=SteeringPolicy, description=_doc(SteeringPolicy))
     gate: GatePolicy = Field(default_factory=GatePolicy, description=_doc(GatePolicy))

@@ -85,7 +85,9 @@ class SteeringPlan:
         non-finite score anywhere is a failure of the whole batch: gate.on_error applies)."""
         if not self.deltas:
             return {}
-        steer = steer_flags(scores, self.gate.threshold, float(self.gate.on_error_steer))
+        threshold = self.gate.threshold
+        assert threshold is not None, "device scores come from a probe, and a probe gate has a threshold"
+        steer = steer_flags(scores, threshold, float(self.gate.on_error_steer))
         return {i: steer[:, None].to(d.device, d.dtype) * d for i, d in self.deltas.items()}
 
 
@@ -154,8 +156,10 @@ class SteeringBackend(ABC):
     ) -> tuple[list[list[int]], GateVerdict]:
         """`model.generate(**inputs, **kwargs)` steered: the new tokens per sample, and the gate's verdict."""
         with self.steer(inputs, known) as call:
-            output = self.model.generate(**inputs, **kwargs)
+            # torch types module attributes as Tensor | Module; generate is transformers' GenerationMixin's
+            output = self.model.generate(**inputs, **kwargs)  # type: ignore[operator]
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        assert call.verdict is not None, "a steering block that ended normally has set the verdict"
         return sequences[:, inputs["input_ids"].shape[1] :].tolist(), call.verdict
 
     def first_token_logits(self, inputs: dict[str, Any], known: GateVerdict | None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -60,7 +60,7 @@ class StopForward(Exception):
 class LayerHooks:
     """Reference-counted hook set over one model's decoder layers."""
 
-    def __init__(self, layers: Sequence[nn.Module]):
+    def __init__(self, layers: Iterable[nn.Module]) -> None:
         self._layers = list(layers)
         self._state: ContextVar[HookState | None] = ContextVar(f"guardrail_hooks_{id(self)}", default=None)
         self._lock = threading.Lock()
@@ -104,8 +104,9 @@ class LayerHooks:
             if state is None:
                 return None
             hidden = output[0] if isinstance(output, tuple) else output
-            if state.gate is not None and not state.gate.done and index in state.gate.layers:
-                _read_gate(state, index, hidden)
+            gate = state.gate
+            if gate is not None and not gate.done and index in gate.layers:
+                _read_gate(state, gate, index, hidden)
             delta = state.deltas.get(index)
             if delta is None:
                 return None
@@ -115,8 +116,7 @@ class LayerHooks:
         return hook
 
 
-def _read_gate(state: HookState, index: int, hidden: torch.Tensor) -> None:
-    gate = state.gate
+def _read_gate(state: HookState, gate: PrefillGate, index: int, hidden: torch.Tensor) -> None:
     gate.captured[index] = hidden[:, -1, :].detach()
     if len(gate.captured) == len(gate.layers):
         gate.done = True

@@ -28,8 +28,9 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ log = logging.getLogger("guardrail")
 class SteeringSlot:
     """Device buffers and the hooks that read them, for one model's decoder layers."""
 
-    def __init__(self, layers: Sequence[nn.Module], hidden: int, max_batch: int):
+    def __init__(self, layers: Iterable[nn.Module], hidden: int, max_batch: int) -> None:
         self.layers = list(layers)
         param = next(self.layers[0].parameters())
         devices = {next(layer.parameters()).device for layer in self.layers}
@@ -62,41 +63,41 @@ class SteeringSlot:
         # probe (float32): weights per probe layer, accumulator, result, control flags
         self.acc = self._buffer(max_batch)
         self.score = self._buffer(max_batch)
-        self.armed = self._buffer(())  # 1: the next prefill decides the gate
-        self.bias = self._buffer(())
-        self.threshold = self._buffer(())
-        self.on_error = self._buffer(())  # 1: steer when the probe's scores are not finite
-        self.can_steer = self._buffer(())
+        self.armed = self._buffer()  # 1: the next prefill decides the gate
+        self.bias = self._buffer()
+        self.threshold = self._buffer()
+        self.on_error = self._buffer()  # 1: steer when the probe's scores are not finite
+        self.can_steer = self._buffer()
         self.probe_weight: dict[int, torch.Tensor] = {}
         self._steered: set[int] = set()
         self._probe_layers: tuple[int, ...] = ()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _buffer(self, *shape: int | tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        size = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+    def _buffer(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A zero tensor of `shape` (no sizes: a scalar) on the layers' device, at a fixed address."""
         with torch.inference_mode(False):  # normal tensors: writable inside and outside inference mode
-            t = torch.zeros(size, dtype=dtype, device=self.device)
+            t = torch.zeros(shape, dtype=dtype, device=self.device)
         if hasattr(torch, "_dynamo"):
             torch._dynamo.mark_static_address(t)  # fixed address: CUDA graphs read it in place
         return t
 
     # -- installation ----------------------------------------------------------------
-    def ensure(self, steered: Sequence[int], probe_layers: Sequence[int] = ()) -> None:
+    def ensure(self, steered: Iterable[int], probe_layers: Sequence[int] = ()) -> None:
         """Hooks on at least these layers (installed once; widening re-installs, and a
         compiled graph then recompiles once)."""
-        steered, probe_layers = set(steered) | self._steered, tuple(probe_layers) or self._probe_layers
-        if probe_layers and self._probe_layers and probe_layers != self._probe_layers:
+        wanted, probes = set(steered) | self._steered, tuple(probe_layers) or self._probe_layers
+        if probes and self._probe_layers and probes != self._probe_layers:
             raise GuardrailError(
                 f"this model's static steering already reads probe layers {self._probe_layers}; "
-                f"a probe on layers {probe_layers} cannot share it"
+                f"a probe on layers {probes} cannot share it"
             )
-        if steered == self._steered and probe_layers == self._probe_layers and self._handles:
+        if wanted == self._steered and probes == self._probe_layers and self._handles:
             return
         self.remove()
-        self._steered, self._probe_layers = steered, probe_layers
-        for layer in probe_layers:
+        self._steered, self._probe_layers = wanted, probes
+        for layer in probes:
             self.probe_weight.setdefault(layer, self._buffer(self.delta[layer].numel()))
-        hooked = sorted(steered | set(probe_layers))
+        hooked = sorted(wanted | set(probes))
         self._handles = [self.layers[i].register_forward_hook(self._hook(i)) for i in hooked]
         _drop_compiled_code()
 
@@ -119,12 +120,12 @@ class SteeringSlot:
         """The layers the device probe reads at prefill (in the probe's order)."""
         return self._probe_layers
 
-    def _hook(self, index: int):
+    def _hook(self, index: int) -> Callable[..., Any]:
         steers = index in self._steered
         reads = index in self._probe_layers
         last_read = bool(self._probe_layers) and index == self._probe_layers[-1]
 
-        def hook(module: nn.Module, args: tuple, output):
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             hidden = output[0] if isinstance(output, tuple) else output
             batch = hidden.shape[0]
             if reads and hidden.shape[1] > 1:  # prefill only: decoding graphs never contain the probe
@@ -152,7 +153,7 @@ class SteeringSlot:
     @contextmanager
     def request(
         self,
-        deltas: dict[int, torch.Tensor],
+        deltas: Mapping[int, torch.Tensor],
         batch: int,
         *,
         steer: Sequence[bool] | None = None,
@@ -180,7 +181,7 @@ class SteeringSlot:
 
     def _load(
         self,
-        deltas: dict[int, torch.Tensor],
+        deltas: Mapping[int, torch.Tensor],
         batch: int,
         steer: Sequence[bool] | None,
         probe: LinearProbe | None,

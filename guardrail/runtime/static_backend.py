@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from guardrail.errors import GuardrailError
 from guardrail.gate.decide import GateVerdict
 from guardrail.policy.schema import RuntimePolicy
 from guardrail.runtime.backend import SteeredCall, SteeringBackend, SteeringPlan, batch_size
@@ -31,7 +32,12 @@ class StaticBackend(SteeringBackend):
         """The model's slot with hooks on this plan's layers (installed once; compiled code is dropped
         when they change, so set a guard up before compiling)."""
         deltas, probe = self.plan.deltas, self.plan.device_probe
-        hidden = next(iter(deltas.values())).numel() if deltas else probe.hidden
+        if deltas:
+            hidden = next(iter(deltas.values())).numel()
+        elif probe is not None:
+            hidden = probe.hidden
+        else:
+            raise GuardrailError("static steering needs steering deltas or a device probe; this plan has neither")
         slot = slot_for(self.layers, hidden, self.max_batch)
         slot.ensure(sorted(deltas), probe.layers if probe is not None else ())
         return slot
@@ -73,7 +79,8 @@ def runtime_generate_kwargs(runtime: RuntimePolicy) -> dict[str, Any]:
     from transformers import CompileConfig
 
     config = CompileConfig()
-    config._compile_all_devices = True  # the policy asked for it: compile on CPU too
+    # the policy asked for it: compile on CPU too (transformers declares the field as None)
+    config._compile_all_devices = True  # type: ignore[assignment]
     return {"cache_implementation": "static", "compile_config": config}
 
 

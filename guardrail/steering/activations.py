@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -16,7 +16,8 @@ from guardrail.requests import Request
 
 def model_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
     """Move processor outputs to the model's device; floating features to its dtype."""
-    device, dtype = model.device, model.dtype
+    # transformers' PreTrainedModel properties (torch types module attributes as Tensor | Module)
+    device, dtype = cast(torch.device, model.device), cast(torch.dtype, model.dtype)
     moved: dict[str, Any] = {}
     for key, value in inputs.items():
         if isinstance(value, torch.Tensor):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from torch import nn
 
 from guardrail.audio import describe_source, load_audio
@@ -71,17 +72,9 @@ def calibrate(
     sr = adapter.sampling_rate(processor)
     harmful_q = [calibration_query(item, instruction, adapter, sr, max_audio_seconds) for item in harmful]
     safe_q = [calibration_query(item, instruction, adapter, sr, max_audio_seconds) for item in safe]
-    with_refusal = [Request(text=f"{q.text} {refusal_text}", audio=q.audio) for q in harmful_q]
 
     collect = lambda qs: last_token_activations(model, processor, adapter, qs, batch_size=batch_size, on_batch=on_batch)
-    h_base, h_safe = collect(harmful_q), collect(safe_q)
-    if method == "sarsteer":
-        h_refuse = collect(with_refusal)
-        refusal = {layer: refusal_vector(h_refuse[layer], h_base[layer]) for layer in range(h_base.shape[0])}
-    else:
-        refusal = {layer: h_base[layer].mean(0) - h_safe[layer].mean(0) for layer in range(h_base.shape[0])}
-    stored_rank = max(rank, MIN_STORED_RANK)
-    basis = {layer: safe_basis(h_safe[layer], stored_rank) for layer in range(h_safe.shape[0])}
+    refusal, basis = _directions(collect, harmful_q, safe_q, refusal_text, method, max(rank, MIN_STORED_RANK))
 
     layers = adapter.decoder_layers(model)
     stored = basis[0].shape[1]
@@ -96,6 +89,27 @@ def calibrate(
     calib = CalibrationSet(n_harmful=len(harmful_q), n_safe=len(safe_q), sha256=requests_hash(harmful_q, safe_q))
     metadata = new_metadata(identify(model, layers, adapter.name), params, calib, refusal, basis)
     return SteeringArtifact(refusal=refusal, basis=basis, metadata=metadata)
+
+
+def _directions(
+    collect: Callable[[Sequence[Request]], torch.Tensor],
+    harmful_q: list[Request],
+    safe_q: list[Request],
+    refusal_text: str,
+    method: Literal["sarsteer", "diff_means"],
+    stored_rank: int,
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Per layer, the refusal direction (or the difference of means) and the safe basis, from the
+    activations `collect` returns (layers, queries, hidden): harmful, then safe, then with refusal."""
+    with_refusal = [Request(text=f"{q.text} {refusal_text}", audio=q.audio) for q in harmful_q]
+    h_base, h_safe = collect(harmful_q), collect(safe_q)
+    if method == "sarsteer":
+        h_refuse = collect(with_refusal)
+        refusal = {layer: refusal_vector(h_refuse[layer], h_base[layer]) for layer in range(h_base.shape[0])}
+    else:
+        refusal = {layer: h_base[layer].mean(0) - h_safe[layer].mean(0) for layer in range(h_base.shape[0])}
+    basis = {layer: safe_basis(h_safe[layer], stored_rank) for layer in range(h_safe.shape[0])}
+    return refusal, basis
 
 
 def calibration_query(

@@ -40,43 +40,40 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langchain_core.caches import BaseCache
-from langchain_core.callbacks import (
-    AsyncCallbackManager,
-    AsyncCallbackManagerForLLMRun,
-    CallbackManager,
-    CallbackManagerForLLMRun,
-)
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.load import dumpd
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field
 from transformers import StoppingCriteriaList
 
-from guardrail.defaults import default_probe
 from guardrail.errors import RequestError, UnsupportedContentError, UnsupportedMessageError
+from guardrail.gate.decide import ScoringProbe
 from guardrail.guard import Guard
 from guardrail.integrations.langchain.batching import (
+    RunArgs,
     Slot,
     aclose_runs,
     afail_runs,
+    aopen_run,
     close_runs,
     decode_audio,
     fail_runs,
     groups,
+    open_run,
     outcomes,
 )
 from guardrail.integrations.langchain.content import GuardCall, request_from_messages
+from guardrail.integrations.langchain.messages import ai_message, final_chunk, run_message
+from guardrail.integrations.langchain.pretrained import load_guard
 from guardrail.integrations.langchain.worker import CancelOnEvent, iterate_in_worker
-from guardrail.results import GuardResult
+from guardrail.policy import Policy
+from guardrail.steering.artifact import SteeringArtifact
 
 __all__ = ["GuardedChatModel", "UnsupportedContentError", "UnsupportedMessageError"]
-
-_LC_ID_PREFIX = "lc_run-"  # langchain_core.utils.utils.LC_ID_PREFIX: ids of messages made in a run
 
 
 class GuardedChatModel(BaseChatModel):
@@ -105,10 +102,10 @@ class GuardedChatModel(BaseChatModel):
     @classmethod
     def from_pretrained(
         cls,
-        model_path: str | None = None,
-        policy: Any = None,
-        artifact: Any = None,
-        probe: Any = None,
+        model_path: str | Path | None = None,
+        policy: Policy | str | Path | Mapping[str, Any] | None = None,
+        artifact: SteeringArtifact | str | Path | None = None,
+        probe: ScoringProbe | str | Path | None = None,
         *,
         adapter: str | None = None,
         dtype: str = "auto",
@@ -125,29 +122,8 @@ class GuardedChatModel(BaseChatModel):
         >>> chat = GuardedChatModel.from_pretrained("Qwen/Qwen2-Audio-7B-Instruct", policy="default",
         ...                                         artifact="artifacts/qwen2-audio")  # doctest: +SKIP
         """
-        from guardrail.models.loading import load_model
-        from guardrail.policy import Policy, resolve_policy_ref
-        from guardrail.steering.artifact import SteeringArtifact
-
-        if isinstance(policy, (str, Path)):
-            policy = Policy.from_yaml(resolve_policy_ref(str(policy)))
-        elif isinstance(policy, Mapping):
-            policy = Policy.from_dict(dict(policy))
-        policy = policy or Policy()
-        section = getattr(policy, "model", None)  # the policy's model: section (path, adapter, artifact, probe)
-        model_path = model_path or getattr(section, "path", None)
-        if not model_path:
-            raise RequestError("no model to load: pass model_path, or set model.path in the policy")
-        adapter = adapter or getattr(section, "adapter", None)
-        artifact = artifact if artifact is not None else getattr(section, "artifact", None)
-        probe = probe if probe is not None else getattr(section, "probe", None)
-        if probe is None:
-            probe = default_probe(artifact, policy.gate.mode)
-        if isinstance(artifact, (str, Path)):
-            artifact = SteeringArtifact.load(artifact)
-        model, processor, chosen = load_model(str(model_path), adapter=adapter, dtype=dtype, device=device)
-        guard = Guard(model, processor, policy=policy, artifact=artifact, adapter=chosen, probe=probe)
-        fields.setdefault("model_name", str(model_path))
+        guard, loaded = load_guard(model_path, policy, artifact, probe, adapter=adapter, dtype=dtype, device=device)
+        fields.setdefault("model_name", loaded)
         return cls(guard=guard, **fields)
 
     @property
@@ -206,22 +182,6 @@ class GuardedChatModel(BaseChatModel):
             generate_kwargs["stopping_criteria"] = StoppingCriteriaList([*stopping, CancelOnEvent(cancel)])
         return max_new_tokens, generate_kwargs
 
-    # -- guard result -> LangChain ---------------------------------------------------
-    def _metadata(self, result: GuardResult, call: GuardCall) -> dict[str, Any]:
-        meta = {
-            "model_name": self._name(),
-            "finish_reason": result.decision.finish_reason,
-            "decision": result.decision.to_dict(),
-        }
-        if call.dropped:
-            meta["dropped_messages"] = call.dropped
-        return meta
-
-    def _message(self, result: GuardResult, call: GuardCall) -> AIMessage:
-        return AIMessage(
-            content=result.text, response_metadata=self._metadata(result, call), usage_metadata=_usage(result)
-        )
-
     # -- invoke ----------------------------------------------------------------------
     def _generate(
         self,
@@ -242,7 +202,7 @@ class GuardedChatModel(BaseChatModel):
         call = self._call(messages)
         max_new_tokens, generate_kwargs = self._options(stop, kwargs, cancel)
         result = self.guard.generate(**call.request, max_new_tokens=max_new_tokens, **generate_kwargs)
-        return ChatResult(generations=[ChatGeneration(message=self._message(result, call))])
+        return ChatResult(generations=[ChatGeneration(message=ai_message(result, call, self._name()))])
 
     async def _agenerate(
         self,
@@ -283,15 +243,8 @@ class GuardedChatModel(BaseChatModel):
                 yield ChatGenerationChunk(message=AIMessageChunk(content=text))
         finally:
             cancel.set()  # a consumer that stops early ends generation at the next token
-        result = stream.result
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                response_metadata=self._metadata(result, call),
-                usage_metadata=_usage(result),
-                chunk_position="last",
-            )
-        )
+        assert stream.result is not None  # set once the stream ends without an error
+        yield final_chunk(stream.result, call, self._name())
 
     async def _astream(
         self,
@@ -326,11 +279,12 @@ class GuardedChatModel(BaseChatModel):
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
-    ) -> list[BaseMessage | Exception]:
+    ) -> list[AIMessage]:
         """Answer all inputs with one `Guard.generate_batch` call (one per `max_concurrency` inputs, and
         per `limits.max_batch` of the policy).
 
-        Each input still gets its own run: `on_chat_model_start`, then `on_llm_end` or `on_llm_error`."""
+        Each input still gets its own run: `on_chat_model_start`, then `on_llm_end` or `on_llm_error`. With
+        `return_exceptions=True` an input's error takes its place in the list."""
         if not inputs:
             return []
         if self._batch_falls_back():
@@ -338,7 +292,7 @@ class GuardedChatModel(BaseChatModel):
         configs = get_config_list(config, len(inputs))
         out: list[Any] = []
         for group in groups(len(inputs), configs[0], getattr(self.guard.policy.limits, "max_batch", None)):
-            slots: list[Slot] = []
+            slots: list[Slot[CallbackManagerForLLMRun]] = []
             try:
                 slots += [self._start_sync(inputs[i], configs[i], len(group), kwargs) for i in group]
                 self._run_group(slots, kwargs)
@@ -356,7 +310,7 @@ class GuardedChatModel(BaseChatModel):
         *,
         return_exceptions: bool = False,
         **kwargs: Any,
-    ) -> list[BaseMessage | Exception]:
+    ) -> list[AIMessage]:
         """`batch` for async code: the batched generation runs in a worker thread."""
         if not inputs:
             return []
@@ -365,101 +319,65 @@ class GuardedChatModel(BaseChatModel):
         configs = get_config_list(config, len(inputs))
         out: list[Any] = []
         for group in groups(len(inputs), configs[0], getattr(self.guard.policy.limits, "max_batch", None)):
-            slots: list[Slot] = []
+            aslots: list[Slot[AsyncCallbackManagerForLLMRun]] = []
             try:
                 for i in group:
-                    slots.append(await self._start_async(inputs[i], configs[i], len(group), kwargs))
-                await asyncio.to_thread(self._run_group, slots, kwargs)
+                    aslots.append(await self._start_async(inputs[i], configs[i], len(group), kwargs))
+                await asyncio.to_thread(self._run_group, aslots, kwargs)
             except BaseException as exc:  # cancelled or interrupted: close the runs already started
-                await afail_runs(slots, exc)
+                await afail_runs(aslots, exc)
                 raise
-            await aclose_runs(slots)
-            out += outcomes(slots, return_exceptions)
+            await aclose_runs(aslots)
+            out += outcomes(aslots, return_exceptions)
         return out
 
-    def _run_args(self, config: RunnableConfig, kwargs: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+    def _run_args(self, config: RunnableConfig, kwargs: Mapping[str, Any]) -> RunArgs:
         stop = kwargs.get("stop")
         rest = {k: v for k, v in kwargs.items() if k != "stop"}
         params = self._get_invocation_params(stop=stop, **rest)
         # the tracing metadata stream() and generate() send (the *_with_defaults form where it exists)
         ls_params = getattr(self, "_get_ls_params_with_defaults", self._get_ls_params)
         metadata = {**(config.get("metadata") or {}), **ls_params(stop=stop, **rest)}
-        return params, {"stop": stop}, metadata
+        return RunArgs(params, {"stop": stop}, metadata)
 
     def _start_sync(
         self, value: LanguageModelInput, config: RunnableConfig, size: int, kwargs: Mapping[str, Any]
-    ) -> Slot:
-        slot = Slot()
+    ) -> Slot[CallbackManagerForLLMRun]:
+        slot: Slot[CallbackManagerForLLMRun] = Slot()
         try:
             messages = self._convert_input(value).to_messages()
         except Exception as exc:  # not a prompt at all: fails like invoke does, before a run starts
             slot.error = exc
             return slot
-        params, options, metadata = self._run_args(config, kwargs)
-        manager = CallbackManager.configure(
-            config.get("callbacks"),
-            self.callbacks,
-            self.verbose,
-            config.get("tags"),
-            self.tags,
-            metadata,
-            self.metadata,
-        )
-        (slot.run,) = manager.on_chat_model_start(
-            dumpd(self),
-            [messages],
-            invocation_params=params,
-            options=options,
-            name=config.get("run_name"),
-            run_id=config.get("run_id"),
-            batch_size=size,
-        )
+        slot.run = open_run(self, messages, config, size, self._run_args(config, kwargs))
         self._prepare(slot, messages)
         return slot
 
     async def _start_async(
         self, value: LanguageModelInput, config: RunnableConfig, size: int, kwargs: Mapping[str, Any]
-    ) -> Slot:
-        slot = Slot()
+    ) -> Slot[AsyncCallbackManagerForLLMRun]:
+        slot: Slot[AsyncCallbackManagerForLLMRun] = Slot()
         try:
             messages = self._convert_input(value).to_messages()
         except Exception as exc:
             slot.error = exc
             return slot
-        params, options, metadata = self._run_args(config, kwargs)
-        manager = AsyncCallbackManager.configure(
-            config.get("callbacks"),
-            self.callbacks,
-            self.verbose,
-            config.get("tags"),
-            self.tags,
-            metadata,
-            self.metadata,
-        )
-        (slot.run,) = await manager.on_chat_model_start(
-            dumpd(self),
-            [messages],
-            invocation_params=params,
-            options=options,
-            name=config.get("run_name"),
-            run_id=config.get("run_id"),
-            batch_size=size,
-        )
+        slot.run = await aopen_run(self, messages, config, size, self._run_args(config, kwargs))
         self._prepare(slot, messages)
         return slot
 
-    def _prepare(self, slot: Slot, messages: list[BaseMessage]) -> None:
+    def _prepare(self, slot: Slot[Any], messages: list[BaseMessage]) -> None:
         try:
             slot.call = self._call(messages)
         except Exception as exc:
             slot.error = exc
 
-    def _run_group(self, slots: list[Slot], kwargs: Mapping[str, Any]) -> None:
+    def _run_group(self, slots: Sequence[Slot[Any]], kwargs: Mapping[str, Any]) -> None:
         """One `generate_batch` call for the slots that are ready; errors stay with their own input."""
         kwargs = dict(kwargs)
         stop = kwargs.pop("stop", None)
         decode_audio(slots, self.guard)
-        ready = [slot for slot in slots if slot.error is None]
+        ready = [(slot, call) for slot in slots if (call := slot.pending) is not None]
         if not ready:
             return
         try:
@@ -467,30 +385,12 @@ class GuardedChatModel(BaseChatModel):
             if self.rate_limiter:
                 self.rate_limiter.acquire(blocking=True)
             results = self.guard.generate_batch(
-                [slot.call.request for slot in ready], max_new_tokens=max_new_tokens, **generate_kwargs
+                [call.request for _, call in ready], max_new_tokens=max_new_tokens, **generate_kwargs
             )
         except Exception as exc:
-            for slot in ready:
+            for slot, _ in ready:
                 slot.error = exc
             return
-        for slot, result in zip(ready, results):
-            slot.message = self._message(result, slot.call)
-            if slot.run is not None:
-                slot.message.id = f"{_LC_ID_PREFIX}-{slot.run.run_id}-0"
-            if self.output_version == "v1":
-                slot.message = slot.message.model_copy(
-                    update={
-                        "content": slot.message.content_blocks,
-                        "response_metadata": {**slot.message.response_metadata, "output_version": "v1"},
-                    }
-                )
-
-
-# -- helpers ---------------------------------------------------------------------------
-def _usage(result: GuardResult) -> UsageMetadata:
-    d = result.decision
-    return UsageMetadata(
-        input_tokens=d.prompt_tokens,
-        output_tokens=d.completion_tokens,
-        total_tokens=d.prompt_tokens + d.completion_tokens,
-    )
+        for (slot, call), result in zip(ready, results):
+            run_id = slot.run.run_id if slot.run is not None else None
+            slot.message = run_message(ai_message(result, call, self._name()), run_id, self.output_version)

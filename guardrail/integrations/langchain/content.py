@@ -87,7 +87,8 @@ def message_content(message: HumanMessage, adapter: Adapter) -> tuple[str, Any]:
     """(text blocks joined by newlines, the audio clip as bytes or a local path, or None)."""
     texts: list[str] = []
     audio: list[tuple[int, Any]] = []
-    for i, block in enumerate(message.content_blocks):
+    blocks: Sequence[Mapping[str, Any]] = message.content_blocks  # read as mappings: a block may lack its keys
+    for i, block in enumerate(blocks):
         kind = block.get("type")
         if kind == "text":
             texts.append(block.get("text") or "")
@@ -108,7 +109,8 @@ def message_content(message: HumanMessage, adapter: Adapter) -> tuple[str, Any]:
 
 
 def _text_of(message: BaseMessage) -> str:
-    return "\n".join(b.get("text") or "" for b in message.content_blocks if b.get("type") == "text")
+    blocks: Sequence[Mapping[str, Any]] = message.content_blocks  # as in message_content
+    return "\n".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
 
 
 def _describe(block: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ import asyncio
 import contextvars
 import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -21,7 +21,7 @@ T = TypeVar("T")
 class CancelOnEvent(StoppingCriteria):
     """Stops generation once `event` is set (a consumer left a stream, or an async call was cancelled)."""
 
-    def __init__(self, event: threading.Event):
+    def __init__(self, event: threading.Event) -> None:
         self.event = event
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -29,19 +29,19 @@ class CancelOnEvent(StoppingCriteria):
 
 
 class _Failure:
-    def __init__(self, exc: BaseException):
+    def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
 
 _DONE = object()
 
 
-async def iterate_in_worker(make: Callable[[], Iterator[T]], cancel: threading.Event) -> AsyncIterator[T]:
+async def iterate_in_worker(make: Callable[[], Iterator[T]], cancel: threading.Event) -> AsyncGenerator[T, None]:
     """The items of `make()`, produced in a worker thread (with this context) and yielded on the event loop,
     so audio decoding and generation never block it; an error there is raised here. Leaving early, or
     any error, sets `cancel`."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
+    queue: asyncio.Queue[Any] = asyncio.Queue()  # items, a _Failure, or _DONE
 
     def put(item: Any) -> None:
         try:

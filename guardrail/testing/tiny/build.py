@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from guardrail.testing.tiny.families import (
     build_audioflamingo3,
@@ -20,7 +20,7 @@ from guardrail.testing.tiny.families import (
 )
 from guardrail.testing.tiny.tokenizer import tiny_tokenizer, token_ids
 
-_BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast], tuple[torch.nn.Module, Any]]] = {
+_BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast], tuple[PreTrainedModel, Any]]] = {
     "qwen2_audio": build_qwen2_audio,
     "qwen2_5_omni": build_qwen2_5_omni,
     "voxtral": build_voxtral,
@@ -44,7 +44,7 @@ _STOP_TOKENS: dict[str, tuple[str, ...]] = {
 }
 
 
-def build_tiny(family: str, seed: int = 0) -> tuple[torch.nn.Module, Any]:
+def build_tiny(family: str, seed: int = 0) -> tuple[PreTrainedModel, Any]:
     """A fresh tiny random model (fp32, eval mode) and its processor (the tokenizer for text families)."""
     tok = tiny_tokenizer(family)
     torch.manual_seed(seed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from transformers import (
     AudioFlamingo3Config,
     AudioFlamingo3ForConditionalGeneration,
@@ -18,6 +17,7 @@ from transformers import (
     Phi4MultimodalConfig,
     Phi4MultimodalFeatureExtractor,
     Phi4MultimodalForCausalLM,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5OmniThinkerConfig,
     Qwen2_5OmniThinkerForConditionalGeneration,
@@ -77,7 +77,7 @@ def _whisper_encoder(**names: Any) -> dict[str, Any]:
     return {**names, "num_mel_bins": 128, "max_source_positions": 1500}
 
 
-def build_qwen2_audio(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, Any]:
+def build_qwen2_audio(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Qwen2-Audio: Whisper-style encoder, Qwen2 LM, the real ``Qwen2AudioProcessor``."""
     config = Qwen2AudioConfig(
         audio_config=_whisper_encoder(d_model=HIDDEN, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128),
@@ -90,11 +90,13 @@ def build_qwen2_audio(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, An
     return Qwen2AudioForConditionalGeneration(config), processor
 
 
-def build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, Any]:
+def build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Qwen2.5-Omni thinker (audio + an unused 1-layer vision tower); images and videos are refused."""
     text = _text_config(tok, ["<|im_end|>"], rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     text["rope_parameters"]["mrope_section"] = [2, 3, 3]  # sums to head_dim / 2 = 8
-    config = Qwen2_5OmniThinkerConfig(
+    # the thinker reads config.vision_start/end_token_id, which its config class does not declare (extra
+    # keyword arguments become attributes)
+    config = Qwen2_5OmniThinkerConfig(  # type: ignore[call-arg]
         audio_config={
             "d_model": HIDDEN,
             "encoder_layers": 2,
@@ -121,7 +123,7 @@ def build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, A
         audio_end_token_id=token_ids(tok, "<|audio_eos|>")[0],
         vision_start_token_id=token_ids(tok, "<|vision_bos|>")[0],
         vision_end_token_id=token_ids(tok, "<|vision_eos|>")[0],
-        user_token_id=tok.convert_tokens_to_ids("user"),
+        user_token_id=token_ids(tok, "user")[0],
     )
     processor = AudioOnlyQwen2_5OmniProcessor(
         image_processor=NoVisionSlot(),
@@ -133,7 +135,7 @@ def build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, A
     return Qwen2_5OmniThinkerForConditionalGeneration(config), processor
 
 
-def build_voxtral(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, Any]:
+def build_voxtral(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Voxtral: Whisper-style encoder, Llama LM, ``HandBuiltVoxtralProcessor`` (no mistral-common)."""
     config = VoxtralConfig(
         # the projector reads the encoder output 4 frames at a time: intermediate_size must be 4 * hidden
@@ -151,7 +153,7 @@ def build_voxtral(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, Any]:
     return VoxtralForConditionalGeneration(config), HandBuiltVoxtralProcessor(whisper_features(), tok)
 
 
-def build_granite_speech(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, Any]:
+def build_granite_speech(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Granite Speech: conformer encoder, Q-Former projector, Granite LM, torch-only mel features."""
     config = GraniteSpeechConfig(
         text_config={"model_type": "granite", **_text_config(tok, ["<|end_of_text|>"])},
@@ -184,7 +186,7 @@ def build_granite_speech(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module,
     return GraniteSpeechForConditionalGeneration(config), processor
 
 
-def build_phi4_multimodal(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, Any]:
+def build_phi4_multimodal(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Phi-4-multimodal: conformer audio encoder, 1-layer vision tower; images are refused."""
     config = Phi4MultimodalConfig(
         **_text_config(tok, ["<|endoftext|>"]),
@@ -216,7 +218,7 @@ def build_phi4_multimodal(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module
     return Phi4MultimodalForCausalLM(config), processor
 
 
-def build_audioflamingo3(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, Any]:
+def build_audioflamingo3(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Audio Flamingo 3: Whisper-style encoder, Qwen2 LM, the real ``AudioFlamingo3Processor``."""
     config = AudioFlamingo3Config(
         audio_config=_whisper_encoder(
@@ -231,11 +233,11 @@ def build_audioflamingo3(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module,
     return AudioFlamingo3ForConditionalGeneration(config), processor
 
 
-def build_qwen2(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, Any]:
+def build_qwen2(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """A text-only Qwen2 causal LM; its processor is the tokenizer."""
     return Qwen2ForCausalLM(Qwen2Config(**_text_config(tok, ["<|im_end|>"]))), tok
 
 
-def build_llama(tok: PreTrainedTokenizerFast) -> tuple[torch.nn.Module, Any]:
+def build_llama(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """A text-only Llama causal LM; its processor is the tokenizer."""
     return LlamaForCausalLM(LlamaConfig(**_text_config(tok, ["<|eot_id|>"]))), tok

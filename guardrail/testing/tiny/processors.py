@@ -4,7 +4,7 @@ Qwen2.5-Omni and Phi-4-multimodal processors with empty vision slots, and a stan
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ class HandBuiltVoxtralProcessor:
         self.feature_extractor = feature_extractor
         self.tokenizer = tokenizer
         self.audio_token_id = 24
-        self.audio_token = tokenizer.convert_ids_to_tokens(self.audio_token_id)
+        self.audio_token = cast(str, tokenizer.convert_ids_to_tokens(self.audio_token_id))  # one id, one token
         self.begin_audio_token = "[BEGIN_AUDIO]"
         self.chat_template = None  # the real processor renders through mistral-common, not Jinja
 
@@ -122,7 +122,7 @@ class HandBuiltVoxtralProcessor:
         if messages[-1]["role"] == "assistant":
             raise ValueError("The last message in the conversation is already an assistant message.")
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return prompt, clips
+        return cast(str, prompt), clips  # untokenized: the rendered string
 
     def _input_features(self, clips: list[np.ndarray], audio_kwargs: dict[str, Any]) -> torch.Tensor:
         kwargs = {k: v for k, v in audio_kwargs.items() if k not in ("tokenize", "return_dict")}
@@ -171,7 +171,8 @@ class HandBuiltVoxtralProcessor:
         if continue_final_message:
             raise NotImplementedError("continue_final_message is not supported by this stand-in")
         batched = isinstance(conversation[0], (list, tuple))
-        conversations = list(conversation) if batched else [conversation]
+        # batched is decided by the first item, which the declared union cannot narrow
+        conversations = cast(list[list[dict[str, Any]]], list(conversation) if batched else [conversation])
         text_kwargs, audio_kwargs = self._merge_kwargs(**(processor_kwargs or {}), **kwargs)
         if return_tensors:
             text_kwargs["return_tensors"] = return_tensors
@@ -212,5 +213,5 @@ class HandBuiltVoxtralProcessor:
     def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
-    def decode(self, *args: Any, **kwargs: Any) -> str:
+    def decode(self, *args: Any, **kwargs: Any) -> str | list[str]:
         return self.tokenizer.decode(*args, **kwargs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
@@ -205,4 +205,5 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
 
 def token_ids(tok: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
     """The ids of `tokens` in `tok`'s vocabulary, as plain ints."""
-    return [int(tok.convert_tokens_to_ids(t)) for t in tokens]
+    # one token gives one id; transformers types the result int | list[int] without overloads
+    return [int(cast(int, tok.convert_tokens_to_ids(t))) for t in tokens]
