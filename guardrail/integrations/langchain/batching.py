@@ -64,11 +64,9 @@ class RunArgs:
     metadata: dict[str, Any]  # the config's metadata and the ls_* params
 
 
-def open_run(
-    model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig, size: int, args: RunArgs
-) -> CallbackManagerForLLMRun:
-    """Starts the callback run of one input of a batch of `size` (`on_chat_model_start`)."""
-    manager = CallbackManager.configure(
+def _configure_args(model: BaseChatModel, config: RunnableConfig, args: RunArgs) -> tuple[Any, ...]:
+    """Callback-manager arguments of one input's run, as LangChain's own `generate` passes them."""
+    return (
         config.get("callbacks"),
         model.callbacks,
         model.verbose,
@@ -77,15 +75,25 @@ def open_run(
         args.metadata,
         model.metadata,
     )
-    (run,) = manager.on_chat_model_start(
-        dumpd(model),
-        [messages],
-        invocation_params=args.params,
-        options=args.options,
-        name=config.get("run_name"),
-        run_id=config.get("run_id"),
-        batch_size=size,
-    )
+
+
+def _start_kwargs(config: RunnableConfig, size: int, args: RunArgs) -> dict[str, Any]:
+    """Keyword arguments of `on_chat_model_start` for one input of a batch of `size`."""
+    return {
+        "invocation_params": args.params,
+        "options": args.options,
+        "name": config.get("run_name"),
+        "run_id": config.get("run_id"),
+        "batch_size": size,
+    }
+
+
+def open_run(
+    model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig, size: int, args: RunArgs
+) -> CallbackManagerForLLMRun:
+    """Starts the callback run of one input of a batch of `size` (`on_chat_model_start`)."""
+    manager = CallbackManager.configure(*_configure_args(model, config, args))
+    (run,) = manager.on_chat_model_start(dumpd(model), [messages], **_start_kwargs(config, size, args))
     return run
 
 
@@ -93,24 +101,8 @@ async def aopen_run(
     model: BaseChatModel, messages: list[BaseMessage], config: RunnableConfig, size: int, args: RunArgs
 ) -> AsyncCallbackManagerForLLMRun:
     """`open_run` for async runs."""
-    manager = AsyncCallbackManager.configure(
-        config.get("callbacks"),
-        model.callbacks,
-        model.verbose,
-        config.get("tags"),
-        model.tags,
-        args.metadata,
-        model.metadata,
-    )
-    (run,) = await manager.on_chat_model_start(
-        dumpd(model),
-        [messages],
-        invocation_params=args.params,
-        options=args.options,
-        name=config.get("run_name"),
-        run_id=config.get("run_id"),
-        batch_size=size,
-    )
+    manager = AsyncCallbackManager.configure(*_configure_args(model, config, args))
+    (run,) = await manager.on_chat_model_start(dumpd(model), [messages], **_start_kwargs(config, size, args))
     return run
 
 
