@@ -522,7 +522,13 @@ def test_cli_show_yaml_and_json(tmp_path, monkeypatch, capsys):
     assert cli(["policy", "show", str(path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["name"] == "app" and shown["gate"]["mode"] == "probe"
-    assert shown["limits"] == {"max_audio_seconds": 30.0, "max_new_tokens": 99, "max_batch": 32}
+    assert shown["limits"] == {
+        "max_audio_seconds": 30.0,
+        "max_new_tokens": 99,
+        "max_batch": 32,
+        "max_text_chars": 32000,
+        "max_prompt_tokens": None,
+    }
     assert shown["steering"]["layers"] == [1, 2, 3] and shown["logging"]["log_content"] is False
     assert Policy.from_dict(shown).model_dump() == Policy.from_yaml(path).model_dump()  # round-trips
     assert cli(["policy", "show", str(path)]) == 0

@@ -227,7 +227,30 @@ class LimitsPolicy(_Section):
 
     max_audio_seconds: float = Field(default=30.0, gt=0, description="longest accepted audio clip, in seconds")
     max_new_tokens: int = Field(default=512, ge=1, description="most tokens one request may generate")
-    max_batch: int = Field(default=32, ge=1, description="most requests generated together in one batch")
+    max_batch: int = Field(default=32, ge=1, le=4096, description="most requests generated together in one batch")
+    max_text_chars: int = Field(
+        default=32_000, ge=1, description="longest accepted request text, in characters (checked before tokenizing)"
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="longest accepted prompt, in tokens; null = the model's context length minus max_new_tokens",
+    )
+
+
+class InputPolicy(_Section):
+    """What request content the guard accepts beyond plain text and audio."""
+
+    special_tokens: Literal["refuse", "escape"] = Field(
+        default="refuse",
+        description="user text containing the tokenizer's special tokens (role markers such as <|im_start|>): "
+        "refuse with a RequestError, or escape them so they are read as plain text",
+    )
+    audio_dirs: list[str] = Field(
+        default_factory=list,
+        description="local directories that file:// audio URLs may read from (LangChain, server); "
+        "empty = file URLs are refused",
+    )
 
 
 class RuntimePolicy(_Section):
@@ -291,6 +314,7 @@ class Policy(_Section):
     actions: ActionsPolicy = Field(default_factory=ActionsPolicy, description=_doc(ActionsPolicy))
     calibration: CalibrationPolicy = Field(default_factory=CalibrationPolicy, description=_doc(CalibrationPolicy))
     limits: LimitsPolicy = Field(default_factory=LimitsPolicy, description=_doc(LimitsPolicy))
+    input: InputPolicy = Field(default_factory=InputPolicy, description=_doc(InputPolicy))
     runtime: RuntimePolicy = Field(default_factory=RuntimePolicy, description=_doc(RuntimePolicy))
     logging: LoggingPolicy = Field(default_factory=LoggingPolicy, description=_doc(LoggingPolicy))
 
