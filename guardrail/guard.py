@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import StoppingCriteriaList
 
 from guardrail.audio import AudioSource
 from guardrail.gate.decide import GateVerdict, ScoringProbe
@@ -25,7 +26,15 @@ from guardrail.obs.logs import decision_event, decision_logger
 from guardrail.obs.metrics import Metrics
 from guardrail.obs.streaming import GenerationClock, GuardStream, TokenQueue
 from guardrail.policy.schema import Policy
-from guardrail.requests import Request, check_batch_size, check_max_new_tokens, parse_request, request_fields
+from guardrail.requests import (
+    Request,
+    check_batch_size,
+    check_max_new_tokens,
+    check_one_row_per_request,
+    check_prompt_tokens,
+    parse_request,
+    request_fields,
+)
 from guardrail.results import DecisionTemplate, GuardResult, Timings, until_eos
 from guardrail.runtime.backend import SteeringBackend, SteeringPlan
 from guardrail.runtime.eager_backend import EagerBackend
@@ -85,10 +94,11 @@ class Guard:
 
     def backend_for(self, **generate_kwargs: Any) -> SteeringBackend:
         """The backend a call with these `generate()` arguments steers through: device buffers when
-        generation may run compiled (static cache, compile_config, a compiled model), otherwise
+        generation may run compiled (static cache, compile_config, a compiled model; such calls run alone
+        on the model, even unsteered ones, as compiled graphs specialise on the hooks present), otherwise
         per-thread hooks."""
         kwargs = {**runtime_generate_kwargs(self.policy.runtime), **generate_kwargs}
-        return self._static if self._plan.active and runs_compiled(self.model, kwargs) else self._eager
+        return self._static if runs_compiled(self.model, kwargs) else self._eager
 
     # -- public API ------------------------------------------------------------------
     def generate(
@@ -113,15 +123,15 @@ class Guard:
         started = time.perf_counter()
         limits = self.policy.limits
         check_batch_size(len(requests), limits.max_batch, self.policy.name)
+        max_new_tokens = self._check_call(max_new_tokens, generate_kwargs)
         batch = self._parse(requests)
-        max_new_tokens = check_max_new_tokens(max_new_tokens, limits.max_new_tokens, self.policy.name)
-        inputs = self._model_inputs(batch)
+        inputs = self._model_inputs(batch, max_new_tokens)
         backend = self.backend_for(**generate_kwargs)
         known = backend.prepass(inputs) if self.gate.needs_prepass else None
         keep = [i for i in range(len(batch)) if known is None or not known.block[i]]
         results: dict[int, GuardResult] = {}
         if keep:
-            sub_inputs = inputs if len(keep) == len(batch) else self._model_inputs([batch[i] for i in keep])
+            sub_inputs = inputs if len(keep) == len(batch) else self._model_inputs([batch[i] for i in keep], None)
             clock = GenerationClock(generate_kwargs.get("streamer"))
             kwargs = {
                 "do_sample": False,
@@ -148,19 +158,23 @@ class Guard:
         max_new_tokens: int | None = None,
         **generate_kwargs: Any,
     ) -> GuardStream:
-        """Answer one request, yielding text chunks as tokens are generated.
+        """Answer one request, yielding text chunks as tokens are generated. Closing the stream (`close()`,
+        a `with` block, breaking out of the loop, dropping it) stops generation at the next token.
 
         >>> chunks = guard.stream(text="How do I bake bread?")  # doctest: +SKIP
         >>> "".join(chunks) == chunks.result.text  # doctest: +SKIP
         True
         """
         request = {"audio": audio, "text": text}
-        self._parse([request])  # validate in the caller's thread: bad input raises here, not mid-stream
+        # validate in the caller's thread: bad input raises here, not mid-stream
+        self._model_inputs(self._parse([request]), self._check_call(max_new_tokens, generate_kwargs))
         streamer = TokenQueue(
             lambda ids: self.adapter.decode(self.processor, ids), self.adapter.eos_token_ids(self.model, self.processor)
         )
+        kwargs = dict(generate_kwargs)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), streamer.stop])
         run = lambda listener: self.generate_batch(
-            [request], max_new_tokens=max_new_tokens, streamer=listener, **generate_kwargs
+            [request], max_new_tokens=max_new_tokens, streamer=listener, **kwargs
         )[0]
         return GuardStream(run, streamer)
 
@@ -171,17 +185,22 @@ class Guard:
         >>> guard.first_token_logprobs([{"text": "How do I bake bread?"}]).shape  # doctest: +SKIP
         torch.Size([1, 151936])
         """
-        inputs = self.prepare_inputs(requests)
+        inputs = self._model_inputs(self._parse(requests), 1)
         backend = self.backend_for()
         known = backend.prepass(inputs) if self.gate.needs_prepass else None
         return backend.first_token_logits(inputs, known).float().log_softmax(dim=-1).cpu()
 
     def prepare_inputs(self, requests: Sequence[RawRequest]) -> dict[str, Any]:
         """Validate requests and build the model's batched inputs (tensors on the model's device) as
-        `generate_batch` does: what any serving code pays before `model.generate`."""
-        return self._model_inputs(self._parse(requests))
+        `generate_batch` does with the policy's token budget: what any serving code pays before `model.generate`."""
+        return self._model_inputs(self._parse(requests), self.policy.limits.max_new_tokens)
 
     # -- one call --------------------------------------------------------------------
+    def _check_call(self, max_new_tokens: object, generate_kwargs: Mapping[str, Any]) -> int:
+        """The call's checked token budget; its generate() arguments must give one answer per request."""
+        check_one_row_per_request(generate_kwargs, getattr(self.model, "generation_config", None))
+        return check_max_new_tokens(max_new_tokens, self.policy.limits.max_new_tokens, self.policy.name)
+
     def _parse(self, requests: Sequence[RawRequest]) -> list[Request]:
         return [
             parse_request(
@@ -190,12 +209,32 @@ class Guard:
                 adapter=self.adapter,
                 processor=self.processor,
                 max_audio_seconds=self.policy.limits.max_audio_seconds,
+                max_text_chars=self.policy.limits.max_text_chars,
             )
             for i, r in enumerate(requests)
         ]
 
-    def _model_inputs(self, batch: list[Request]) -> dict[str, Any]:
-        return model_inputs(self.model, self.adapter.build_inputs(self.processor, batch, self.policy.system_prompt))
+    def _model_inputs(self, batch: list[Request], new_tokens: int | None) -> dict[str, Any]:
+        """The batch's model inputs, each prompt checked against the prompt-token limit for a call that
+        generates up to `new_tokens` (None: already checked)."""
+        inputs = model_inputs(self.model, self.adapter.build_inputs(self.processor, batch, self.policy.system_prompt))
+        if new_tokens is not None:
+            self._check_prompt(_prompt_tokens(inputs), new_tokens)
+        return inputs
+
+    def _check_prompt(self, lengths: list[int], new_tokens: int) -> None:
+        """limits.max_prompt_tokens, or when null the model's context length less the answer's budget."""
+        limit = self.policy.limits.max_prompt_tokens
+        if limit is not None:
+            check_prompt_tokens(lengths, limit, f"policy {self.policy.name!r} limits.max_prompt_tokens")
+            return
+        context = context_length(self.model)
+        if context is not None:
+            why = (
+                f"the model's context of {context} tokens minus max_new_tokens={new_tokens}; "
+                "ask for fewer new tokens, or set limits.max_prompt_tokens"
+            )
+            check_prompt_tokens(lengths, max(context - new_tokens, 0), why)
 
     # -- results ---------------------------------------------------------------------
     def _template(self) -> DecisionTemplate:
@@ -212,6 +251,8 @@ class Guard:
         self, ids: list[int], verdict: GateVerdict, j: int, prompt_tokens: int, clock: GenerationClock, started: float
     ) -> GuardResult:
         token_ids, finish_reason = until_eos(ids, self.adapter.eos_token_ids(self.model, self.processor))
+        if finish_reason == "length" and clock.cancelled:
+            finish_reason = "cancelled"  # a closed stream
         decision = self._template().record(
             verdict.steer[j],
             verdict.reasons[j],
@@ -247,3 +288,13 @@ def _prompt_tokens(inputs: dict[str, Any]) -> list[int]:
     if mask is None:
         return [inputs["input_ids"].shape[1]] * inputs["input_ids"].shape[0]
     return mask.sum(dim=1).tolist()
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The model's context length in tokens (`max_position_embeddings` of its text config), None if unknown."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text_config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None

@@ -32,7 +32,7 @@ class Decision:
     blocked: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: str = "length"  # "stop" (EOS), "length" (token budget) or "blocked"
+    finish_reason: str = "length"  # "stop" (EOS), "length" (token budget), "blocked" or "cancelled" (stream closed)
     timings: Timings = field(default_factory=Timings)
 
     def to_dict(self) -> dict[str, Any]:

@@ -308,3 +308,78 @@ def test_decode_error_chains_cause() -> None:
     with pytest.raises(AudioInputError) as info:
         load_audio(b"garbag", target_sr=SR)
     assert info.value.__cause__ is not None
+
+
+# --- bounded work for hostile sizes and rates (issue 15) ------------------------------------------
+
+
+def _peak_bytes_and_seconds(fn) -> tuple[int, float]:
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        fn()
+    finally:
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, elapsed
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch", "torch-bf16"])
+def test_too_long_array_fails_before_any_copy(kind: str) -> None:
+    """One hour of 48 kHz stereo int16 (a zero-stride view: no memory of its own) is refused from its shape
+    and rate alone: milliseconds and no sample copy (it used to peak at 4.3 GB and take 16 s)."""
+    hour = np.broadcast_to(np.zeros((1, 2), np.int16), (3600 * 48000, 2))
+    source: object = hour
+    if kind != "numpy":
+        torch = pytest.importorskip("torch")
+        one = torch.zeros((1, 2), dtype=torch.bfloat16 if kind == "torch-bf16" else torch.int16)
+        source = one.expand(3600 * 48000, 2)
+
+    def run() -> None:
+        with pytest.raises(AudioInputError, match=r"3600\.00 s long, over the 30 s limit"):
+            load_audio((source, 48000), target_sr=SR, max_seconds=30)  # type: ignore[arg-type]
+
+    peak, seconds = _peak_bytes_and_seconds(run)
+    assert peak < 1_000_000 and seconds < 0.5, (peak, seconds)
+
+
+def test_too_long_channels_first_array_uses_the_long_axis() -> None:
+    x = np.broadcast_to(np.zeros((2, 1), np.float32), (2, 31 * SR))
+    with pytest.raises(AudioInputError, match=r"31\.00 s long, over the 30 s limit"):
+        load_audio((x, SR), target_sr=SR, max_seconds=30)
+
+
+def test_clip_that_resamples_to_zero_samples() -> None:
+    with pytest.raises(AudioInputError, match=r"resamples to 0 samples at 16000 Hz.*longer clip"):
+        load_audio((np.full(1, 0.5, np.float32), 48000), target_sr=SR)
+
+
+@pytest.mark.parametrize("sr", [768_001, 10**9, 2**31 - 1])
+def test_sampling_rate_above_the_highest_supported(sr: int) -> None:
+    with pytest.raises(AudioInputError, match=r"above 768000 Hz.*resample"):
+        load_audio((tone(seconds=0.01), sr), target_sr=SR)
+
+
+def test_file_rate_above_the_highest_supported() -> None:
+    data = bytearray(encoded(tone(seconds=0.1), SR))
+    data[24:28] = (10**9).to_bytes(4, "little")  # the WAV header's sample rate
+    data[28:32] = (2 * 10**9).to_bytes(4, "little")  # byte rate
+    with pytest.raises(AudioInputError, match=r"above 768000 Hz"):
+        load_audio(bytes(data), target_sr=SR)
+
+
+def test_file_layout_never_guessed(tmp_path: Path) -> None:
+    """A decoded file is (frames, channels) by construction: 3 frames of 5 channels stay 3 frames."""
+    path = tmp_path / "wide.wav"
+    sf.write(path, np.full((3, 5), 0.25, np.float32), SR, subtype="FLOAT")
+    assert load_audio(path, target_sr=SR).shape == (3,)
+
+
+def test_huge_finite_samples_that_overflow_resampling() -> None:
+    """Found by the hypothesis suite: 8.9e36 is finite in float32 but the resampler's output is not."""
+    with pytest.raises(AudioInputError, match=r"too large to resample \(\|x\| up to 8\.89e\+36\).*\[-1, 1\]"):
+        load_audio((np.array([8.8856286e36], np.float32), 1), target_sr=SR)

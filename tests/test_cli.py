@@ -232,3 +232,79 @@ def test_the_sdk_never_imports_the_testbeds():
             )
             offenders += [f"{path.name}:{node.lineno}" for n in names if n.startswith("guardrail_testbeds")]
     assert offenders == []
+
+
+# -- failures: typed errors exit 2, others exit 1 with a one-line message; --json always prints JSON ------------
+@pytest.fixture
+def gate_off(tmp_path):
+    path = tmp_path / "off.yaml"
+    path.write_text('gate:\n  mode: "off"\n')
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "extra, error_type, match",
+    [
+        (["--audio", "/no/such/clip.wav"], "RequestError", "text-only model"),
+        (["--text", ""], "RequestError", "neither audio nor text"),
+        (["--max-new-tokens", "100000"], "RequestError", "max_new_tokens"),
+    ],
+    ids=["audio-for-a-text-model", "empty", "over-the-limit"],
+)
+def test_run_json_bad_input_prints_a_json_error_and_exits_2(model_dir, gate_off, capsys, extra, error_type, match):
+    argv = ["run", "--model", str(model_dir), "--policy", gate_off, "--text", "hi", "--json", *extra]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    error = json.loads(out)["error"]
+    assert error["type"] == error_type and match in error["message"]
+    assert match in err and "Traceback (most recent call last)" not in err
+
+
+def test_run_json_invalid_policy_prints_a_json_error(model_dir, tmp_path, capsys):
+    policy = tmp_path / "bad.yaml"
+    policy.write_text("steering:\n  alpah: 1\n")
+    assert main(["run", "--model", str(model_dir), "--policy", str(policy), "--text", "hi", "--json"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["type"] == "PolicyError" and "steering.alpah: unknown field" in error["message"]
+
+
+@pytest.fixture
+def failing_model(monkeypatch):
+    """A model that fails inside generation with an error the SDK does not type (a driver error, say)."""
+    from guardrail.guard import Guard
+
+    def fail(self, **request):
+        raise RuntimeError("CUDA error: device-side assert triggered\nCompile with TORCH_USE_CUDA_DSA")
+
+    monkeypatch.setattr(Guard, "generate", fail)
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+def test_an_unexpected_error_exits_1_with_a_line_and_a_debug_hint(model_dir, gate_off, failing_model, capsys, as_json):
+    argv = ["run", "--model", str(model_dir), "--policy", gate_off, "--text", "hi"] + (["--json"] if as_json else [])
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # (stderr also has a load bar)
+    assert "Traceback (most recent call last)" not in err and len(errors) == 1
+    assert errors[0].startswith("error: RuntimeError: CUDA error: device-side assert triggered") and "--debug" in err
+    if as_json:
+        error = json.loads(out)["error"]
+        assert error["type"] == "RuntimeError" and error["message"].startswith("CUDA error: device-side assert")
+    else:
+        assert out == ""
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_debug_prints_the_traceback(model_dir, gate_off, failing_model, capsys, where):
+    argv = ["run", "--model", str(model_dir), "--policy", gate_off, "--text", "hi"]
+    argv = [*argv, "--debug"] if where == "after" else ["--debug", *argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "RuntimeError: CUDA error" in err
+
+
+def test_policy_show_json_failure_is_json(tmp_path, capsys):
+    policy = tmp_path / "bad.yaml"
+    policy.write_text("steering:\n  alpah: 1\n")
+    assert main(["policy", "show", str(policy), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"]["type"] == "PolicyError"

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import SR, alpha_for, request_for, silence
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from guardrail import (
@@ -211,3 +213,100 @@ def test_steering_needs_an_artifact(bundle):
     _, model, processor, _ = bundle
     with pytest.raises(PolicyError, match="no artifact"):
         Guard(model, processor, policy=Policy())
+
+
+# -- request limits (issue #15: defects 1, 4, 6) ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def small():
+    """A tiny text model behind a guard with small limits, so valid requests generate quickly."""
+    model, tokenizer = build_tiny("qwen2", seed=0)
+    policy = Policy.from_dict({"name": "small", "gate": {"mode": "off"}, "limits": {"max_new_tokens": 4}})
+    return Guard(model, tokenizer, policy=policy)
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), -float("inf"), 2.5, 3.0, "3", b"3", True, False, 0, -1, 5, 10**30, [3], {}]
+)
+def test_max_new_tokens_must_be_an_int_in_range(small, value):
+    with pytest.raises(RequestError, match=r"max_new_tokens.*1\.\.4") as caught:
+        small.generate(text="hi", max_new_tokens=value)
+    assert repr(value)[:20] in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [1, 4, np.int64(2), None])
+def test_max_new_tokens_accepts_ints_in_range(small, value):
+    result = small.generate(text="hi", max_new_tokens=value)
+    assert 0 < len(result.token_ids) <= (4 if value is None else int(value))
+
+
+def test_max_new_tokens_nan_through_langchain(small):
+    from guardrail.integrations.langchain import GuardedChatModel
+
+    with pytest.raises(RequestError, match="max_new_tokens"):
+        GuardedChatModel(guard=small).invoke("hi", max_new_tokens=float("nan"))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=json_values)
+def test_max_new_tokens_any_json_value(small, value):
+    """Any JSON value for max_new_tokens ends in an answer within the budget or a RequestError."""
+    try:
+        result = small.generate(text="hi", max_new_tokens=value)
+    except RequestError:
+        assert value is not None
+        return
+    assert value is None or (type(value) is int and 1 <= value <= 4)
+    assert len(result.token_ids) <= 4
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"num_return_sequences": 2}, {"num_return_sequences": 2, "num_beams": 2}, {"num_return_sequences": 0}]
+)
+def test_generate_kwargs_that_change_the_row_count_are_refused(small, kwargs):
+    requests = [{"text": "first question"}, {"text": "second question please"}]
+    with pytest.raises(RequestError, match="num_return_sequences"):
+        small.generate_batch(requests, max_new_tokens=2, **kwargs)
+
+
+def test_generation_config_with_several_sequences_is_refused(small):
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(num_return_sequences=2, num_beams=2, max_new_tokens=2)
+    with pytest.raises(RequestError, match="num_return_sequences"):
+        small.generate_batch([{"text": "a"}, {"text": "b"}], max_new_tokens=2, generation_config=config)
+    assert len(small.generate_batch([{"text": "a"}, {"text": "b"}], max_new_tokens=2, num_return_sequences=1)) == 2
+
+
+def test_text_longer_than_the_limit_is_refused_before_tokenizing(small, monkeypatch):
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized a text over the limit")
+
+    monkeypatch.setattr(small.adapter, "build_inputs", no_tokenizing)
+    with pytest.raises(RequestError, match=r"request 1.*1000000 characters.*32000.*limits\.max_text_chars"):
+        small.generate_batch([{"text": "fine"}, {"text": "x" * 1_000_000}])
+
+
+def test_prompt_token_limit(small):
+    model, tokenizer = small.model, small.processor
+    policy = Policy.from_dict({"gate": {"mode": "off"}, "limits": {"max_prompt_tokens": 100}})
+    guard = Guard(model, tokenizer, policy=policy)
+    assert guard.generate(text="short", max_new_tokens=2).token_ids
+    with pytest.raises(RequestError, match=r"request 0 has \d+ prompt tokens.*100.*limits\.max_prompt_tokens"):
+        guard.generate(text="word " * 50, max_new_tokens=2)
+
+
+def test_prompt_limit_defaults_to_the_context_left_for_the_answer(small):
+    context = small.model.config.get_text_config().max_position_embeddings  # 8192 for the tiny models
+    text = "x" * (context - 540)  # one token per character with the tiny tokenizer, under max_text_chars
+    assert small.generate(text=text, max_new_tokens=4).decision.prompt_tokens > context - 600
+    guard = Guard(small.model, small.processor, policy=Policy.from_dict({"gate": {"mode": "off"}}))
+    with pytest.raises(RequestError, match=rf"prompt tokens.*{context - 512}.*context of {context} tokens.*512"):
+        guard.generate(text=text)  # max_new_tokens defaults to the policy's 512: no room left
+    assert guard.generate(text=text, max_new_tokens=8).token_ids

@@ -37,6 +37,11 @@ def b64(seconds: float, seed: int) -> str:
     return base64.b64encode(wav_bytes(seconds, seed)).decode()
 
 
+def with_audio_dirs(policy: Policy, *dirs: object) -> Policy:
+    """`policy` letting file:// audio URLs read `dirs`."""
+    return policy.model_copy(update={"input": policy.input.model_copy(update={"audio_dirs": [str(d) for d in dirs]})})
+
+
 def steered_guard(family: str) -> Guard:
     model, processor = build_tiny(family, seed=0)
     if family == "qwen2_audio":
@@ -233,10 +238,11 @@ def test_text_chain(text_guard):
     ids=["v1-base64", "v0-base64", "openai-input_audio", "data-url", "file-url", "file-block"],
 )
 def test_audio_block_forms(audio_guard, tmp_path, block, monkeypatch):
-    """Every accepted form reaches the guard as the same audio (bytes or a local path)."""
+    """Every accepted form reaches the guard as the same audio bytes (a file URL's under `input.audio_dirs`)."""
     clip = wav_bytes(0.5, seed=9)
     path = tmp_path / "q.wav"
     path.write_bytes(clip)
+    monkeypatch.setattr(audio_guard, "policy", with_audio_dirs(audio_guard.policy, tmp_path))
     chat = GuardedChatModel(guard=audio_guard, max_new_tokens=4)
     requests, generate = [], audio_guard.generate
 
@@ -248,7 +254,7 @@ def test_audio_block_forms(audio_guard, tmp_path, block, monkeypatch):
     chat.invoke([HumanMessage([{"type": "text", "text": "Answer."}, block(clip, path)])])
     (request,) = requests
     assert request["text"] == "Answer."
-    assert request["audio"] in (clip, str(path))
+    assert request["audio"] == clip
     assert (load_audio(request["audio"], target_sr=SR) == load_audio(clip, target_sr=SR)).all()
 
 
@@ -471,6 +477,11 @@ def test_ainvoke_and_astream_do_not_block_the_event_loop(text_guard, spy):
         ),
         ([{"type": "tool_call_stuff", "x": 1}], "not a LangChain standard block"),
         ([{"type": "text", "text": "  "}], "neither text nor audio"),
+        # malformed blocks LangChain's own conversion used to fail on with a bare KeyError / ValueError
+        ([{"type": "audio", "source_type": "base64"}], r"block 0 is not a valid .*lacks the key 'data'"),
+        ([{"type": "text", "text": "hi"}, {"type": "non_standard"}], r"block 1 is not a valid .*'value'"),
+        ([{"type": "image", "text": ""}], r"block 0 is a malformed image block"),
+        ([{"type": "text", "text": 3}], r"block 0 is a text block whose text is a int"),
     ],
 )
 def test_unsupported_content_raises_typed_error(audio_guard, content, match):
@@ -552,3 +563,101 @@ def test_lazy_export():
     import guardrail
 
     assert guardrail.GuardedChatModel is GuardedChatModel
+
+
+# -- file:// audio URLs: only regular files under the policy's input.audio_dirs ----------------------------------
+def file_block(path: object) -> list[dict]:
+    return [{"type": "text", "text": "Answer."}, {"type": "audio", "url": f"file://{path}"}]
+
+
+def invoke_within(chat: GuardedChatModel, content: list[dict], seconds: float = 10.0) -> BaseException | None:
+    """The error `chat.invoke` raised (None if it answered), failing if it takes longer than `seconds`."""
+    outcome: list[BaseException | None] = []
+
+    def call():
+        try:
+            chat.invoke([HumanMessage(content)])
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"invoke did not return within {seconds} s"
+    return outcome[0]
+
+
+def test_file_urls_are_refused_without_audio_dirs(audio_guard, tmp_path):
+    path = tmp_path / "q.wav"
+    path.write_bytes(wav_bytes(0.3, seed=1))
+    chat = GuardedChatModel(guard=audio_guard, max_new_tokens=2)
+    assert audio_guard.policy.input.audio_dirs == []
+    with pytest.raises(UnsupportedContentError, match=r"block 1 .*input\.audio_dirs.* is empty"):
+        chat.invoke([HumanMessage(file_block(path))])
+
+
+def test_file_urls_outside_audio_dirs_are_refused(audio_guard, tmp_path, monkeypatch):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (outside / "q.wav").write_bytes(wav_bytes(0.3, seed=1))
+    (allowed / "link.wav").symlink_to(outside / "q.wav")
+    (allowed / "dirlink").symlink_to(outside)
+    monkeypatch.setattr(audio_guard, "policy", with_audio_dirs(audio_guard.policy, allowed))
+    chat = GuardedChatModel(guard=audio_guard, max_new_tokens=2)
+    for path in [
+        outside / "q.wav",
+        f"{allowed}/../outside/q.wav",
+        allowed / "link.wav",
+        allowed / "dirlink" / "q.wav",
+        "/etc/passwd",
+    ]:
+        with pytest.raises(UnsupportedContentError, match=r"outside the directories.*input\.audio_dirs"):
+            chat.invoke([HumanMessage(file_block(path))])
+
+
+def test_file_urls_must_name_a_regular_file_of_bounded_size(audio_guard, tmp_path, monkeypatch):
+    """A FIFO, a directory, a device or an oversized file is refused at once (a FIFO used to block forever)."""
+    import os
+
+    fifo = tmp_path / "fifo.wav"
+    os.mkfifo(fifo)
+    (tmp_path / "dir.wav").mkdir()
+    with open(tmp_path / "huge.wav", "wb") as f:  # sparse: no disk used
+        f.truncate(64 * 1024 * 1024 + 1)
+    monkeypatch.setattr(audio_guard, "policy", with_audio_dirs(audio_guard.policy, tmp_path, "/dev"))
+    chat = GuardedChatModel(guard=audio_guard, max_new_tokens=2)
+    try:
+        for name, match in [
+            (fifo, "not a regular file"),
+            (tmp_path / "dir.wav", "not a regular file"),
+            ("/dev/zero", "not a regular file"),
+            (tmp_path / "huge.wav", "over the 64 MiB"),
+            (tmp_path / "missing.wav", "cannot be read"),
+            (f"{tmp_path}/nul%00byte.wav", "cannot be read"),
+        ]:
+            error = invoke_within(chat, file_block(name))
+            assert isinstance(error, UnsupportedContentError), (name, error)
+            assert match in str(error) and "block 1" in str(error), (name, str(error))
+    finally:  # unblock a reader left waiting on the FIFO (before the fix)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
+def test_file_url_percent_escapes_decode_once(audio_guard, tmp_path, monkeypatch):
+    """`%25` in a file URL is a literal `%` in the file name (it used to be unquoted twice)."""
+    clip = wav_bytes(0.3, seed=2)
+    (tmp_path / "a%41.wav").write_bytes(clip)
+    monkeypatch.setattr(audio_guard, "policy", with_audio_dirs(audio_guard.policy, tmp_path))
+    requests, generate = [], audio_guard.generate
+
+    def record(**request):
+        requests.append(request)
+        return generate(**request)
+
+    monkeypatch.setattr(audio_guard, "generate", record)
+    GuardedChatModel(guard=audio_guard, max_new_tokens=2).invoke([HumanMessage(file_block(f"{tmp_path}/a%2541.wav"))])
+    assert requests[0]["audio"] == clip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -209,10 +210,10 @@ def test_relative_model_paths_resolve_against_the_policy_folder(tmp_path):
 
 
 def test_paths_in_a_base_resolve_against_the_base(tmp_path):
-    write(tmp_path, "base/base.yaml", "model:\n  artifact: art\n")
-    leaf = write(tmp_path, "apps/leaf.yaml", "extends: ../base/base.yaml\nmodel:\n  probe: probe\n")
+    write(tmp_path, "apps/base/base.yaml", "model:\n  artifact: art\n")  # extends stays below apps/ (issue #15)
+    leaf = write(tmp_path, "apps/leaf.yaml", "extends: base/base.yaml\nmodel:\n  probe: probe\n")
     policy = Policy.from_yaml(leaf)
-    assert policy.model.artifact == str(tmp_path / "base" / "art")
+    assert policy.model.artifact == str(tmp_path / "apps" / "base" / "art")
     assert policy.model.probe == str(tmp_path / "apps" / "probe")
 
 
@@ -253,8 +254,8 @@ def test_extends_deep_merges(tmp_path):
 
 
 def test_extends_chains_and_shipped_names(tmp_path):
-    write(tmp_path, "a.yaml", "extends: gated\nsteering:\n  alpha: 0.5\n")
-    write(tmp_path, "sub/b.yaml", "extends: ../a.yaml\ngate:\n  threshold: 0.2\n")
+    write(tmp_path, "sub/deeper/a.yaml", "extends: gated\nsteering:\n  alpha: 0.5\n")
+    write(tmp_path, "sub/b.yaml", "extends: deeper/a.yaml\ngate:\n  threshold: 0.2\n")  # not ../ (issue #15)
     c = write(tmp_path, "c.yaml", "extends: sub/b.yaml\nlimits:\n  max_new_tokens: 64\n")
     policy = Policy.from_yaml(c)
     assert policy.gate.mode == "probe"  # from gated
@@ -290,7 +291,7 @@ def test_error_in_a_base_names_the_base(tmp_path):
     message = error_of(leaf)
     assert message.startswith(f"invalid policy {leaf} (extends {tmp_path / 'base.yaml'})")
     assert (
-        f"steering.alpha: Input should be greater than or equal to 0 (got -2); accepted: a number >= 0 "
+        f"steering.alpha: Input should be greater than or equal to 0 (got -2); accepted: a number >= 0 and <= 10000 "
         f"[set in {tmp_path / 'base.yaml'}]" in message
     )
     line = next(x for x in message.splitlines() if "limits.max_batch" in x)
@@ -368,7 +369,8 @@ def test_malformed_placeholders(tmp_path, text, match):
 def test_interpolated_value_is_still_validated(tmp_path, monkeypatch):
     monkeypatch.setenv("GR_ALPHA", "strong")
     message = error_of(write(tmp_path, "p.yaml", "steering:\n  alpha: ${GR_ALPHA}\n"))
-    assert "steering.alpha" in message and "'strong'" in message and "a number >= 0" in message
+    assert "steering.alpha" in message and "a number >= 0" in message
+    assert "(got the value of ${GR_ALPHA}, not shown)" in message and "strong" not in message  # issue #15
 
 
 # -- error messages ----------------------------------------------------------------------------------
@@ -543,3 +545,188 @@ def test_cli_show_invalid_exits_2(tmp_path, capsys):
     assert "gate.mode" in capsys.readouterr().err
     assert cli(["policy", "show", "no-such-policy"]) == 2
     assert "no shipped policy" in capsys.readouterr().err
+
+
+# -- hostile input (issue #15) -----------------------------------------------------------------------
+ALIAS_BOMB = "a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi")
+)
+
+
+def test_alias_bomb_fails_fast_with_a_typed_error(tmp_path):
+    path = write(tmp_path, "bomb.yaml", ALIAS_BOMB)
+    assert len(ALIAS_BOMB.encode()) < 400 and ALIAS_BOMB.count("*") == 72  # 9 levels of 9 aliases
+    started = time.perf_counter()
+    message = error_of(path)
+    assert time.perf_counter() - started < 0.1
+    assert str(path) in message and "line 1" in message and "alias" in message and "extends" in message
+
+
+def test_anchors_and_merge_keys_are_refused_with_file_and_line(tmp_path):
+    message = error_of(write(tmp_path, "p.yaml", "gate: {mode: probe}\nsteering: &s\n  alpha: 0.2\n"))
+    assert str(tmp_path / "p.yaml") in message and "line 2" in message and "anchor" in message
+    message = error_of(write(tmp_path, "q.yaml", "x: &x {alpha: 0.2}\nsteering:\n  <<: *x\n"))
+    assert "line 1" in message  # the anchor is refused before the merge key can expand it
+
+
+def test_duplicate_keys_are_refused_with_key_and_line(tmp_path):
+    message = error_of(write(tmp_path, "p.yaml", "steering:\n  alpha: 0.1\n  layers: all\n  alpha: 5\n"))
+    assert str(tmp_path / "p.yaml") in message and "duplicate key 'alpha'" in message and "line 4" in message
+    message = error_of(write(tmp_path, "q.yaml", "gate: {mode: probe}\nname: a\ngate: {mode: 'off'}\n"))
+    assert "duplicate key 'gate'" in message and "line 3" in message and "line 1" in message
+
+
+def test_policy_files_over_1_mib_are_refused(tmp_path):
+    path = write(tmp_path, "big.yaml", "name: big\n" + "#" * (1 << 20) + "\n")
+    message = error_of(path)
+    assert str(path) in message and "1 MiB" in message and len(message) < 400
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than"),
+        ("limits: {max_new_tokens: " + "9" * 5000 + "}\n", "line 1"),
+        ("description: 2001-02-30\n", "line 1"),
+    ],
+    ids=["deep-nesting", "5000-digit-int", "impossible-date"],
+)
+def test_yaml_that_breaks_the_constructor_is_a_policy_error(tmp_path, text, match):
+    message = error_of(write(tmp_path, "p.yaml", text))
+    assert str(tmp_path / "p.yaml") in message and match in message and len(message) < 600
+
+
+def test_invalid_utf8_names_the_file_and_byte_offset(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    message = error_of(path)
+    assert str(path) in message and "UTF-8" in message and "byte 9" in message
+
+
+@pytest.mark.parametrize(
+    "section, field, value",
+    [
+        ("steering", "alpha", float("inf")),
+        ("steering", "alpha", 1e9),
+        ("steering", "alpha", float("nan")),
+        ("steering", "safe_strength", float("inf")),
+        ("steering", "safe_rank", 10**9),
+        ("limits", "max_audio_seconds", float("inf")),
+        ("limits", "max_audio_seconds", 1e9),
+        ("limits", "max_new_tokens", 10**12),
+        ("limits", "max_text_chars", 10**12),
+        ("limits", "max_prompt_tokens", 10**12),
+        ("gate", "threshold", float("inf")),
+        ("actions", "block_above", float("nan")),
+    ],
+)
+def test_numbers_are_finite_and_bounded(section, field, value):
+    message = error_of({section: {field: value}})
+    assert f"{section}.{field}:" in message
+
+
+def test_numbers_in_yaml_are_finite_and_bounded(tmp_path):
+    message = error_of(write(tmp_path, "p.yaml", "steering:\n  alpha: .inf\nlimits:\n  max_audio_seconds: .inf\n"))
+    assert "steering.alpha: " in message and "limits.max_audio_seconds: " in message
+    assert "Input should be a finite number (got inf); accepted: a number >= 0 and <= 10000" in message
+    assert (
+        Policy.from_dict({"steering": {"alpha": 10_000}, "limits": {"max_audio_seconds": 3600}}).steering.alpha
+        == 10_000
+    )
+
+
+def test_a_5000_digit_integer_is_a_policy_error():
+    message = error_of({"limits": {"max_new_tokens": 10**5000}})
+    assert "limits.max_new_tokens" in message and len(message) < 600
+
+
+@pytest.mark.parametrize(
+    "layers", ["0-30000000", "0-" + "9" * 5000, [0, 10**30], {"start": 0, "end": 30_000_000}, [10_000]]
+)
+def test_layer_selections_are_bounded(layers):
+    started = time.perf_counter()
+    message = error_of({"steering": {"layers": layers}})
+    assert time.perf_counter() - started < 0.5
+    assert "steering.layers" in message and "10000" in message and len(message) < 800
+    assert Policy.from_dict({"steering": {"layers": "0-9999"}}).steering.layers[-1] == 9999
+
+
+def test_error_messages_truncate_long_values_and_cap_the_count():
+    message = error_of({"gate": {"mode": "x" * 100_000}})
+    assert len(message) < 600 and "100002 characters" in message
+    message = error_of({"steering": {f"k{i}": i for i in range(1000)}})
+    assert len(message.splitlines()) < 30 and "and 980 more" in message
+    message = error_of({"k" * 10_000: 1})
+    assert len(message) < 1200
+
+
+def test_extends_reads_only_policy_files_below_its_folder(tmp_path):
+    outside = write(tmp_path, "outside.yaml", "secret_line_one: 1\n")
+    write(tmp_path, "notes.txt", "secret_line_two: 2\n")
+    deploy = tmp_path / "deploy"
+    write(deploy, "base/base.yaml", "steering: {alpha: 0.3}\n")
+    assert Policy.from_yaml(write(deploy, "ok.yaml", "extends: base/base.yaml\n")).steering.alpha == 0.3
+    assert Policy.from_yaml(write(deploy, "abs.yaml", f"extends: {deploy / 'base/base.yaml'}\n")).sources
+    (deploy / "link.yaml").symlink_to(outside)
+    (deploy / "shadow.yaml").symlink_to("/etc/shadow")
+    for ref in ["../outside.yaml", str(outside), "../notes.txt", "/etc/shadow", "/etc/passwd", "link.yaml",
+                "shadow.yaml", "base", "../../../../../../etc/hostname"]:  # fmt: skip
+        message = error_of(write(deploy, "p.yaml", f"extends: {ref}\n"))
+        assert "extends:" in message and "secret_line" not in message and "root:" not in message, ref
+        assert f".yaml or .yml files in {deploy} or below" in message, ref
+        assert "shipped policy" in message and "gated" in message, ref
+
+
+def test_a_home_that_does_not_exist_is_a_policy_error(tmp_path):  # found by tests/test_policy_fuzz.py
+    message = error_of({"extends": "~nosuchuser0/base.yaml"}, base_dir=tmp_path)
+    assert "extends: no policy file" in message  # read as a path below base_dir, which does not exist
+    assert Policy.from_dict({"model": {"artifact": "~nosuchuser0"}}).model.artifact == "~nosuchuser0"
+
+
+def test_extends_from_dict_stays_below_base_dir(tmp_path):
+    write(tmp_path, "outside.yaml", "secret_line: 1\n")
+    write(tmp_path, "in/base.yaml", "gate: {mode: probe}\n")
+    assert Policy.from_dict({"extends": "base.yaml"}, base_dir=tmp_path / "in").gate.mode == "probe"
+    message = error_of({"extends": "../outside.yaml"}, base_dir=tmp_path / "in")
+    assert "secret_line" not in message and f"files in {tmp_path / 'in'} or below" in message
+
+
+def test_errors_never_echo_environment_values(tmp_path, monkeypatch):
+    secret = "sk-live-0123456789abcdef"
+    monkeypatch.setenv("GR_SECRET", secret)
+    texts = [
+        "steering:\n  alpha: ${GR_SECRET}\n",
+        "steering:\n  layers: [1, '${GR_SECRET}']\n",
+        "gate:\n  mode: 'x${GR_SECRET}'\n",
+        "extends: ${GR_SECRET}\n",
+        "extends: ./${GR_SECRET}.yaml\n",
+        "limits: {max_batch: '${GR_SECRET}'}\n",
+    ]
+    for i, text in enumerate(texts):
+        message = error_of(write(tmp_path, f"p{i}.yaml", text))
+        assert secret not in message and "sk-live" not in message, text
+        assert "GR_SECRET" in message, text
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"model": {"path": "a" * 5000}},
+        {"extends": "a" * 5000 + ".yaml"},
+        {"extends": "a\0b.yaml"},
+        {"extends": "x/" * 3000 + "a.yaml"},
+        {"extends": "loop1.yaml"},
+    ],
+    ids=["long-model-path", "long-extends", "null-byte", "deep-extends", "link-loop"],
+)
+def test_paths_the_system_cannot_use_are_policy_errors(tmp_path, data):
+    (tmp_path / "loop1.yaml").symlink_to(tmp_path / "loop2.yaml")
+    (tmp_path / "loop2.yaml").symlink_to(tmp_path / "loop1.yaml")
+    try:
+        Policy.from_dict(data, base_dir=tmp_path)
+    except PolicyError as exc:
+        assert len(str(exc)) < 1000
+    with pytest.raises(PolicyError, match="cannot read policy file|no shipped policy"):
+        Policy.load(next(iter(data.values())) if "extends" in data else "a" * 5000)
+    with pytest.raises(PolicyError, match="cannot read policy file"):
+        Policy.from_yaml(tmp_path / "loop1.yaml")

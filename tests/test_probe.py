@@ -222,10 +222,111 @@ def test_garbage_onnx_with_matching_hash(saved, tmp_path):
 def test_metadata_disagreeing_with_the_graph(saved, tmp_path):
     path = _copy(saved, tmp_path)
     meta = json.loads((path / "probe.json").read_text())
-    meta["n_features"] = 2 * HIDDEN
+    meta["n_features"], meta["layers"] = 2 * HIDDEN, [1, INFORMATIVE]  # consistent metadata, another graph
     (path / "probe.json").write_text(json.dumps(meta))
     with pytest.raises(ProbeError, match="as probe.json says"):
         OnnxProbe.load(path)
+
+
+def _edit(saved, tmp_path, **changes):
+    path = _copy(saved, tmp_path)
+    meta = json.loads((path / "probe.json").read_text())
+    for key, value in changes.items():
+        if key.startswith("onnx_"):
+            meta["onnx"][key[5:]] = value
+        else:
+            meta[key] = value
+    (path / "probe.json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "../probe.onnx", "sub/probe.onnx", "..", ".", "", "a\\b.onnx", "ABS"])
+def test_onnx_file_must_be_a_plain_name_in_the_probe_directory(saved, tmp_path, name):
+    if name == "ABS":  # an absolute path to a valid graph elsewhere (the old code loaded it)
+        name = str(shutil.copy(saved / "probe.onnx", tmp_path / "elsewhere.onnx"))
+    path = _edit(saved, tmp_path, onnx_file=name)
+    with pytest.raises(ProbeError, match="plain file name"):
+        OnnxProbe.load(path)
+
+
+def test_onnx_file_must_be_a_regular_file_under_the_size_cap(saved, tmp_path):
+    import os
+
+    from guardrail.gate.onnx_probe import MAX_ONNX_BYTES
+
+    path = _edit(saved, tmp_path, onnx_file="big.onnx")
+    with open(path / "big.onnx", "wb") as handle:  # sparse: no disk used, never read
+        handle.truncate(MAX_ONNX_BYTES + 1)
+    with pytest.raises(ProbeError, match="larger than"):
+        OnnxProbe.load(path)
+    (path / "big.onnx").unlink()
+    (path / "big.onnx").mkdir()
+    with pytest.raises(ProbeError, match="not a regular file"):
+        OnnxProbe.load(path)
+    if hasattr(os, "mkfifo"):  # a FIFO would block a plain open()
+        (path / "big.onnx").rmdir()
+        os.mkfifo(path / "big.onnx")
+        with pytest.raises(ProbeError, match="not a regular file"):
+            OnnxProbe.load(path)
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), 2.0, -0.1])
+def test_threshold_must_be_a_probability(saved, tmp_path, threshold):
+    path = _edit(saved, tmp_path, threshold=threshold)
+    with pytest.raises(ProbeError, match="threshold"):
+        OnnxProbe.load(path)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"layers": []},
+        {"layers": [-1]},
+        {"layers": [INFORMATIVE, INFORMATIVE], "n_features": 2 * HIDDEN},
+        {"hidden_size": 0, "n_features": 0},
+        {"n_features": HIDDEN + 1},
+    ],
+)
+def test_layers_and_sizes_must_be_consistent(saved, tmp_path, changes):
+    path = _edit(saved, tmp_path, **changes)
+    with pytest.raises(ProbeError, match="layers|hidden_size|n_features"):
+        OnnxProbe.load(path)
+
+
+def test_invalid_utf8_in_probe_json(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    blob = (path / "probe.json").read_bytes().replace(b'"created_at": "', b'"created_at": "\xff')
+    (path / "probe.json").write_bytes(blob)
+    with pytest.raises(ProbeError, match="UTF-8"):
+        OnnxProbe.load(path)
+
+
+def test_emptied_weight_record_is_refused(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    meta = json.loads((path / "probe.json").read_text())
+    meta["model"]["parameter_samples"] = {}
+    (path / "probe.json").write_text(json.dumps(meta))
+    with pytest.raises(ProbeError, match="parameter_samples is missing or empty"):
+        OnnxProbe.load(path)
+
+
+def test_probe_refuses_a_copy_with_every_other_layer_perturbed(saved, tiny):
+    import copy
+
+    model = copy.deepcopy(tiny[0])
+    with torch.no_grad():
+        for layer in model.model.layers[::2]:
+            for p in layer.parameters():
+                p.add_(torch.randn_like(p) * 1e-3)
+    with pytest.raises(ProbeMismatchError, match="different weights"):
+        OnnxProbe.load(saved).check_model(model)
+
+
+def test_training_refuses_empty_or_unknown_layers():
+    acts, labels = synthetic(4)
+    for layers in ([], [NUM_LAYERS], [-1], [1, 1]):
+        with pytest.raises(RequestError, match="layers"):
+            train_probe(acts, labels, layers=layers, scan_layers=False)
 
 
 # -- end to end on tiny models -------------------------------------------------------------

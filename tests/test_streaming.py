@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import threading
+import time
+
 import pytest
+import torch
 from conftest import alpha_for
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from guardrail import Guard, Policy, RequestError, calibrate
@@ -64,3 +70,79 @@ def test_a_streamer_passed_to_generate_sees_every_token(guard):
     new_tokens = [t for chunk in seen[1:-1] for t in chunk]
     assert new_tokens[: len(result.token_ids)] == result.token_ids
     assert result.decision.timings.prefill_ms > 0 and result.decision.timings.decode_ms > 0
+
+
+# -- closing a stream (issue #15, defect 15) -------------------------------------------------------------
+LONG = 200  # new tokens a stream would generate if nobody stopped it
+
+
+class CountSteps(StoppingCriteria):
+    """Counts decoding steps; never stops generation itself."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.calls += 1
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def long_stream(guard, steps: CountSteps):
+    return guard.stream(
+        text="please answer the question",
+        max_new_tokens=LONG,
+        min_new_tokens=LONG,  # no early EOS: only closing the stream can end it early
+        stopping_criteria=StoppingCriteriaList([steps]),
+    )
+
+
+def wait_for(threads: set[threading.Thread], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def test_close_stops_generation_at_the_next_token(guard):
+    guard, _ = guard
+    steps = CountSteps()
+    stream = long_stream(guard, steps)
+    chunks = iter(stream)
+    next(chunks)
+    stream.close()
+    assert steps.calls < LONG // 2
+    assert stream.result is not None and stream.result.decision.finish_reason == "cancelled"
+    assert 0 < len(stream.result.token_ids) < LONG
+    assert list(chunks) is not None  # the rest of the iteration ends instead of blocking
+    assert all(len(layer._forward_hooks) == 0 for layer in guard.layers)
+
+
+def test_stream_as_a_context_manager(guard):
+    guard, _ = guard
+    steps = CountSteps()
+    with long_stream(guard, steps) as stream:
+        for _ in stream:
+            break
+    assert steps.calls < LONG // 2 and stream.result.decision.finish_reason == "cancelled"
+
+
+def test_abandoned_stream_stops(guard):
+    guard, _ = guard
+    steps = CountSteps()
+    before = set(threading.enumerate())
+
+    def read_one_chunk():
+        return next(iter(long_stream(guard, steps)))
+
+    assert read_one_chunk()
+    gc.collect()
+    wait_for(set(threading.enumerate()) - before)
+    assert steps.calls < LONG // 2
+
+
+def test_closing_a_finished_stream_keeps_its_result(guard):
+    guard, _ = guard
+    stream = guard.stream(text="please answer the question", max_new_tokens=6)
+    text = "".join(stream)
+    stream.close()
+    assert stream.result.text == text and stream.result.decision.finish_reason in ("stop", "length")
+    assert list(stream) == []  # iterating again ends at once

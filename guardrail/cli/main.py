@@ -1,6 +1,7 @@
 """`guardrail` command line: demo, calibrate, run, inspect, eval, bench, policy, families.
 
-Exit codes: 0 success; 2 bad usage or invalid input (policy, audio, artifact); 1 other errors.
+Exit codes: 0 success; 2 bad usage or invalid input (policy, audio, artifact); 1 other errors (one line on
+stderr; `--debug` prints the traceback). With `--json`, a failure prints `{"error": {"type": ..., "message": ...}}`.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from guardrail.defaults import PROBE_SUBDIR, default_probe
 from guardrail.errors import GuardrailError
@@ -24,13 +26,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except GuardrailError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except GuardrailError as exc:  # bad input: the message says what to do
+        return _fail(exc, args, 2, str(exc))
+    except Exception as exc:  # a bug or an environment failure: one line, the traceback with --debug
+        first = " ".join(str(exc).split("\n", 1)[0].split())[:500]
+        what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        return _fail(exc, args, 1, f"{what} (rerun with --debug for the traceback)")
+
+
+def _fail(exc: Exception, args: argparse.Namespace, code: int, message: str) -> int:
+    """Report `exc`: `error: message` on stderr (and the traceback with --debug), and with --json a JSON
+    object `{"error": {"type", "message"}}` on stdout, so a script reading stdout always gets JSON."""
+    if getattr(args, "debug", False):
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}))
+    return code
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command takes `--debug`; sub-parsers are made of the parent's class, so nested ones too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a sub-command's default must not overwrite `guardrail --debug COMMAND`
+        self.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback of an error"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="guardrail", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="guardrail", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     demo = sub.add_parser(

@@ -11,6 +11,7 @@ imports this module, never the reverse. Metrics are plain numpy (`guardrail.gate
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,15 +19,27 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator, model_validator
 from torch import nn
 
 from guardrail.errors import ProbeError, ProbeMismatchError
 from guardrail.gate.metrics import Array, label_mask, recall_at_fpr, roc_auc
 from guardrail.models.adapter import resolve_adapter
-from guardrail.models.identity import ModelIdentity, StrictRecord, check_identity, config_summary
+from guardrail.models.identity import (
+    ModelIdentity,
+    StrictRecord,
+    check_identity,
+    config_summary,
+    read_record,
+    record_text,
+    require_parameter_samples,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)  # format versions this package loads (1: a two-tensor weight sample, checked with a warning)
+MAX_ONNX_BYTES = 64 * 2**20  # a logistic probe over 8 layers of a 8192-wide model is 256 kB
+MAX_METADATA_BYTES = 64 * 2**20
+THRESHOLD_MAX = float(np.nextafter(np.float32(1), np.float32(2)))  # training's "no score reaches it"
 ONNX_FILE = "probe.onnx"
 METADATA_FILE = "probe.json"
 INPUT_NAME = "features"
@@ -78,6 +91,16 @@ class OnnxInfo(StrictRecord):
     input: str = INPUT_NAME
     output: str = OUTPUT_NAME
 
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", ":", "\0")) or Path(name).is_absolute():
+            raise ValueError(
+                f"onnx.file must be a plain file name inside the probe directory (no path separators or drive, no "
+                f"absolute path, no '..'); got {name[:200]!r}"
+            )
+        return name
+
 
 class ProbeMetadata(StrictRecord):
     format_version: int = FORMAT_VERSION
@@ -96,6 +119,29 @@ class ProbeMetadata(StrictRecord):
     cv: CrossValidation
     onnx: OnnxInfo
 
+    @field_validator("threshold")
+    @classmethod
+    def _probability(cls, value: float) -> float:
+        if not (math.isfinite(value) and 0.0 <= value <= THRESHOLD_MAX):
+            raise ValueError(
+                f"threshold must be a finite probability in [0, 1] (score >= threshold steers); got {value}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProbeMetadata:
+        require_parameter_samples(self.model, self.format_version)
+        if not self.layers or len(set(self.layers)) != len(self.layers) or min(self.layers) < 0:
+            raise ValueError(
+                f"layers must be distinct non-negative layer indices, at least one; got {self.layers[:16]}"
+            )
+        if self.hidden_size < 1 or self.n_features != len(self.layers) * self.hidden_size:
+            raise ValueError(
+                f"n_features ({self.n_features}) must be len(layers) ({len(self.layers)}) x hidden_size "
+                f"({self.hidden_size}), hidden_size at least 1"
+            )
+        return self
+
 
 # -- features and metrics ------------------------------------------------------------------
 def features_from_activations(activations: Array | Mapping[int, Array], layers: Sequence[int]) -> Array:
@@ -107,6 +153,8 @@ def features_from_activations(activations: Array | Mapping[int, Array], layers: 
     >>> features_from_activations(torch.zeros(4, 2, 8), [1, 3]).shape
     torch.Size([2, 16])
     """
+    if not layers:
+        raise ProbeMismatchError("no probe layers given: a probe reads at least one layer")
     if isinstance(activations, Mapping):
         missing = [layer for layer in layers if layer not in activations]
         if missing:
@@ -219,7 +267,7 @@ class OnnxProbe:
         """
         path = Path(path)
         meta = read_metadata(path)
-        blob = _read(path / meta.onnx.file)
+        blob = read_record(path / meta.onnx.file, MAX_ONNX_BYTES, ProbeError, _redo(path))
         if hashlib.sha256(blob).hexdigest() != meta.onnx.sha256:
             raise ProbeError(
                 f"{path / meta.onnx.file} does not match the sha256 recorded in {path / METADATA_FILE} "
@@ -257,31 +305,30 @@ class OnnxProbe:
 
 def read_metadata(path: Path) -> ProbeMetadata:
     """Parse `path/probe.json`, raising ProbeError that names the file and the fix."""
-    text = _read(path / METADATA_FILE).decode("utf-8", errors="replace")
+    file = path / METADATA_FILE
+    text = record_text(read_record(file, MAX_METADATA_BYTES, ProbeError, _redo(path)), file, ProbeError, _redo(path))
     try:
-        meta = ProbeMetadata.model_validate_json(text)
+        version = json.loads(text).get("format_version", FORMAT_VERSION)
+    except (ValueError, AttributeError):
+        version = FORMAT_VERSION  # not JSON, or not an object: validation says so
+    if version not in READS:
+        raise ProbeError(
+            f"{file} has format version {str(version)[:20]}; this package reads "
+            f"{' and '.join(map(str, READS))}: retrain the probe with this version"
+        )
+    try:
+        return ProbeMetadata.model_validate_json(text)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(map(str, err["loc"])) or "top level"
-        raise ProbeError(
-            f"{path / METADATA_FILE} is malformed ({err['msg']} at {where}); retrain and save the probe again"
-        ) from None
-    if meta.format_version != FORMAT_VERSION:
-        raise ProbeError(
-            f"{path / METADATA_FILE} has format version {meta.format_version}; this package reads "
-            f"{FORMAT_VERSION}: retrain the probe with this version"
-        )
-    return meta
+        raise ProbeError(f"{file} is malformed ({err['msg']} at {where}); retrain and save the probe again") from None
 
 
-def _read(file: Path) -> bytes:
-    try:
-        return file.read_bytes()
-    except OSError as exc:
-        raise ProbeError(
-            f"cannot read {file} ({exc.strerror or exc}); {file.parent} must be a probe directory "
-            f"({METADATA_FILE} + {ONNX_FILE}) written by TrainedProbe.save (see fit_probe)"
-        ) from None
+def _redo(path: Path) -> str:
+    return (
+        f"{path} must be a probe directory ({METADATA_FILE} + {ONNX_FILE}) written by TrainedProbe.save "
+        "(see fit_probe); retrain and save the probe again"
+    )
 
 
 def _session(blob: bytes, file: Path, providers: list[str], threads: int) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from guardrail.defaults import default_instruction
@@ -112,6 +113,16 @@ class TrainedProbe:
             raise ProbeError(
                 "this probe has no model identity: call probe.bind(model) (fit_probe does) before saving or checking it"
             )
+        try:
+            return self._record(onnx_info)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ProbeError(
+                f"this probe cannot be saved or checked: {err['msg']} at {err['loc'] or 'top level'}"
+            ) from None
+
+    def _record(self, onnx_info: OnnxInfo) -> ProbeMetadata:
+        assert self.identity is not None, "checked by _metadata"
         return ProbeMetadata(
             package_version=__version__,
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -166,6 +177,13 @@ def _train(
     scan_layers: bool,
 ) -> TrainedProbe:
     x_all, y = _check_inputs(activations, labels)
+    if layers is not None and (
+        not layers or len(set(layers)) != len(layers) or not set(layers) <= set(range(len(x_all)))
+    ):
+        raise RequestError(
+            f"layers must be distinct indices of the {len(x_all)} activation layers, at least one; "
+            f"got {list(layers)[:16]}"
+        )
     folds = min(folds, int(y.sum()), int((~y).sum()))
     fold_ids = stratified_folds(y, folds, seed)
     scan = range(x_all.shape[0]) if scan_layers or layers is None else sorted(set(layers))

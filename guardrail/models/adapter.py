@@ -7,6 +7,7 @@ Adding a family is adding a YAML file; a family that needs code names a subclass
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,7 +22,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from guardrail.audio import require_min_duration
 from guardrail.errors import RequestError, UnsupportedModelError
+from guardrail.models.user_text import ControlTokens, SpecialTokens
 from guardrail.requests import Request
 from guardrail.resources import data_dir
 
@@ -115,15 +118,18 @@ class Adapter:
 
     # -- inputs ----------------------------------------------------------------------
     def build_inputs(
-        self, processor: Any, requests: Sequence[Request], system_prompt: str | None = None
+        self,
+        processor: Any,
+        requests: Sequence[Request],
+        system_prompt: str | None = None,
+        special_tokens: SpecialTokens = "refuse",
     ) -> dict[str, torch.Tensor]:
         """Left-padded model inputs for a batch of one-turn conversations ending in the
-        assistant-generation prefix."""
+        assistant-generation prefix. User text holding the tokenizer's control tokens (role markers) is
+        refused or escaped as `special_tokens` says (the policy's `input.special_tokens`)."""
         if not requests:
             raise RequestError("no requests given: pass at least one request")
-        for i, request in enumerate(requests):
-            if request.audio is not None:
-                self.require_audio_support(f"request {i}")
+        requests = self.checked_requests(processor, requests, special_tokens)
         with self._left_padding(processor):
             if self.spec.input.style == "text" or not any(r.audio is not None for r in requests):
                 batch = self._text_inputs(processor, requests, system_prompt)
@@ -139,6 +145,23 @@ class Adapter:
                 "left padding so the last position is each prompt's last token"
             )
         return inputs
+
+    def checked_requests(
+        self, processor: Any, requests: Sequence[Request], special_tokens: SpecialTokens = "refuse"
+    ) -> list[Request]:
+        """`requests` fit for this family's template: audio only for an audio model and long enough for its
+        encoder (AudioInputError), text valid Unicode without control tokens, escaped if asked (RequestError)."""
+        if special_tokens not in ("refuse", "escape"):
+            raise RequestError(f"special_tokens must be 'refuse' or 'escape', got {special_tokens!r}")
+        controls = ControlTokens.of(self.tokenizer(processor), processor, extra=[self.spec.input.audio_placeholder])
+        checked = []
+        for i, request in enumerate(requests):
+            if request.audio is not None:
+                self.require_audio_support(f"request {i}")
+                require_min_duration(int(np.size(request.audio)), self.sampling_rate(processor), f"request {i}: audio")
+            text = controls.check(request.text, i, special_tokens)
+            checked.append(request if text is request.text else dataclasses.replace(request, text=text))
+        return checked
 
     def _text_inputs(self, processor, requests, system_prompt):
         tokenizer = self.tokenizer(processor)

@@ -9,6 +9,7 @@ included only when the policy allows it (`logging.log_content`).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, Literal
 
@@ -58,9 +59,41 @@ class _ConsoleFormatter(logging.Formatter):
         try:
             event = json.loads(record.getMessage())
         except ValueError:
-            return record.getMessage()
-        head = f"{event.pop('timestamp', '')} {event.pop('level', '')} {event.pop('event', '')}"
-        return head + " " + " ".join(f"{k}={v}" for k, v in event.items())
+            return _escape(record.getMessage())
+        return format_console_event(event) if isinstance(event, dict) else _escape(record.getMessage())
+
+
+# C0, DEL, C1 and the Unicode line/paragraph separators: anything a terminal or `splitlines` reads as a break
+# or a control sequence, so content (a prompt with "\n..." or ESC codes) cannot forge or hide a log line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_NEEDS_QUOTES = re.compile(r'[\s="\\]')
+
+
+def _escape(text: str) -> str:
+    """`text` with every control character written as an escape (\\n, \\x1b, \\u2028)."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match[0]
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def _console_value(value: Any) -> str:
+    """A value as it appears after `key=`: bare when plain, else double-quoted with backslash escapes, so a value
+    can hold neither a line break nor a forged `key=value`."""
+    text = value if isinstance(value, str) else str(value)
+    if text and not _NEEDS_QUOTES.search(text) and not _CONTROL.search(text):
+        return text
+    return '"' + _escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def format_console_event(event: dict[str, Any]) -> str:
+    """One event as one readable line: `timestamp level event key=value ...`; every value escaped."""
+    event = dict(event)
+    head = " ".join(_escape(str(event.pop(key, ""))) for key in ("timestamp", "level", "event"))
+    return head + " " + " ".join(f"{_escape(str(k))}={_console_value(v)}" for k, v in event.items())
 
 
 def decision_event(result: GuardResult, request: dict[str, Any] | None, log_content: bool) -> dict[str, Any]:

@@ -3,7 +3,9 @@ clock every guarded generation runs with (prefill and decode times).
 
 Generation runs in a worker thread (the steering state follows it there); the caller iterates
 chunks. The gate decides at prefill exactly as in `Guard.generate`, so streaming never bypasses
-the guard. After iteration, `.result` holds the complete `GuardResult`.
+the guard. After iteration, `.result` holds the complete `GuardResult`. A consumer that stops early
+(`close()`, leaving a `with` block, breaking out of the loop, or dropping the stream) stops generation
+at the next token; `.result` is then the partial answer, with finish_reason "cancelled".
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any
 
 import torch
+from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from guardrail.results import GuardResult, Timings
@@ -21,16 +27,44 @@ from guardrail.results import GuardResult, Timings
 _DONE = object()
 
 
+class StopSignal(StoppingCriteria):
+    """A stopping criterion another thread sets: generation ends at the next token once `set()` ran."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.fired = False  # whether it actually ended a generation
+
+    def set(self) -> None:
+        self.event.set()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        stop = self.event.is_set()
+        self.fired = self.fired or stop
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
 class TokenQueue(BaseStreamer):
-    """Receives generated token ids (batch 1) and queues decoded text increments."""
+    """Receives generated token ids (batch 1) and queues decoded text increments; `stop` is the stopping
+    criterion that ends the generation when its consumer leaves."""
 
     def __init__(self, decode: Callable[[list[int]], str], eos: set[int]):
         self.decode, self.eos = decode, eos
+        self.stop = StopSignal()
         self.queue: queue.Queue = queue.Queue()
         self._ids: list[int] = []
         self._sent = ""
         self._prompt_seen = False
         self._stopped = False
+
+    @property
+    def sent(self) -> str:
+        """The text queued so far."""
+        return self._sent
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the consumer's leaving ended the generation early."""
+        return self.stop.fired
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # generate first hands over the prompt
@@ -72,6 +106,11 @@ class GenerationClock(BaseStreamer):
         if self._listener is not None:
             self._listener.end()
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the listener's consumer ended the generation early (a closed stream)."""
+        return bool(getattr(self._listener, "cancelled", False))
+
     def timings(self, now: float, started: float) -> Timings:
         """Prefill and decode time until `now`, and the total since the call `started` (perf_counter)."""
         first = self.first_token or now
@@ -80,30 +119,74 @@ class GenerationClock(BaseStreamer):
         )
 
 
+class StreamWork:
+    """What the worker thread of a `GuardStream` touches (not the stream itself, so that a stream nobody
+    holds any more can be collected, and its finalizer stop the generation)."""
+
+    def __init__(self, streamer: TokenQueue) -> None:
+        self.streamer = streamer
+        self.result: GuardResult | None = None
+        self.error: BaseException | None = None
+
+    def run(self, generate: Callable[[BaseStreamer], GuardResult]) -> None:
+        try:
+            self.result = generate(self.streamer)
+        except BaseException as exc:  # re-raised in the consumer's thread
+            self.error = exc
+        finally:
+            self.streamer.queue.put(_DONE)
+
+
 class GuardStream:
-    """Iterate text chunks of one guarded generation; `.result` is set when it finishes."""
+    """Iterate text chunks of one guarded generation; `.result` is set when it finishes.
+
+    `close()` (or leaving a `with` block, or breaking out of the loop) stops generation at the next
+    token and waits for the worker; a stream that is garbage-collected unfinished is stopped too.
+    """
 
     def __init__(self, run: Callable[[BaseStreamer], GuardResult], streamer: TokenQueue):
         self._streamer = streamer
-        self.result: GuardResult | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, args=(run,), daemon=True)
+        self._work = StreamWork(streamer)
+        self._drained = False
+        self._thread = threading.Thread(target=self._work.run, args=(run,), daemon=True, name="guardrail-stream")
         self._thread.start()
+        weakref.finalize(self, streamer.stop.set).atexit = False
 
-    def _work(self, run: Callable[[BaseStreamer], GuardResult]) -> None:
-        try:
-            self.result = run(self._streamer)
-        except BaseException as exc:  # re-raised in the consumer's thread
-            self._error = exc
-        finally:
-            self._streamer.queue.put(_DONE)
+    @property
+    def result(self) -> GuardResult | None:
+        """The complete result once generation has ended (the partial answer of a closed stream)."""
+        return self._work.result
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop generating at the next token and wait (at most `timeout` s) for the worker to end.
+        Harmless on a finished stream."""
+        self._streamer.stop.set()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> GuardStream:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
 
     def __iter__(self) -> Iterator[str]:
-        while (chunk := self._streamer.queue.get()) is not _DONE:
-            yield chunk
+        if self._drained:
+            return
+        finished = False
+        try:
+            while (chunk := self._streamer.queue.get()) is not _DONE:
+                yield chunk
+            finished = True
+        finally:
+            if not finished:  # the consumer left early (break, close, garbage collection): stop generating
+                self._streamer.stop.set()
+        self._drained = True
         self._thread.join()
-        if self._error is not None:
-            raise self._error
+        if self._work.error is not None:
+            raise self._work.error
         final = self.result.text if self.result is not None else ""
-        if final.startswith(self._streamer._sent) and len(final) > len(self._streamer._sent):
-            yield final[len(self._streamer._sent) :]  # a held-back tail, or a blocked request's message
+        sent = self._streamer.sent
+        if final.startswith(sent) and len(final) > len(sent):
+            yield final[len(sent) :]  # a held-back tail, or a blocked request's message

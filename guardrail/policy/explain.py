@@ -1,6 +1,9 @@
 """Turning a pydantic `ValidationError` into the message a user sees: the file (and the files it
 extends), each wrong field's path, what was given, what the field accepts, and which file of the
 `extends` chain set the field when it was not the file being loaded.
+
+A message stays short whatever the input: values are cut to `SHOWN_CHARS`, at most `MAX_ERRORS`
+fields are listed, and a value read from the environment is named by its variable, never shown.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from guardrail.policy.loader import PolicyLayer, field_path
+from guardrail.policy.loader import PolicyLayer, env_names, field_path
+from guardrail.policy.reading import SHOWN_CHARS, shown
+
+MAX_ERRORS = 20
 
 
 def explain_validation_error(exc: ValidationError, chain: list[PolicyLayer], schema: dict[str, Any]) -> str:
@@ -21,28 +27,39 @@ def explain_validation_error(exc: ValidationError, chain: list[PolicyLayer], sch
     if len(chain) > 1:
         header += f" (extends {' -> '.join(layer.source for layer in reversed(chain[:-1]))})"
     lines = [header + ":"]
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_ERRORS]:
         loc = tuple(err["loc"])
-        where = field_path(loc)
-        accepted = _accepted(schema, loc)
-        if err["type"] == "extra_forbidden":
-            parent = _schema_at(schema, loc[:-1])
-            fields = ", ".join((parent or {}).get("properties", {}))
-            line = f"  {where}: unknown field; check the spelling. Accepted fields: {fields}"
-        else:
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "literal_error":
-                message = "not an accepted value"
-                if isinstance(err.get("input"), bool):
-                    message += " (YAML reads unquoted on/off/yes/no as true/false: quote the value)"
-            line = f"  {where}: {message} (got {err.get('input')!r})"
-            if accepted:
-                line += f"; accepted: {accepted}"
+        line = f"  {field_path(loc)}: {_problem(err, _env_names(chain, loc), schema)}"
         origin = _origin(chain, loc)
         if origin is not None and origin != source:
             line += f" [set in {origin}]"
         lines.append(line)
+    if len(errors) > MAX_ERRORS:
+        lines.append(f"  ... and {len(errors) - MAX_ERRORS} more")
     return "\n".join(lines)
+
+
+def _problem(err: Any, env: list[str], schema: dict[str, Any]) -> str:
+    """What is wrong with one field: the message, what was given (or which variable gave it), what it accepts."""
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent = _schema_at(schema, loc[:-1])
+        fields = ", ".join((parent or {}).get("properties", {}))
+        return f"unknown field; check the spelling. Accepted fields: {fields}"
+    message = err["msg"].removeprefix("Value error, ")[:SHOWN_CHARS]
+    if err["type"] == "literal_error":
+        message = "not an accepted value"
+        if isinstance(err.get("input"), bool):
+            message += " (YAML reads unquoted on/off/yes/no as true/false: quote the value)"
+    given = " and ".join(f"${{{name}}}" for name in dict.fromkeys(env))
+    given = f"the value of {given}, not shown" if env else shown(err.get("input"))
+    accepted = _accepted(schema, loc)
+    return f"{message} (got {given})" + (f"; accepted: {accepted}" if accepted else "")
+
+
+def _env_names(chain: list[PolicyLayer], loc: tuple[Any, ...]) -> list[str]:
+    return [name for layer in chain for name in env_names(layer.from_env, loc)]
 
 
 def _origin(chain: list[PolicyLayer], loc: tuple[Any, ...]) -> str | None:
@@ -91,6 +108,11 @@ def _accepted(root: dict[str, Any], loc: tuple[Any, ...]) -> str | None:
     return _describe(schema, root) if schema is not None else None
 
 
+def _number(value: float) -> str:
+    """1000000 for an integral bound (not 1e+06), 0.5 for a fraction."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _describe(schema: dict[str, Any], root: dict[str, Any], plural: bool = False) -> str:
     schema = _deref(schema, root)
     if "anyOf" in schema:
@@ -110,7 +132,7 @@ def _describe(schema: dict[str, Any], root: dict[str, Any], plural: bool = False
         if plural:
             noun = {"integer": "integers", "number": "numbers"}[kind]
         bounds = [
-            f"{op} {schema[key]:g}"
+            f"{op} {_number(schema[key])}"
             for key, op in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<"))
             if key in schema
         ]

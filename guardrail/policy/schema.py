@@ -13,7 +13,6 @@ first line `# yaml-language-server: $schema=policy.schema.json`.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -26,17 +25,20 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from guardrail.errors import PolicyError
 from guardrail.policy.explain import explain_validation_error
+from guardrail.policy.layers import LAYERS_FORMS, Layers
 from guardrail.policy.loader import PolicyLayer, chain_from_dict, chain_from_file, locate_policy, merge_chain
 from guardrail.steering.vectors import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH
 
 SCHEMA_FILE = "policy.schema.json"
+# bounds a typo (1e9, .inf); alpha scales a vector that is not normalised: 0.05-0.5 on the 7B models measured,
+# up to ~200 on the tiny test models (whose refusal vectors are short)
+MAX_ALPHA = 10_000.0
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 
 
@@ -88,80 +90,23 @@ class ModelPolicy(_Section):
     @classmethod
     def _known_adapter(cls, value: str | None) -> str | None:
         if value is not None and value not in _adapter_names():
-            raise ValueError(f"no adapter named {value!r}")
+            raise ValueError("no adapter of that name")
         return value
 
 
 # -- steering --------------------------------------------------------------------------------------
-_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
-_LAYERS_FORMS = (
-    '"all", a list of layer indices, a range "START-END" or a mapping {start: S, end: E} (both ends included)'
-)
-
-_LAYERS_SCHEMA: dict[str, Any] = {
-    "anyOf": [
-        {"const": "all", "type": "string"},
-        {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "uniqueItems": True},
-        {"type": "string", "pattern": r"^\s*\d+\s*-\s*\d+\s*$", "examples": ["8-15"]},
-        {
-            "type": "object",
-            "properties": {"start": {"type": "integer", "minimum": 0}, "end": {"type": "integer", "minimum": 0}},
-            "required": ["start", "end"],
-            "additionalProperties": False,
-        },
-    ]
-}
-
-
-def _span(start: Any, end: Any) -> list[int]:
-    for value in (start, end):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"range ends must be integers, got {value!r}")
-        if value < 0:
-            raise ValueError("layer indices start at 0")
-    if start > end:
-        raise ValueError(f"the range {start}-{end} is empty: START must not exceed END")
-    return list(range(start, end + 1))
-
-
-def _parse_layers(value: Any) -> Any:
-    """Normalise every accepted form of `steering.layers` to "all" or a list of indices."""
-    if value == "all":
-        return "all"
-    if isinstance(value, str):
-        match = _RANGE.fullmatch(value)
-        if match is None:
-            raise ValueError("not a layer selection")
-        return _span(int(match.group(1)), int(match.group(2)))
-    if isinstance(value, Mapping):
-        if set(value) != {"start", "end"}:
-            raise ValueError(f"a layer range mapping has exactly the keys start and end, got {sorted(value)}")
-        return _span(value["start"], value["end"])
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise ValueError("an empty layer list steers nothing; use gate.mode: off instead")
-        if any(isinstance(i, bool) or not isinstance(i, int) for i in value):
-            raise ValueError("layer indices are integers")
-        if len(set(value)) != len(value):
-            raise ValueError("layer indices must be unique")
-        if min(value) < 0:
-            raise ValueError("layer indices start at 0")
-        return list(value)
-    raise ValueError("not a layer selection")
-
-
-Layers = Annotated[Literal["all"] | list[int], BeforeValidator(_parse_layers), WithJsonSchema(_LAYERS_SCHEMA)]
-
-
 class SteeringPolicy(_Section):
     """SARSteer: add alpha * v'_l to the residual stream of each steered decoder layer."""
 
     alpha: float = Field(
         default=DEFAULT_ALPHA,
         ge=0.0,
-        description="strength of alpha * v' per layer; 0 = no steering (with no artifact)",
+        le=MAX_ALPHA,
+        allow_inf_nan=False,
+        description="strength of alpha * v' per layer; 0 = no steering (with no artifact). Useful values on "
+        f"real models are well below 1 (v' is not normalised); at most {MAX_ALPHA:g}",
     )
-    layers: Layers = Field(default="all", description="decoder layers to steer: " + _LAYERS_FORMS)
+    layers: Layers = Field(default="all", description="decoder layers to steer: " + LAYERS_FORMS)
     positions: Literal["last"] = Field(
         default="last",
         description="where to steer: 'last' = the last prompt position during prefill and each "
@@ -171,9 +116,16 @@ class SteeringPolicy(_Section):
     safe_rank: int = Field(
         default=DEFAULT_RANK,
         ge=0,
+        le=100_000,
         description="k: safe-space directions ablated from the refusal vector (0 = plain refusal steering)",
     )
-    safe_strength: float = Field(default=DEFAULT_STRENGTH, ge=0.0, description="lambda of the safe-space ablation")
+    safe_strength: float = Field(
+        default=DEFAULT_STRENGTH,
+        ge=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="lambda of the safe-space ablation (1 = remove the safe directions' share entirely)",
+    )
 
 
 # -- gate, actions, calibration, limits, logging ---------------------------------------------------
@@ -184,7 +136,11 @@ class GatePolicy(_Section):
         default="always", description="always: steer every request; probe: steer when the probe flags it; off: never"
     )
     threshold: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="probe score to steer at; null = the probe's calibrated threshold"
+        default=None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="probe score to steer at; null = the probe's calibrated threshold",
     )
     on_error: Literal["steer", "pass"] = Field(
         default="steer", description="when the probe fails: steer (fail closed) or pass unsteered (fail open)"
@@ -208,6 +164,7 @@ class ActionsPolicy(_Section):
         default=None,
         ge=0.0,
         le=1.0,
+        allow_inf_nan=False,
         description="probe score at or above which the "
         "guard answers with refusal_message without generating; null = never",
     )
@@ -225,15 +182,21 @@ class CalibrationPolicy(_Section):
 class LimitsPolicy(_Section):
     """Per-request limits; requests beyond them are rejected with a RequestError/AudioInputError."""
 
-    max_audio_seconds: float = Field(default=30.0, gt=0, description="longest accepted audio clip, in seconds")
-    max_new_tokens: int = Field(default=512, ge=1, description="most tokens one request may generate")
+    max_audio_seconds: float = Field(
+        default=30.0, gt=0, le=3600, allow_inf_nan=False, description="longest accepted audio clip, in seconds"
+    )
+    max_new_tokens: int = Field(default=512, ge=1, le=1_000_000, description="most tokens one request may generate")
     max_batch: int = Field(default=32, ge=1, le=4096, description="most requests generated together in one batch")
     max_text_chars: int = Field(
-        default=32_000, ge=1, description="longest accepted request text, in characters (checked before tokenizing)"
+        default=32_000,
+        ge=1,
+        le=100_000_000,
+        description="longest accepted request text, in characters (checked before tokenizing)",
     )
     max_prompt_tokens: int | None = Field(
         default=None,
         ge=1,
+        le=10_000_000,
         description="longest accepted prompt, in tokens; null = the model's context length minus max_new_tokens",
     )
 
@@ -360,7 +323,8 @@ class Policy(_Section):
                 "type": "string",
                 "title": "Extends",
                 "description": "a policy file (relative to this one) or a shipped policy name, "
-                "loaded first; this file is deep-merged over it",
+                "loaded first; this file is deep-merged over it. Only .yaml/.yml files in this file's "
+                "folder or below (links resolved) or shipped policies may be named",
             },
             **schema["properties"],
         }
@@ -372,11 +336,17 @@ def schema_text() -> str:
     return json.dumps(Policy.json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
+@lru_cache(maxsize=8)
+def _schema_of(cls: type[Policy]) -> dict[str, Any]:
+    """`cls.json_schema()`, built once: error messages read it, never change it."""
+    return cls.json_schema()
+
+
 def _build(cls: type[Policy], chain: list[PolicyLayer]) -> Policy:
     """Validate the merged chain as a `cls`, remembering the files it came from."""
     try:
         policy = cls.model_validate(merge_chain(chain))
     except ValidationError as exc:
-        raise PolicyError(explain_validation_error(exc, chain, cls.json_schema())) from None
+        raise PolicyError(explain_validation_error(exc, chain, _schema_of(cls))) from None
     policy._sources = tuple(layer.source for layer in chain)
     return policy

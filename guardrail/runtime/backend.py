@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from guardrail.errors import PolicyError
+from guardrail.errors import GuardrailError, PolicyError
 from guardrail.gate.decide import Gate, GateVerdict, ScoringProbe
 from guardrail.gate.linear import LinearProbe, steer_flags
 from guardrail.policy.schema import Policy
@@ -159,6 +159,11 @@ class SteeringBackend(ABC):
             # torch types module attributes as Tensor | Module; generate is transformers' GenerationMixin's
             output = self.model.generate(**inputs, **kwargs)  # type: ignore[operator]
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        if sequences.shape[0] != batch_size(inputs):  # rows are matched to requests by position
+            raise GuardrailError(
+                f"generate returned {sequences.shape[0]} sequences for {batch_size(inputs)} requests; "
+                "a guarded call needs exactly one per request (num_return_sequences=1)"
+            )
         assert call.verdict is not None, "a steering block that ended normally has set the verdict"
         return sequences[:, inputs["input_ids"].shape[1] :].tolist(), call.verdict
 

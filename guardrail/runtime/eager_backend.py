@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from guardrail.gate.decide import Gate, GateVerdict
+from guardrail.runtime.access import access_for
 from guardrail.runtime.backend import SteeredCall, SteeringBackend, SteeringPlan, batch_size
 from guardrail.runtime.eager import HookState, PrefillGate, StopForward, hooks_for
 from guardrail.steering.activations import forward_last
@@ -35,24 +36,27 @@ class PrefillRecord:
 
 
 class EagerBackend(SteeringBackend):
-    """Forward hooks on every decoder layer, driven per thread by a context variable."""
+    """Forward hooks on every decoder layer, driven per thread by a context variable. Calls hold the
+    model's `ModelAccess` shared: they run side by side, but never during a static request on the same
+    model, whose buffer hooks would steer them too (`runtime.access`)."""
 
     def __init__(self, model: nn.Module, layers: nn.ModuleList, plan: SteeringPlan):
         super().__init__(model, layers, plan)
         self.hooks = hooks_for(layers)
+        self.access = access_for(layers)
 
     @contextmanager
     def steer(self, inputs: dict[str, Any], known: GateVerdict | None) -> Iterator[SteeredCall]:
         batch = batch_size(inputs)
         state, record = self._hook_state(known, batch)
         call = SteeredCall()
-        with torch.inference_mode(), self.hooks.activate(state) if state else nullcontext():
+        with self.access.shared(), torch.inference_mode(), self.hooks.activate(state) if state else nullcontext():
             yield call
         call.verdict = record.final(self.plan.gate, batch)
 
     def prepass(self, inputs: dict[str, Any]) -> GateVerdict:
         state, record = self._probe_state(stop=True)
-        with torch.inference_mode(), self.hooks.activate(state):
+        with self.access.shared(), torch.inference_mode(), self.hooks.activate(state):
             try:
                 forward_last(self.model, inputs)
             except StopForward:

@@ -18,9 +18,15 @@ accumulator; the last one turns the sum into a score and sets ``scale`` per samp
 Layers before the probe's see ``scale = 0`` during prefill, as in the eager gate.
 
 Between requests ``scale`` is zero, so the hooks add exact zeros: outputs are bit-identical to
-the unhooked model's. Buffers are shared per model, so guarded calls on one model take a lock;
-a plain ``model.generate`` run *during* a guarded call would see that call's steering (the
-price of having the state in the compiled graph rather than per thread).
+the unhooked model's. Buffers are shared per model and the hooks cannot tell whose forward pass they
+are in, so a static request holds the model's `ModelAccess` exclusively (`runtime.access`): eager
+guarded calls on the same model wait for it (and it for them), as does any change to the slot (wider
+hooks, larger batch buffers: grown in place, re-using the installed hooks). A plain ``model.generate``
+run by the user *during* a static request would see that request's steering (the price of having the
+state in the compiled graph rather than per thread).
+
+The slot lives as long as some guard uses it: each `StaticBackend` attaches itself (`slot_for`), and
+when the last one is garbage-collected the hooks are removed and the slot forgotten.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from torch import nn
 
 from guardrail.errors import GuardrailError
 from guardrail.gate.linear import LinearProbe, steer_flags
+from guardrail.runtime.access import ModelAccess, access_for
 
 log = logging.getLogger("guardrail")
 
@@ -44,7 +51,9 @@ log = logging.getLogger("guardrail")
 class SteeringSlot:
     """Device buffers and the hooks that read them, for one model's decoder layers."""
 
-    def __init__(self, layers: Iterable[nn.Module], hidden: int, max_batch: int) -> None:
+    def __init__(
+        self, layers: Iterable[nn.Module], hidden: int, max_batch: int, access: ModelAccess | None = None
+    ) -> None:
         self.layers = list(layers)
         param = next(self.layers[0].parameters())
         devices = {next(layer.parameters()).device for layer in self.layers}
@@ -55,14 +64,12 @@ class SteeringSlot:
             )
         self.device, self.dtype = param.device, param.dtype
         self.hidden = hidden
-        self.max_batch = max_batch
-        self.lock = threading.Lock()
+        self.access = access or ModelAccess()
+        self.owners: set[int] = set()  # ids of the backends using the slot (see slot_for)
         # gate and deltas (model dtype): written per request, read by every steered layer
-        self.scale = self._buffer(max_batch, 1, dtype=self.dtype)
         self.delta = {i: self._buffer(hidden, dtype=self.dtype) for i in range(len(self.layers))}
-        # probe (float32): weights per probe layer, accumulator, result, control flags
-        self.acc = self._buffer(max_batch)
-        self.score = self._buffer(max_batch)
+        self._allocate(max_batch)
+        # probe (float32): weights per probe layer, control flags
         self.armed = self._buffer()  # 1: the next prefill decides the gate
         self.bias = self._buffer()
         self.threshold = self._buffer()
@@ -81,25 +88,50 @@ class SteeringSlot:
             torch._dynamo.mark_static_address(t)  # fixed address: CUDA graphs read it in place
         return t
 
+    def _allocate(self, max_batch: int) -> None:
+        """The per-sample buffers: gate (model dtype), probe accumulator and scores (float32)."""
+        self.max_batch = max_batch
+        self.scale = self._buffer(max_batch, 1, dtype=self.dtype)
+        self.acc = self._buffer(max_batch)
+        self.score = self._buffer(max_batch)
+
     # -- installation ----------------------------------------------------------------
     def ensure(self, steered: Iterable[int], probe_layers: Sequence[int] = ()) -> None:
-        """Hooks on at least these layers (installed once; widening re-installs, and a
-        compiled graph then recompiles once)."""
-        wanted, probes = set(steered) | self._steered, tuple(probe_layers) or self._probe_layers
+        """Hooks on at least these layers (installed once; widening re-installs once no request runs,
+        and a compiled graph then recompiles once)."""
+        wanted, probes = set(steered), tuple(probe_layers)
+        if self._covers(wanted, probes):
+            return
+        with self.access.exclusive():  # never change the hooks under a running request
+            wanted, probes = wanted | self._steered, probes or self._probe_layers
+            if self._covers(wanted, probes):
+                return
+            self.remove()
+            self._steered, self._probe_layers = wanted, probes
+            for layer in probes:
+                self.probe_weight.setdefault(layer, self._buffer(self.delta[layer].numel()))
+            hooked = sorted(wanted | set(probes))
+            self._handles = [self.layers[i].register_forward_hook(self._hook(i)) for i in hooked]
+            _drop_compiled_code()
+
+    def _covers(self, steered: set[int], probes: tuple[int, ...]) -> bool:
+        """Whether the installed hooks already serve these layers (a different probe cannot share them)."""
         if probes and self._probe_layers and probes != self._probe_layers:
             raise GuardrailError(
                 f"this model's static steering already reads probe layers {self._probe_layers}; "
                 f"a probe on layers {probes} cannot share it"
             )
-        if wanted == self._steered and probes == self._probe_layers and self._handles:
+        return bool(self._handles) and steered <= self._steered and (not probes or probes == self._probe_layers)
+
+    def reserve(self, max_batch: int) -> None:
+        """Buffers for batches of up to `max_batch`: grown in place once no request runs (the installed
+        hooks read the new buffers; a compiled graph recompiles once)."""
+        if max_batch <= self.max_batch:
             return
-        self.remove()
-        self._steered, self._probe_layers = wanted, probes
-        for layer in probes:
-            self.probe_weight.setdefault(layer, self._buffer(self.delta[layer].numel()))
-        hooked = sorted(wanted | set(probes))
-        self._handles = [self.layers[i].register_forward_hook(self._hook(i)) for i in hooked]
-        _drop_compiled_code()
+        with self.access.exclusive():
+            if max_batch > self.max_batch:
+                self._allocate(max_batch)
+                _drop_compiled_code()
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -128,6 +160,8 @@ class SteeringSlot:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             hidden = output[0] if isinstance(output, tuple) else output
             batch = hidden.shape[0]
+            if batch > self.max_batch:  # not a static request (they fit the buffers): an eager call's pass
+                return output
             if reads and hidden.shape[1] > 1:  # prefill only: decoding graphs never contain the probe
                 self._read_probe(index, hidden[:, -1], batch, last_read)
             if steers:
@@ -170,7 +204,7 @@ class SteeringSlot:
                 f"batch of {batch} exceeds the static steering buffers ({self.max_batch}); "
                 "raise limits.max_batch in the policy"
             )
-        with self.lock:
+        with self.access.exclusive():
             try:
                 self._load(deltas, batch, steer, probe, threshold, on_error_steer)
                 yield self
@@ -194,6 +228,7 @@ class SteeringSlot:
             else:
                 self.delta[i].zero_()
         self.scale.zero_()
+        self.acc.zero_()  # an eager pass that failed between probe layers may have left a partial sum
         self.score.fill_(float("nan"))
         self.can_steer.fill_(1.0 if deltas else 0.0)
         if steer is not None:
@@ -234,21 +269,35 @@ def _drop_compiled_code() -> None:
 
 
 _SLOTS: weakref.WeakKeyDictionary[nn.Module, SteeringSlot] = weakref.WeakKeyDictionary()
-_SLOTS_LOCK = threading.Lock()
+_SLOTS_LOCK = threading.RLock()  # re-entrant: a guard's finalizer may run inside slot_for (garbage collection)
 
 
-def slot_for(layers: nn.ModuleList, hidden: int, max_batch: int) -> SteeringSlot:
-    """The shared slot of a decoder-layer list (created on first use, grown for larger batches)."""
+def slot_for(layers: nn.ModuleList, hidden: int, max_batch: int, owner: object) -> SteeringSlot:
+    """The shared slot of a decoder-layer list (created on first use), with buffers for `max_batch`
+    (grown in place, once no request runs), used by `owner`: when the last owner is garbage-collected the
+    slot's hooks are removed and the slot forgotten."""
     with _SLOTS_LOCK:
         slot = _SLOTS.get(layers)
-        if slot is None or slot.max_batch < max_batch:
-            old = slot
-            slot = SteeringSlot(layers, hidden, max(max_batch, old.max_batch if old else 0))
-            if old is not None:
-                old.remove()
-                slot.ensure(old.steered_layers, old.probe_layers)
-            _SLOTS[layers] = slot
-        return slot
+        if slot is None:
+            slot = SteeringSlot(layers, hidden, max_batch, access_for(layers))
+        if id(owner) not in slot.owners:
+            slot.owners.add(id(owner))
+            weakref.finalize(owner, _detach, layers, slot, id(owner)).atexit = False
+        _SLOTS[layers] = slot  # again: a finalizer run during this call may have dropped it
+    slot.reserve(max_batch)  # outside the registry lock: this may wait for a running request
+    return slot
+
+
+def _detach(layers: nn.ModuleList, slot: SteeringSlot, owner: int) -> None:
+    """An owner of `slot` is gone; the last one takes the hooks with it. No request can be running on the
+    slot then (a request's backend is alive while it runs), so this needs no model access."""
+    with _SLOTS_LOCK:
+        slot.owners.discard(owner)
+        if slot.owners:
+            return
+        if _SLOTS.get(layers) is slot:
+            del _SLOTS[layers]
+    slot.remove()
 
 
 def slot_of(layers: nn.ModuleList) -> SteeringSlot | None:
@@ -263,4 +312,5 @@ def release_slot(layers: nn.ModuleList) -> None:
     with _SLOTS_LOCK:
         slot = _SLOTS.pop(layers, None)
     if slot is not None:
-        slot.remove()
+        with slot.access.exclusive():
+            slot.remove()

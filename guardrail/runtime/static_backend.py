@@ -14,19 +14,23 @@ from torch import nn
 from guardrail.errors import GuardrailError
 from guardrail.gate.decide import GateVerdict
 from guardrail.policy.schema import RuntimePolicy
+from guardrail.runtime.access import access_for
 from guardrail.runtime.backend import SteeredCall, SteeringBackend, SteeringPlan, batch_size
 from guardrail.runtime.eager_backend import EagerBackend
 from guardrail.runtime.static import SteeringSlot, slot_for
 
 
 class StaticBackend(SteeringBackend):
-    """The model's shared `SteeringSlot`: one guarded call at a time per model (its lock), the gate
-    zeroed between calls, the probe scored in the buffers at prefill."""
+    """The model's shared `SteeringSlot`: one guarded call at a time per model (exclusive `ModelAccess`:
+    eager calls on the model wait too), the gate zeroed between calls, the probe scored in the buffers at
+    prefill. The slot's hooks stay on the model while some `StaticBackend` that installed them lives.
+    A plan with nothing to steer or score runs without hooks, still with exclusive access."""
 
     def __init__(self, model: nn.Module, layers: nn.ModuleList, plan: SteeringPlan, max_batch: int):
         super().__init__(model, layers, plan)
         self.max_batch = max_batch
         self.eager = EagerBackend(model, layers, plan)  # pre-passes run eagerly, before generation
+        self.access = access_for(layers)
 
     def install(self) -> SteeringSlot:
         """The model's slot with hooks on this plan's layers (installed once; compiled code is dropped
@@ -38,7 +42,7 @@ class StaticBackend(SteeringBackend):
             hidden = probe.hidden
         else:
             raise GuardrailError("static steering needs steering deltas or a device probe; this plan has neither")
-        slot = slot_for(self.layers, hidden, self.max_batch)
+        slot = slot_for(self.layers, hidden, self.max_batch, owner=self)
         slot.ensure(sorted(deltas), probe.layers if probe is not None else ())
         return slot
 
@@ -51,8 +55,14 @@ class StaticBackend(SteeringBackend):
         if known is None and gate.mode == "probe" and self.plan.device_probe is None:
             known = self.prepass(inputs)  # a probe with no torch form decides on the host first
         verdict = known or (None if gate.mode == "probe" else gate.fixed(batch))
-        slot = self.install()
         call = SteeredCall()
+        if not self.plan.active:  # nothing to add or score: no hooks, but still alone on the model, since
+            assert verdict is not None  # compiled graphs specialise on the hooks present (eager calls add some)
+            with self.access.exclusive(), torch.inference_mode():
+                yield call
+            call.verdict = verdict
+            return
+        slot = self.install()
         threshold = gate.threshold if gate.threshold is not None else 0.5
         with (
             torch.inference_mode(),

@@ -1,40 +1,60 @@
 """The calibration artifact: SARSteer vectors and safe-space bases for one model.
 
-On disk it is a directory with `vectors.safetensors` (tensors `refusal.<layer>` and
-`basis.<layer>`) and `metadata.json` (model identity, method parameters, calibration-set
-hash, package version, content hash of the tensors).
+On disk it is a directory with `vectors.safetensors` (tensors `refusal.<layer>` (hidden,) and
+`basis.<layer>` (hidden, basis_rank) for every decoder layer, finite floats) and `metadata.json` (model
+identity, method parameters, calibration-set hash, package version, and the id: a content hash of the
+tensors and, from format 2, of every metadata field but the id, `created_at` and `package_version`).
+Format 1 files (the tensors-only id, the two-tensor weight sample) still load; their weight check warns.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
+from pydantic import Field, ValidationError, model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from guardrail.errors import ArtifactError, ArtifactMismatchError
-from guardrail.models.identity import ModelIdentity, StrictRecord, check_identity
+from guardrail.models.identity import (
+    ModelIdentity,
+    StrictRecord,
+    check_identity,
+    read_record,
+    record_text,
+    require_parameter_samples,
+)
 from guardrail.steering.vectors import ablate
 from guardrail.version import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)  # format versions this package loads
 VECTORS_FILE = "vectors.safetensors"
 METADATA_FILE = "metadata.json"
+MAX_METADATA_BYTES = 64 * 2**20
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_UNHASHED = {"artifact_id", "created_at", "package_version"}  # provenance, not behaviour
 
 
 class MethodParams(StrictRecord):
     name: str = "sarsteer"
     refusal_text: str
     instruction: str
-    safe_rank: int
-    basis_rank: int
-    safe_strength: float
+    safe_rank: int = Field(ge=0)
+    basis_rank: int = Field(ge=0)
+    safe_strength: float = Field(allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _rank_stored(self) -> MethodParams:
+        if self.safe_rank > self.basis_rank:
+            raise ValueError(f"safe_rank {self.safe_rank} exceeds the {self.basis_rank} stored safe directions")
+        return self
 
 
 class CalibrationSet(StrictRecord):
@@ -52,6 +72,14 @@ class ArtifactMetadata(StrictRecord):
     method: MethodParams
     calibration: CalibrationSet
 
+    @model_validator(mode="after")
+    def _complete(self) -> ArtifactMetadata:
+        require_parameter_samples(self.model, self.format_version)
+        layers = self.model.config.get("num_layers")
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+            raise ValueError(f"model.config.num_layers must be a positive integer, not {str(layers)[:40]!r}")
+        return self
+
 
 @dataclass
 class SteeringArtifact:
@@ -61,13 +89,16 @@ class SteeringArtifact:
     basis: dict[int, torch.Tensor]
     metadata: ArtifactMetadata
 
+    def __post_init__(self) -> None:
+        check_tensors(_flat(self.refusal, self.basis), self.metadata, "this artifact")
+
     @property
     def id(self) -> str:
         return self.metadata.artifact_id
 
     @property
     def num_layers(self) -> int:
-        return self.metadata.model.config["num_layers"]
+        return int(self.metadata.model.config["num_layers"])
 
     def steering_vectors(self, rank: int | None = None, strength: float | None = None) -> dict[int, torch.Tensor]:
         """v'_l = v_l - strength * U_k U_k^T v_l for every layer (defaults: calibration's k, lambda)."""
@@ -103,50 +134,93 @@ class SteeringArtifact:
         save_file(
             _flat(self.refusal, self.basis),
             str(path / VECTORS_FILE),
-            metadata={"artifact_id": self.id, "format_version": str(FORMAT_VERSION)},
+            metadata={"artifact_id": self.id, "format_version": str(self.metadata.format_version)},
         )
         (path / METADATA_FILE).write_text(self.metadata.model_dump_json(indent=2) + "\n", encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringArtifact:
-        """Read an artifact directory written by `save`, verifying its content hash."""
+        """Read an artifact directory written by `save`: validate the metadata and tensors, verify the id."""
         path = Path(path)
         if not (path / METADATA_FILE).is_file() or not (path / VECTORS_FILE).is_file():
             raise ArtifactError(
                 f"{path} is not a steering artifact (expected {METADATA_FILE} and "
                 f"{VECTORS_FILE}); create one with guardrail.calibrate(...).save(path)"
             )
-        try:
-            metadata = ArtifactMetadata.model_validate_json((path / METADATA_FILE).read_text(encoding="utf-8"))
-        except ValidationError as exc:
-            raise ArtifactError(
-                f"{path / METADATA_FILE} is malformed: {exc.errors()[0]['msg']} at "
-                f"{'.'.join(map(str, exc.errors()[0]['loc']))}; recalibrate"
-            ) from None
-        if metadata.format_version != FORMAT_VERSION:
-            raise ArtifactError(
-                f"{path} has format version {metadata.format_version}; this package reads "
-                f"{FORMAT_VERSION}: recalibrate with this version"
-            )
+        metadata = read_metadata(path / METADATA_FILE)
         try:
             tensors = load_file(str(path / VECTORS_FILE))
         except Exception as exc:  # safetensors raises its own error types
             raise ArtifactError(f"{path / VECTORS_FILE} cannot be read ({exc}); recalibrate") from exc
+        check_tensors(tensors, metadata, str(path / VECTORS_FILE))
         refusal, basis = _unflat(tensors)
-        if content_id(refusal, basis) != metadata.artifact_id:
+        if content_id(refusal, basis, metadata if metadata.format_version >= 2 else None) != metadata.artifact_id:
             raise ArtifactError(
-                f"{path}: vectors do not match the id in {METADATA_FILE} (edited or "
+                f"{path}: vectors or metadata do not match the id in {METADATA_FILE} (edited or "
                 "corrupted); recalibrate or restore the original files"
             )
         return cls(refusal=refusal, basis=basis, metadata=metadata)
 
 
-def content_id(refusal: dict[int, torch.Tensor], basis: dict[int, torch.Tensor]) -> str:
-    """Content hash of the tensors (stable across save/load)."""
+def read_metadata(file: Path) -> ArtifactMetadata:
+    """Parse an artifact's `metadata.json`, raising ArtifactError that names the file and the fix."""
+    fix = "recalibrate (guardrail.calibrate) or restore the original files"
+    text = record_text(read_record(file, MAX_METADATA_BYTES, ArtifactError, fix), file, ArtifactError, fix)
+    try:
+        version = json.loads(text).get("format_version", FORMAT_VERSION)
+    except (ValueError, AttributeError):
+        version = FORMAT_VERSION  # not JSON, or not an object: validation says so
+    if version not in READS:
+        raise ArtifactError(
+            f"{file} has format version {str(version)[:20]}; this package reads "
+            f"{' and '.join(map(str, READS))}: recalibrate with this version"
+        )
+    try:
+        return ArtifactMetadata.model_validate_json(text)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ArtifactError(
+            f"{file} is malformed: {err['msg']} at {'.'.join(map(str, err['loc'])) or 'top level'}; recalibrate"
+        ) from None
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], metadata: ArtifactMetadata, where: str) -> None:
+    """ArtifactError unless `tensors` are exactly `refusal.<l>` (hidden,) and `basis.<l>` (hidden, basis_rank)
+    for every decoder layer l, in a float dtype, all finite."""
+    layers = metadata.model.config["num_layers"]
+    expected = {f"{kind}.{layer}" for kind in ("refusal", "basis") for layer in range(min(layers, len(tensors)))}
+    if len(tensors) != 2 * layers or set(tensors) != expected:
+        extra, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
+        raise ArtifactError(
+            f"{where} holds tensors {extra[:4]} it should not and lacks {missing[:4]} (expected refusal.<l> and "
+            f"basis.<l> for the {layers} decoder layers); recalibrate"
+        )
+    hidden = metadata.model.config.get("hidden_size") or tensors["refusal.0"].numel()
+    rank = metadata.method.basis_rank
+    for name, tensor in sorted(tensors.items()):
+        shape = (hidden,) if name.startswith("refusal.") else (hidden, rank)
+        if tensor.dtype not in _FLOATS:
+            raise ArtifactError(f"{where}: {name} has dtype {tensor.dtype}, not a float dtype; recalibrate")
+        if tuple(tensor.shape) != shape:
+            raise ArtifactError(f"{where}: {name} has shape {tuple(tensor.shape)}, expected {shape}; recalibrate")
+        if not bool(torch.isfinite(tensor).all()):
+            raise ArtifactError(f"{where}: {name} is not finite (NaN or inf values); recalibrate")
+
+
+def content_id(
+    refusal: dict[int, torch.Tensor], basis: dict[int, torch.Tensor], metadata: ArtifactMetadata | None = None
+) -> str:
+    """Content hash (stable across save/load): of the tensors' float32 values (format 1, `metadata` None),
+    or of their names, dtypes, shapes and values and of every metadata field but the provenance (format 2)."""
     digest = hashlib.sha256()
+    if metadata is not None:
+        fields = metadata.model_dump(mode="json", exclude=_UNHASHED)
+        digest.update(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode())
     for name, tensor in sorted(_flat(refusal, basis).items()):
         digest.update(name.encode())
+        if metadata is not None:
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
@@ -158,14 +232,15 @@ def new_metadata(
     refusal: dict[int, torch.Tensor],
     basis: dict[int, torch.Tensor],
 ) -> ArtifactMetadata:
-    return ArtifactMetadata(
+    metadata = ArtifactMetadata(
         package_version=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        artifact_id=content_id(refusal, basis),
+        artifact_id="",
         model=identity,
         method=method,
         calibration=calibration,
     )
+    return metadata.model_copy(update={"artifact_id": content_id(refusal, basis, metadata)})
 
 
 def _flat(refusal: dict[int, torch.Tensor], basis: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -177,9 +252,7 @@ def _flat(refusal: dict[int, torch.Tensor], basis: dict[int, torch.Tensor]) -> d
 def _unflat(tensors: dict[str, torch.Tensor]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     refusal: dict[int, torch.Tensor] = {}
     basis: dict[int, torch.Tensor] = {}
-    for name, tensor in tensors.items():
+    for name, tensor in tensors.items():  # names already checked by check_tensors
         kind, _, layer = name.partition(".")
-        {"refusal": refusal, "basis": basis}[kind][int(layer)] = tensor
-    if set(refusal) != set(basis):
-        raise ArtifactError("artifact has refusal vectors and safe bases for different layers; recalibrate")
+        (refusal if kind == "refusal" else basis)[int(layer)] = tensor
     return dict(sorted(refusal.items())), dict(sorted(basis.items()))

@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
     CallbackManager,
     CallbackManagerForLLMRun,
 )
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel
 from langchain_core.load import dumpd
 from langchain_core.messages import AIMessage, BaseMessage
@@ -35,6 +37,7 @@ __all__ = [
     "groups",
     "open_run",
     "outcomes",
+    "uses_llm_cache",
 ]
 
 R = TypeVar("R", CallbackManagerForLLMRun, AsyncCallbackManagerForLLMRun)
@@ -177,3 +180,10 @@ def outcomes(slots: Sequence[Slot[Any]], return_exceptions: bool) -> list[Any]:
             if slot.error is not None:
                 raise slot.error
     return [slot.error if slot.error is not None else slot.message for slot in slots]
+
+
+def uses_llm_cache(model: BaseChatModel) -> bool:
+    """An LLM cache answers per input (hits skip generation): batches keep the per-input path then."""
+    if model.cache is False:
+        return False
+    return isinstance(model.cache, BaseCache) or get_llm_cache() is not None

@@ -16,10 +16,10 @@ What the guard can represent, and therefore what this model accepts:
 - Content: a string, or LangChain standard content blocks: text blocks, and at most one audio block
   as base64 (`{"type": "audio", "base64": ..., "mime_type": "audio/wav"}`, the older
   `{"type": "audio", "source_type": "base64", "data": ...}`, OpenAI's `input_audio`, a `file` block with
-  an audio mime type), a `data:` URL, or a local file as a `file://` URL. The audio is sent first, then
-  the text blocks joined by newlines, as the guard's adapter builds every prompt. Anything else
-  (images, http URLs, provider file ids, several audio blocks, audio for a text-only model) raises
-  `UnsupportedContentError`.
+  an audio mime type), a `data:` URL, or a `file://` URL (a regular file under the policy's `input.audio_dirs`,
+  at most 64 MiB; none if empty). The audio is sent first, then the text blocks joined by newlines, as the
+  guard's adapter builds every prompt. Anything else (images, http URLs, provider file ids, several audio
+  blocks, audio for a text-only model) raises `UnsupportedContentError`.
 - Per call: `max_new_tokens=` (default: the field, else the policy's limit). `stop=` sequences are not
   supported (raises). Other generation settings go in the `generate_kwargs` field.
 
@@ -39,12 +39,11 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Literal
 
-from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import ConfigDict, Field
@@ -53,6 +52,7 @@ from transformers import StoppingCriteriaList
 from guardrail.errors import RequestError, UnsupportedContentError, UnsupportedMessageError
 from guardrail.gate.decide import ScoringProbe
 from guardrail.guard import Guard
+from guardrail.integrations.langchain.audio_files import AudioFiles
 from guardrail.integrations.langchain.batching import (
     RunArgs,
     Slot,
@@ -65,8 +65,9 @@ from guardrail.integrations.langchain.batching import (
     groups,
     open_run,
     outcomes,
+    uses_llm_cache,
 )
-from guardrail.integrations.langchain.content import GuardCall, request_from_messages
+from guardrail.integrations.langchain.content import GuardCall, check_convertible, request_from_messages
 from guardrail.integrations.langchain.messages import ai_message, final_chunk, run_message
 from guardrail.integrations.langchain.pretrained import load_guard
 from guardrail.integrations.langchain.worker import CancelOnEvent, iterate_in_worker
@@ -157,8 +158,14 @@ class GuardedChatModel(BaseChatModel):
         return getattr(config, "name_or_path", "") or self.guard.adapter.name
 
     # -- messages -> guard request ---------------------------------------------------
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        prompt = super()._convert_input(model_input)  # invoke, stream and batch all start here
+        check_convertible(prompt.to_messages())
+        return prompt
+
     def _call(self, messages: Sequence[BaseMessage]) -> GuardCall:
-        return request_from_messages(messages, self.guard.adapter, self.guard.policy.system_prompt, self.history)
+        files, policy = AudioFiles.from_policy(self.guard.policy), self.guard.policy
+        return request_from_messages(messages, self.guard.adapter, policy.system_prompt, self.history, files)
 
     def _options(
         self, stop: list[str] | None, kwargs: Mapping[str, Any], cancel: threading.Event | None = None
@@ -266,12 +273,6 @@ class GuardedChatModel(BaseChatModel):
                 yield chunk
 
     # -- batch -----------------------------------------------------------------------
-    def _batch_falls_back(self) -> bool:
-        """An LLM cache answers per input (hits skip generation): keep the per-input path then."""
-        if self.cache is False:
-            return False
-        return isinstance(self.cache, BaseCache) or get_llm_cache() is not None
-
     def batch(
         self,
         inputs: list[LanguageModelInput],
@@ -287,7 +288,7 @@ class GuardedChatModel(BaseChatModel):
         `return_exceptions=True` an input's error takes its place in the list."""
         if not inputs:
             return []
-        if self._batch_falls_back():
+        if uses_llm_cache(self):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         configs = get_config_list(config, len(inputs))
         out: list[Any] = []
@@ -314,7 +315,7 @@ class GuardedChatModel(BaseChatModel):
         """`batch` for async code: the batched generation runs in a worker thread."""
         if not inputs:
             return []
-        if self._batch_falls_back():
+        if uses_llm_cache(self):
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         configs = get_config_list(config, len(inputs))
         out: list[Any] = []

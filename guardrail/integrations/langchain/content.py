@@ -3,7 +3,8 @@
 The guard answers one user turn: the messages must end with a `HumanMessage`; earlier messages raise
 `UnsupportedMessageError` (except a `SystemMessage` equal to the policy's `system_prompt`), or are dropped
 with `history="last_turn"`. The content is text blocks and at most one audio block, whose source is base64
-data, a `data:` URL or a local `file://` URL; anything else raises `UnsupportedContentError`.
+data, a `data:` URL or a local `file://` URL (read only under the policy's `input.audio_dirs`: see
+`audio_files`); anything else raises `UnsupportedContentError`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, is_data_content_block
+from langchain_core.messages.block_translators.openai import convert_to_openai_image_block
 
 from guardrail.errors import UnsupportedContentError, UnsupportedMessageError
+from guardrail.integrations.langchain.audio_files import AudioFiles, read_audio_file
 from guardrail.models.adapter import Adapter
 
-__all__ = ["ACCEPTED_CONTENT", "GuardCall", "message_content", "request_from_messages"]
+__all__ = ["ACCEPTED_CONTENT", "GuardCall", "check_convertible", "message_content", "request_from_messages"]
 
 ACCEPTED_CONTENT = (
     "a string, or content blocks: {'type': 'text', 'text': ...} and at most one audio block "
@@ -44,11 +47,13 @@ def request_from_messages(
     adapter: Adapter,
     system_prompt: str | None,
     history: Literal["error", "last_turn"] = "error",
+    files: AudioFiles | None = None,
 ) -> GuardCall:
     """The guard request for a prompt: its last `HumanMessage`, after the rules on earlier messages.
 
     `system_prompt`: the policy's (a `SystemMessage` with that text is accepted, the guard sends it itself);
-    `history`: "error" raises for other earlier messages, "last_turn" drops them and counts them."""
+    `history`: "error" raises for other earlier messages, "last_turn" drops them and counts them;
+    `files`: where file:// audio URLs may read (None: nowhere)."""
     if not messages:
         raise UnsupportedMessageError("no messages: pass at least one HumanMessage")
     last = messages[-1]
@@ -60,10 +65,30 @@ def request_from_messages(
     earlier = list(messages[:-1])
     if history == "error":
         _refuse_history(earlier, system_prompt)
-    text, audio = message_content(last, adapter)
+    text, audio = message_content(last, adapter, files or AudioFiles())
     if audio is None and not text.strip():
         raise UnsupportedContentError("the HumanMessage has neither text nor audio; pass at least one")
     return GuardCall({"audio": audio, "text": text}, dropped=len(earlier) if history == "last_turn" else 0)
+
+
+def check_convertible(messages: Sequence[BaseMessage]) -> None:
+    """Raise `UnsupportedContentError` for a block LangChain's own code fails on before the model sees the prompt:
+    `invoke`, `stream` and `batch` convert every message's older-style blocks to standard ones and format image
+    data blocks for tracing, raising a bare KeyError/ValueError on a malformed one."""
+    for message in messages:
+        _blocks(message)
+        for i, block in enumerate(message.content if isinstance(message.content, list) else []):
+            if not (isinstance(block, dict) and block.get("type") == "image" and is_data_content_block(block)):
+                continue
+            if "file_id" in block or block.get("source_type") == "id":
+                continue
+            try:
+                convert_to_openai_image_block(block)
+            except Exception as exc:
+                raise UnsupportedContentError(
+                    f"content block {i} is a malformed image block ({_short(exc)}); the guard takes no images: "
+                    f"accepted: {ACCEPTED_CONTENT}"
+                ) from None
 
 
 def _refuse_history(earlier: list[BaseMessage], system_prompt: str | None) -> None:
@@ -83,17 +108,17 @@ def _refuse_history(earlier: list[BaseMessage], system_prompt: str | None) -> No
         )
 
 
-def message_content(message: HumanMessage, adapter: Adapter) -> tuple[str, Any]:
-    """(text blocks joined by newlines, the audio clip as bytes or a local path, or None)."""
+def message_content(message: HumanMessage, adapter: Adapter, files: AudioFiles | None = None) -> tuple[str, Any]:
+    """(text blocks joined by newlines, the audio clip as bytes, or None); `files`: where file:// URLs may read."""
+    files = files or AudioFiles()
     texts: list[str] = []
     audio: list[tuple[int, Any]] = []
-    blocks: Sequence[Mapping[str, Any]] = message.content_blocks  # read as mappings: a block may lack its keys
-    for i, block in enumerate(blocks):
+    for i, block in enumerate(_blocks(message)):
         kind = block.get("type")
         if kind == "text":
-            texts.append(block.get("text") or "")
+            texts.append(_block_text(block, i))
         elif kind == "audio" or kind == "file" and str(block.get("mime_type", "")).lower().startswith("audio/"):
-            audio.append((i, _audio_source(block, i)))
+            audio.append((i, _audio_source(block, i, files)))
         else:
             raise UnsupportedContentError(
                 f"content block {i} ({_describe(block)}) is not supported; accepted: {ACCEPTED_CONTENT}"
@@ -109,25 +134,63 @@ def message_content(message: HumanMessage, adapter: Adapter) -> tuple[str, Any]:
 
 
 def _text_of(message: BaseMessage) -> str:
-    blocks: Sequence[Mapping[str, Any]] = message.content_blocks  # as in message_content
-    return "\n".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+    return "\n".join(_block_text(b, i) for i, b in enumerate(_blocks(message)) if b.get("type") == "text")
+
+
+def _blocks(message: BaseMessage) -> Sequence[Mapping[str, Any]]:
+    """The message's standard content blocks, read as mappings (a block may lack its keys). LangChain's
+    conversion of older block forms raises KeyError/ValueError/... on a malformed block: that becomes an
+    `UnsupportedContentError` naming the block."""
+    try:
+        return message.content_blocks
+    except Exception as exc:  # any failure converting untrusted content is the caller's input error
+        reason = f"it lacks the key {exc.args[0]!r}" if isinstance(exc, KeyError) and exc.args else _short(exc)
+        raise UnsupportedContentError(
+            f"{_failing_block(message)} is not a valid LangChain content block ({reason}); accepted: {ACCEPTED_CONTENT}"
+        ) from None
+
+
+def _failing_block(message: BaseMessage) -> str:
+    """'content block I' for the first block LangChain cannot convert on its own, else 'the message content'."""
+    if isinstance(message.content, list):
+        for i, item in enumerate(message.content):
+            try:
+                _ = message.model_copy(update={"content": [item]}).content_blocks
+            except Exception:
+                return f"content block {i}"
+    return "the message content"
+
+
+def _block_text(block: Mapping[str, Any], index: int) -> str:
+    text = block.get("text")
+    if text is not None and not isinstance(text, str):
+        raise UnsupportedContentError(
+            f"content block {index} is a text block whose text is a {type(text).__name__}; send a string"
+        )
+    return text or ""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """`value` for an error message: its repr (or an exception's text), cut to `limit` characters."""
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(block: Mapping[str, Any]) -> str:
     """A short description of a content block for error messages (never its data)."""
     kind = block.get("type")
     if kind == "non_standard" and isinstance(block.get("value"), Mapping):
-        return f"type {block['value'].get('type')!r}, not a LangChain standard block"
+        return f"type {_short(block['value'].get('type'))}, not a LangChain standard block"
     source = next((k for k in ("url", "base64", "file_id", "path", "data") if k in block), None)
     where = f", {source}" if source else ""
     if source == "url":
         where = f", url {str(block['url'])[:40]!r}"
-    mime = f", {block['mime_type']}" if block.get("mime_type") else ""
-    return f"type {kind!r}{where}{mime}"
+    mime = f", {_short(block['mime_type'], 40)}" if block.get("mime_type") else ""
+    return f"type {_short(kind, 40)}{where}{mime}"
 
 
-def _audio_source(block: Mapping[str, Any], index: int) -> bytes | str:
-    """Bytes or a local path for an audio block; raises for sources that need a network or a provider."""
+def _audio_source(block: Mapping[str, Any], index: int, files: AudioFiles) -> bytes:
+    """The bytes of an audio block's clip; raises for sources that need a network or a provider."""
     mime = str(block.get("mime_type") or "").lower()
     if mime and not (mime.startswith("audio/") or mime == "application/octet-stream"):
         raise UnsupportedContentError(
@@ -138,7 +201,7 @@ def _audio_source(block: Mapping[str, Any], index: int) -> bytes | str:
         return _b64(block["base64"], index)
     url = block.get("url")
     if isinstance(url, str):
-        return _audio_from_url(url, block, index)
+        return _audio_from_url(url, block, index, files)
     if block.get("file_id") is not None:
         raise UnsupportedContentError(
             f"content block {index} ({_describe(block)}) refers to a provider's file "
@@ -150,8 +213,8 @@ def _audio_source(block: Mapping[str, Any], index: int) -> bytes | str:
     )
 
 
-def _audio_from_url(url: str, block: Mapping[str, Any], index: int) -> bytes | str:
-    """A `data:` URL's bytes or a `file://` URL's local path; the guard fetches nothing remote."""
+def _audio_from_url(url: str, block: Mapping[str, Any], index: int, files: AudioFiles) -> bytes:
+    """A `data:` URL's bytes or a `file://` URL's file (under `files`' rules); the guard fetches nothing remote."""
     parsed = urlparse(url)
     if parsed.scheme == "data":
         header, sep, data = url[5:].partition(",")
@@ -161,7 +224,8 @@ def _audio_from_url(url: str, block: Mapping[str, Any], index: int) -> bytes | s
             )
         return _b64(data, index)
     if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
-        return url2pathname(unquote(parsed.path))
+        # url2pathname decodes the %-escapes (once)
+        return read_audio_file(url2pathname(parsed.path), files, f"content block {index} ({_describe(block)})")
     raise UnsupportedContentError(
         f"content block {index} ({_describe(block)}) points at a remote URL; the guard does not fetch audio: "
         "download it and send base64 data, or a local file as 'file:///abs/path.wav'"
