@@ -217,7 +217,12 @@ class Guard:
     def _model_inputs(self, batch: list[Request], new_tokens: int | None) -> dict[str, Any]:
         """The batch's model inputs, each prompt checked against the prompt-token limit for a call that
         generates up to `new_tokens` (None: already checked)."""
-        inputs = model_inputs(self.model, self.adapter.build_inputs(self.processor, batch, self.policy.system_prompt))
+        inputs = model_inputs(
+            self.model,
+            self.adapter.build_inputs(
+                self.processor, batch, self.policy.system_prompt, special_tokens=self.policy.input.special_tokens
+            ),
+        )
         if new_tokens is not None:
             self._check_prompt(_prompt_tokens(inputs), new_tokens)
         return inputs

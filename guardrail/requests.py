@@ -49,7 +49,8 @@ def parse_request(
     elif isinstance(raw, Mapping):
         unknown = set(raw) - {"audio", "text"}
         if unknown:
-            raise RequestError(f"request {index} has unknown keys {sorted(unknown)}; accepted: 'audio', 'text'")
+            keys = sorted(unknown, key=repr)
+            raise RequestError(f"request {index} has unknown keys {keys}; accepted: 'audio', 'text'")
         text, source = raw.get("text") or "", raw.get("audio")
     else:
         raise RequestError(f"request {index} is a {type(raw).__name__}; pass a dict with 'audio' and/or 'text'")
