@@ -11,7 +11,6 @@ imports this module, never the reverse. Metrics are plain numpy (`guardrail.gate
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import field_validator, model_validator
 from torch import nn
 
 from guardrail.errors import ProbeError, ProbeMismatchError
@@ -31,7 +30,7 @@ from guardrail.models.identity import (
     check_identity,
     config_summary,
     read_record,
-    record_text,
+    read_versioned_record,
     require_parameter_samples,
 )
 
@@ -305,23 +304,15 @@ class OnnxProbe:
 
 def read_metadata(path: Path) -> ProbeMetadata:
     """Parse `path/probe.json`, raising ProbeError that names the file and the fix."""
-    file = path / METADATA_FILE
-    text = record_text(read_record(file, MAX_METADATA_BYTES, ProbeError, _redo(path)), file, ProbeError, _redo(path))
-    try:
-        version = json.loads(text).get("format_version", FORMAT_VERSION)
-    except (ValueError, AttributeError):
-        version = FORMAT_VERSION  # not JSON, or not an object: validation says so
-    if version not in READS:
-        raise ProbeError(
-            f"{file} has format version {str(version)[:20]}; this package reads "
-            f"{' and '.join(map(str, READS))}: retrain the probe with this version"
-        )
-    try:
-        return ProbeMetadata.model_validate_json(text)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "top level"
-        raise ProbeError(f"{file} is malformed ({err['msg']} at {where}); retrain and save the probe again") from None
+    return read_versioned_record(
+        path / METADATA_FILE,
+        ProbeMetadata,
+        reads=READS,
+        limit=MAX_METADATA_BYTES,
+        error=ProbeError,
+        fix=_redo(path),
+        redo="retrain and save the probe",
+    )
 
 
 def _redo(path: Path) -> str:

@@ -24,11 +24,11 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from torch import nn
 
 from guardrail.errors import ArtifactError, ArtifactMismatchError
@@ -349,3 +349,37 @@ def record_text(blob: bytes, file: Path, error: type[ArtifactError], fix: str) -
         return blob.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{file} is not valid UTF-8 text (byte {exc.start}); {fix}") from None
+
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def read_versioned_record(
+    file: Path,
+    record: type[Record],
+    *,
+    reads: tuple[int, ...],
+    limit: int,
+    error: type[ArtifactError],
+    fix: str,
+    redo: str,
+) -> Record:
+    """Parse the JSON metadata `file` (read as `read_record` reads) into `record`. A format version outside
+    `reads` or a malformed file raises `error` naming the file and ending with `redo` ("recalibrate", ...);
+    unreadable bytes end with `fix`."""
+    text = record_text(read_record(file, limit, error, fix), file, error, fix)
+    try:
+        version = json.loads(text).get("format_version", reads[0])
+    except (ValueError, AttributeError):
+        version = reads[0]  # not JSON, or not an object: validation says so
+    if version not in reads:
+        raise error(
+            f"{file} has format version {str(version)[:20]}; this package reads "
+            f"{' and '.join(map(str, reads))}: {redo} with this version"
+        )
+    try:
+        return record.model_validate_json(text)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"])) or "top level"
+        raise error(f"{file} is malformed ({err['msg']} at {where}); {redo}") from None

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -26,8 +26,7 @@ from guardrail.models.identity import (
     ModelIdentity,
     StrictRecord,
     check_identity,
-    read_record,
-    record_text,
+    read_versioned_record,
     require_parameter_samples,
 )
 from guardrail.steering.vectors import ablate
@@ -165,24 +164,15 @@ class SteeringArtifact:
 
 def read_metadata(file: Path) -> ArtifactMetadata:
     """Parse an artifact's `metadata.json`, raising ArtifactError that names the file and the fix."""
-    fix = "recalibrate (guardrail.calibrate) or restore the original files"
-    text = record_text(read_record(file, MAX_METADATA_BYTES, ArtifactError, fix), file, ArtifactError, fix)
-    try:
-        version = json.loads(text).get("format_version", FORMAT_VERSION)
-    except (ValueError, AttributeError):
-        version = FORMAT_VERSION  # not JSON, or not an object: validation says so
-    if version not in READS:
-        raise ArtifactError(
-            f"{file} has format version {str(version)[:20]}; this package reads "
-            f"{' and '.join(map(str, READS))}: recalibrate with this version"
-        )
-    try:
-        return ArtifactMetadata.model_validate_json(text)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ArtifactError(
-            f"{file} is malformed: {err['msg']} at {'.'.join(map(str, err['loc'])) or 'top level'}; recalibrate"
-        ) from None
+    return read_versioned_record(
+        file,
+        ArtifactMetadata,
+        reads=READS,
+        limit=MAX_METADATA_BYTES,
+        error=ArtifactError,
+        fix="recalibrate (guardrail.calibrate) or restore the original files",
+        redo="recalibrate",
+    )
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], metadata: ArtifactMetadata, where: str) -> None:
