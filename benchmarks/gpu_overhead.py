@@ -30,7 +30,7 @@ from guardrail import calibrate
 from guardrail.bench import format_row, overhead
 from guardrail.defaults import default_calibration_set
 from guardrail.gate.onnx_probe import OnnxProbe
-from guardrail.gate.train import fit_probe
+from guardrail.gate.train_on_model import fit_probe
 from guardrail.testing.tiny import build_tiny, tiny_audio, tiny_tokenizer
 
 SR = 16_000

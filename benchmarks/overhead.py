@@ -27,7 +27,7 @@ from guardrail import calibrate
 from guardrail.bench import RUNTIMES, format_row, overhead
 from guardrail.defaults import default_calibration_set
 from guardrail.gate.onnx_probe import OnnxProbe
-from guardrail.gate.train import fit_probe
+from guardrail.gate.train_on_model import fit_probe
 from guardrail.testing.tiny import AUDIO_FAMILIES, build_tiny, tiny_audio
 
 LONG = (

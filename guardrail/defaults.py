@@ -41,3 +41,16 @@ def default_calibration_set() -> tuple[list[str], list[str]]:
     harmful = [pair[0] for pair in data["pairs"]]
     safe = [pair[1] for pair in data["pairs"]]
     return harmful, safe
+
+
+BENIGN_SETS = ("benign_lookalike_a_en", "benign_lookalike_b_en", "benign_ordinary_en")
+
+
+def benign_set(name: str) -> list[tuple[str, str]]:
+    """(text, category) items of one benign set written for this project (guardrail/data/NAME.json):
+    look-alikes (safe requests with alarming words, XSTest's style) and ordinary instructions. A gate
+    trained with them learns that alarming words and step-by-step frames are not harm in themselves."""
+    if name not in BENIGN_SETS:
+        raise ValueError(f"unknown benign set {name!r}; known: {', '.join(BENIGN_SETS)}")
+    data = json.loads(files("guardrail").joinpath(f"data/{name}.json").read_text(encoding="utf-8"))
+    return [(item["text"], item["category"]) for item in data["items"]]

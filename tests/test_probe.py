@@ -14,7 +14,9 @@ from guardrail.errors import ProbeError, ProbeMismatchError, RequestError
 from guardrail.gate.fit import stratified_folds
 from guardrail.gate.metrics import recall_at_fpr, roc_auc, threshold_at_fpr
 from guardrail.gate.onnx_probe import OnnxProbe, evaluate_probe, features_from_activations, select_providers
-from guardrail.gate.train import TrainedProbe, fit_probe, train_probe
+from guardrail.gate.stacked import default_layers
+from guardrail.gate.train import TrainedProbe, train_probe
+from guardrail.gate.train_on_model import fit_probe
 from guardrail.testing.tiny import HIDDEN, NUM_LAYERS, build_tiny
 
 INFORMATIVE = 2
@@ -331,19 +333,25 @@ def test_training_refuses_empty_or_unknown_layers():
 
 # -- end to end on tiny models -------------------------------------------------------------
 @pytest.mark.parametrize("family", ["qwen2", "qwen2_audio"])
-def test_fit_probe_on_a_tiny_model(family, tmp_path):
+@pytest.mark.parametrize("kind", ["stacked", "logistic"])
+def test_fit_probe_on_a_tiny_model(family, kind, tmp_path):
     model, processor = build_tiny(family, seed=0)
     harmful, safe = calibration_items(family)
-    probe = fit_probe(model, processor, harmful, safe[:6], batch_size=4, folds=3)
+    probe = fit_probe(model, processor, harmful, safe[:6], batch_size=4, folds=3, kind=kind)
     assert probe.identity is not None and probe.identity.config["num_layers"] == NUM_LAYERS
-    assert len(probe.layer_auc) == NUM_LAYERS and probe.training.queries_sha256
-    assert (probe.training.n_harmful, probe.training.n_safe) == (3, 6)
+    assert probe.training.queries_sha256 and (probe.training.n_harmful, probe.training.n_safe) == (3, 6)
+    if kind == "stacked":  # v2: both pools of the first three quarters of the layers
+        assert (probe.kind, probe.pools, probe.layers) == ("stacked-lda", ["last", "mean"], default_layers(NUM_LAYERS))
+        assert probe.stack is not None and probe.stack.blocks[-1] == f"mean:{probe.layers[-1]}"
+    else:
+        assert (probe.kind, probe.pools, len(probe.layer_auc)) == ("logistic", ["last"], NUM_LAYERS)
     loaded = OnnxProbe.load(probe.save(tmp_path / "p"))
     loaded.check_model(model)
-    acts = torch.randn(NUM_LAYERS, 5, HIDDEN)
+    assert (loaded.metadata.kind, loaded.pools) == (probe.kind, probe.pools)
+    acts, means = torch.randn(NUM_LAYERS, 5, HIDDEN), torch.randn(NUM_LAYERS, 5, HIDDEN)
     np.testing.assert_allclose(
-        loaded.score(features_from_activations(acts, loaded.layers)),
-        probe.score(features_from_activations(acts, probe.layers)),
+        loaded.score(features_from_activations(acts, loaded.layers, means, loaded.pools)),
+        probe.score(features_from_activations(acts, probe.layers, means, probe.pools)),
         rtol=1e-5,
         atol=1e-6,
     )

@@ -211,7 +211,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         )
     print(f"wrote artifact {artifact.id} to {artifact.save(args.out)}")
     if args.probe:
-        from guardrail.gate.train import fit_probe
+        from guardrail.gate.train_on_model import fit_probe
 
         probe = fit_probe(
             model,
@@ -349,7 +349,7 @@ def _bench(args: argparse.Namespace) -> int:
     artifact = calibrate(model, processor, harmful, safe)
     probe = None
     if args.probe:
-        from guardrail.gate.train import fit_probe
+        from guardrail.gate.train_on_model import fit_probe
 
         probe = fit_probe(model, processor, harmful, safe)
     results = []

@@ -21,7 +21,8 @@ from guardrail.defaults import TEXT_INSTRUCTION, default_instruction
 from guardrail.evaluation.data import Pair
 from guardrail.evaluation.judges import Judge, RefusalPhraseJudge
 from guardrail.gate.decide import ScoringProbe
-from guardrail.gate.train import TrainedProbe, fit_probe
+from guardrail.gate.train import TrainedProbe
+from guardrail.gate.train_on_model import fit_probe
 from guardrail.guard import Guard
 from guardrail.models.adapter import resolve_adapter
 from guardrail.policy.schema import Policy

@@ -22,6 +22,9 @@ from guardrail.policy.schema import Policy
 
 
 class ScoringProbe(Protocol):
+    """What the gate needs of a probe. A probe may also carry `pools` (default ["last"]; probe v2:
+    ["last", "mean"], the prompt's mean activations as a second block of features)."""
+
     layers: list[int]
     threshold: float
 
@@ -76,6 +79,15 @@ class Gate:
         return list(self.probe.layers) if self.probe is not None and self.mode == "probe" else []
 
     @property
+    def reads_mean(self) -> bool:
+        """Whether the probe also reads the prompt's mean activations (probe v2's second pool)."""
+        return "mean" in self.pools
+
+    @property
+    def pools(self) -> list[str]:
+        return list(getattr(self.probe, "pools", ["last"])) if self.layers else []
+
+    @property
     def on_error_steer(self) -> bool:
         """gate.on_error: steer (fail closed) when the probe fails, or pass (fail open)."""
         return self.policy.gate.on_error == "steer"
@@ -97,15 +109,19 @@ class Gate:
         )
         return GateVerdict([steer] * batch, [False] * batch, [None] * batch, [reason] * batch)
 
-    def decide(self, activations: Mapping[int, torch.Tensor]) -> GateVerdict:
-        """Score captured (batch, hidden) activations of the probe's layers and decide."""
+    def decide(
+        self, activations: Mapping[int, torch.Tensor], pooled: Mapping[int, torch.Tensor] | None = None
+    ) -> GateVerdict:
+        """Score captured (batch, hidden) activations of the probe's layers (and their prompt means,
+        for a probe that reads them) and decide."""
         from guardrail.gate.onnx_probe import features_from_activations
 
         probe = self.probe
         assert probe is not None, "only a probe gate reads activations"
         batch = next(iter(activations.values())).shape[0]
+        host = lambda acts: None if acts is None else {k: v.float().cpu() for k, v in acts.items()}
         try:
-            features = features_from_activations({k: v.float().cpu() for k, v in activations.items()}, probe.layers)
+            features = features_from_activations(host(activations), probe.layers, host(pooled), self.pools)
             scores = probe.score(features)
         except Exception as exc:  # the policy says what a failure means; never a silent pass
             return self.failure(batch, exc)

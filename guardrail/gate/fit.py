@@ -32,7 +32,7 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return ids
 
 
-def _standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean, std = x.mean(0), x.std(0)
     return mean, torch.where(std > 1e-6 * (1 + mean.abs()), std, torch.ones_like(std))
 
@@ -72,7 +72,7 @@ def cross_validate(
     oof = {l2: np.zeros(len(y)) for l2 in l2_grid}
     for fold in range(int(fold_ids.max()) + 1):
         train, test = torch.as_tensor(fold_ids != fold), torch.as_tensor(fold_ids == fold)
-        mean, std = _standardiser(x[train])
+        mean, std = standardiser(x[train])
         z_train, z_test = (x[train] - mean) / std, (x[test] - mean) / std
         basis, params = _row_space(z_train), None
         for l2 in sorted(l2_grid, reverse=True):  # warm start from the stronger penalty
@@ -98,7 +98,7 @@ def final_module(
     x: torch.Tensor, y: np.ndarray, l2: float, platt: tuple[float, float]
 ) -> tuple[nn.Module, Normalisation]:
     """Fit on all data; fold (x - mean) / std and Platt scaling into one Linear (float64, then float32)."""
-    mean, std = _standardiser(x)
+    mean, std = standardiser(x)
     z = (x - mean) / std
     basis = _row_space(z)
     params = _fit(z @ basis, torch.as_tensor(y, dtype=torch.float64), l2)

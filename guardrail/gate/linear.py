@@ -26,27 +26,39 @@ _TOLERANCE = 1e-4  # probability units; both sides compute one float32 dot produ
 
 @dataclass(frozen=True)
 class LinearProbe:
-    """``score = sigmoid(sum_l h_l @ w_l + b)`` over the probe's layers (in order)."""
+    """``score = sigmoid(sum_p sum_l h_{p,l} @ w_{p,l} + b)`` over the probe's pools (last position,
+    prompt mean) and layers, in that order."""
 
     layers: tuple[int, ...]
-    weight: torch.Tensor  # (len(layers) * hidden,) float32
+    weight: torch.Tensor  # (len(pools) * len(layers) * hidden,) float32
     bias: float
+    pools: tuple[str, ...] = ("last",)
 
     @property
     def hidden(self) -> int:
-        return self.weight.numel() // len(self.layers)
+        return self.weight.numel() // (len(self.layers) * len(self.pools))
 
-    def layer_weight(self, position: int) -> torch.Tensor:
-        """The slice of ``weight`` that reads the ``position``-th probe layer."""
-        return self.weight[position * self.hidden : (position + 1) * self.hidden]
+    @property
+    def reads_mean(self) -> bool:
+        return "mean" in self.pools
+
+    def layer_weight(self, position: int, pool: str = "last") -> torch.Tensor:
+        """The slice of ``weight`` that reads the ``position``-th probe layer of ``pool``."""
+        start = (self.pools.index(pool) * len(self.layers) + position) * self.hidden
+        return self.weight[start : start + self.hidden]
 
     def to(self, device: torch.device | str) -> LinearProbe:
-        return LinearProbe(self.layers, self.weight.to(device), self.bias)
+        return LinearProbe(self.layers, self.weight.to(device), self.bias, self.pools)
 
-    def score(self, activations: Mapping[int, torch.Tensor]) -> torch.Tensor:
-        """(batch,) float32 scores from last-position activations (batch, hidden) per layer."""
+    def score(
+        self, activations: Mapping[int, torch.Tensor], pooled: Mapping[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """(batch,) float32 scores from last-position activations (batch, hidden) per layer and, for a
+        probe that reads them, the prompt means per layer (`pooled`)."""
+        sources = {"last": activations, "mean": pooled if pooled is not None else {}}
         terms = [
-            activations[layer].float() @ self.layer_weight(i).to(activations[layer].device)
+            sources[pool][layer].float() @ self.layer_weight(i, pool).to(sources[pool][layer].device)
+            for pool in self.pools
             for i, layer in enumerate(self.layers)
         ]
         return torch.sigmoid(functools.reduce(operator.add, terms) + self.bias)
@@ -78,7 +90,7 @@ def _from_module(probe: Any) -> LinearProbe | None:
     if not isinstance(linear, torch.nn.Linear) or linear.out_features != 1:
         return None
     bias = float(linear.bias.detach()[0]) if linear.bias is not None else 0.0
-    return LinearProbe(tuple(probe.layers), linear.weight.detach().float().reshape(-1).cpu(), bias)
+    return LinearProbe(tuple(probe.layers), linear.weight.detach().float().reshape(-1).cpu(), bias, _pools(probe))
 
 
 def _from_onnx(probe: Any) -> LinearProbe | None:
@@ -101,7 +113,11 @@ def _from_onnx(probe: Any) -> LinearProbe | None:
     w = np.asarray(init[gemm.input[1]], dtype=np.float64) * attrs.get("alpha", 1.0)
     w = w.reshape(-1) if w.shape[0] == 1 or w.ndim == 1 else w.T.reshape(-1)
     b = float(np.asarray(init[gemm.input[2]]).reshape(-1)[0]) * attrs.get("beta", 1.0) if len(gemm.input) > 2 else 0.0
-    return LinearProbe(tuple(probe.layers), torch.from_numpy(w.astype(np.float32)), b)
+    return LinearProbe(tuple(probe.layers), torch.from_numpy(w.astype(np.float32)), b, _pools(probe))
+
+
+def _pools(probe: Any) -> tuple[str, ...]:
+    return tuple(getattr(probe, "pools", ("last",)))
 
 
 def _agrees(linear: LinearProbe, probe: Any) -> bool:
@@ -109,8 +125,9 @@ def _agrees(linear: LinearProbe, probe: Any) -> bool:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(16, linear.weight.numel(), generator=gen)
     x = x * (4.0 / max(float((x @ linear.weight).abs().max()), 1e-6))
-    activations = {layer: x[:, i * linear.hidden : (i + 1) * linear.hidden] for i, layer in enumerate(linear.layers)}
-    ours = linear.score(activations).numpy()
+    blocks = x.reshape(16, len(linear.pools), len(linear.layers), linear.hidden)
+    per_pool = [{layer: blocks[:, p, i] for i, layer in enumerate(linear.layers)} for p in range(len(linear.pools))]
+    ours = linear.score(per_pool[0], per_pool[1] if len(per_pool) > 1 else None).numpy()
     theirs = np.asarray(probe.score(x.numpy()), dtype=np.float64)
     ok = theirs.shape == ours.shape and bool(np.abs(ours - theirs).max() <= _TOLERANCE)
     if not ok:

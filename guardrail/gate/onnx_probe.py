@@ -1,10 +1,13 @@
-"""The gate probe at inference: an ONNX logistic probe on the last-prompt-token hidden state.
+"""The gate probe at inference: an ONNX linear probe on the prompt's hidden states.
 
 A probe directory holds `probe.onnx` (input `features` float32 [batch, n_features], output
 `score` float32 [batch] = probability harmful; standardisation folded into the weights) and
-`probe.json` (layers, hidden size, model identity, threshold, per-layer CV AUC, training-set
-hash, ...). Training lives in `guardrail.gate.train` (`train_probe`, `fit_probe`), which
-imports this module, never the reverse. Metrics are plain numpy (`guardrail.gate.metrics`);
+`probe.json` (layers, pools, hidden size, model identity, threshold, per-layer CV AUC,
+training-set hash, ...). Features are, for each pool in `pools` ("last": the last prompt
+position; "mean": the mean over the prompt's positions) and each layer in `layers`, that
+layer's hidden state, concatenated pool-major. Training lives in `guardrail.gate.train` (v1),
+`guardrail.gate.stacked` (v2) and `guardrail.gate.train_on_model` (`fit_probe`), which import this
+module, never the reverse. Metrics are plain numpy (`guardrail.gate.metrics`);
 `evaluate_probe` reports them for a probe.
 """
 
@@ -14,7 +17,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -34,8 +37,9 @@ from guardrail.models.identity import (
     require_parameter_samples,
 )
 
-FORMAT_VERSION = 2
-READS = (1, 2)  # format versions this package loads (1: a two-tensor weight sample, checked with a warning)
+FORMAT_VERSION = 3  # 3: pools and the stacker's record (probe v2)
+READS = (1, 2, 3)  # format versions this package loads (1: a two-tensor weight sample, checked with a warning)
+POOLS = ("last", "mean")
 MAX_ONNX_BYTES = 64 * 2**20  # a logistic probe over 8 layers of a 8192-wide model is 256 kB
 MAX_METADATA_BYTES = 64 * 2**20
 THRESHOLD_MAX = float(np.nextafter(np.float32(1), np.float32(2)))  # training's "no score reaches it"
@@ -83,6 +87,14 @@ class CrossValidation(StrictRecord):
     recall_at_threshold: float
 
 
+class StackInfo(StrictRecord):
+    """Probe v2: one shrinkage-LDA direction per (pool, layer) block, combined by a logistic stacker."""
+
+    blocks: list[str]  # "last:12", "mean:3", ... in feature order
+    block_auc: list[float]  # out-of-fold ROC AUC of each block's LDA score
+    stacker_weights: list[float]  # per block, on standardised block scores
+
+
 class OnnxInfo(StrictRecord):
     file: str = ONNX_FILE
     sha256: str
@@ -108,6 +120,7 @@ class ProbeMetadata(StrictRecord):
     created_at: str
     model: ModelIdentity
     layers: list[int]
+    pools: list[Literal["last", "mean"]] = ["last"]
     hidden_size: int
     n_features: int
     threshold: float
@@ -116,6 +129,7 @@ class ProbeMetadata(StrictRecord):
     normalisation: Normalisation
     training: TrainingSet
     cv: CrossValidation
+    stack: StackInfo | None = None
     onnx: OnnxInfo
 
     @field_validator("threshold")
@@ -134,26 +148,51 @@ class ProbeMetadata(StrictRecord):
             raise ValueError(
                 f"layers must be distinct non-negative layer indices, at least one; got {self.layers[:16]}"
             )
-        if self.hidden_size < 1 or self.n_features != len(self.layers) * self.hidden_size:
+        if self.pools not in (["last"], list(POOLS)):
+            raise ValueError(f"pools must be ['last'] or {list(POOLS)}; got {self.pools}")
+        if self.hidden_size < 1 or self.n_features != len(self.pools) * len(self.layers) * self.hidden_size:
             raise ValueError(
-                f"n_features ({self.n_features}) must be len(layers) ({len(self.layers)}) x hidden_size "
-                f"({self.hidden_size}), hidden_size at least 1"
+                f"n_features ({self.n_features}) must be len(pools) ({len(self.pools)}) x len(layers) "
+                f"({len(self.layers)}) x hidden_size ({self.hidden_size}), hidden_size at least 1"
             )
         return self
 
 
 # -- features and metrics ------------------------------------------------------------------
-def features_from_activations(activations: Array | Mapping[int, Array], layers: Sequence[int]) -> Array:
-    """Feature matrix (batch, len(layers) * hidden): the probe's layers concatenated in order.
+def features_from_activations(
+    activations: Array | Mapping[int, Array],
+    layers: Sequence[int],
+    pooled: Array | Mapping[int, Array] | None = None,
+    pools: Sequence[str] = ("last",),
+) -> Array:
+    """Feature matrix (batch, len(pools) * len(layers) * hidden): per pool, the probe's layers in order.
 
-    `activations` is (num_layers, batch, hidden) as `last_token_activations` returns, or a
-    mapping layer -> (batch, hidden) as a capture hook collects. Tensor in, tensor out.
+    `activations` (last position) and `pooled` (prompt mean, needed when "mean" is in `pools`) are
+    (num_layers, batch, hidden) as `prompt_activations` returns, or mappings layer -> (batch,
+    hidden) as a capture hook collects. Tensor in, tensor out.
 
     >>> features_from_activations(torch.zeros(4, 2, 8), [1, 3]).shape
     torch.Size([2, 16])
     """
     if not layers:
         raise ProbeMismatchError("no probe layers given: a probe reads at least one layer")
+    sources = {"last": activations, "mean": pooled}
+    parts = []
+    for pool in pools:
+        source = sources.get(pool)
+        if source is None:
+            raise ProbeMismatchError(
+                f"the probe reads pool {pool!r} but no such activations were given; "
+                "capture the prompt mean (prompt_activations(..., pooled=True))"
+            )
+        parts += _layer_parts(source, layers)
+    if isinstance(parts[0], torch.Tensor):
+        tensors = [torch.as_tensor(part) for part in parts]  # one source: all tensors when the first is
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=-1)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
+def _layer_parts(activations: Array | Mapping[int, Array], layers: Sequence[int]) -> list[Any]:
     if isinstance(activations, Mapping):
         missing = [layer for layer in layers if layer not in activations]
         if missing:
@@ -161,18 +200,13 @@ def features_from_activations(activations: Array | Mapping[int, Array], layers: 
                 f"the probe reads layers {list(layers)} but no activations were given for "
                 f"{missing}; capture those layers"
             )
-        parts = [activations[layer] for layer in layers]
-    else:
-        if activations.ndim != 3 or max(layers) >= activations.shape[0]:
-            raise ProbeMismatchError(
-                f"activations of shape {tuple(activations.shape)} lack the probe's layers "
-                f"{list(layers)}; expected (num_layers, batch, hidden)"
-            )
-        parts = [activations[layer] for layer in layers]
-    if isinstance(parts[0], torch.Tensor):
-        tensors = [torch.as_tensor(part) for part in parts]  # one source: all tensors when the first is
-        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=-1)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+        return [activations[layer] for layer in layers]
+    if activations.ndim != 3 or max(layers) >= activations.shape[0]:
+        raise ProbeMismatchError(
+            f"activations of shape {tuple(activations.shape)} lack the probe's layers "
+            f"{list(layers)}; expected (num_layers, batch, hidden)"
+        )
+    return [activations[layer] for layer in layers]
 
 
 class ScoresFeatures(Protocol):
@@ -182,13 +216,17 @@ class ScoresFeatures(Protocol):
     def score(self, features: Array) -> np.ndarray: ...
 
 
-def evaluate_probe(probe: ScoresFeatures, activations: Array, labels: Array) -> dict[str, Any]:
-    """Held-out metrics of a probe (TrainedProbe or OnnxProbe) on (layers, n, hidden) activations.
+def evaluate_probe(
+    probe: ScoresFeatures, activations: Array, labels: Array, pooled: Array | None = None
+) -> dict[str, Any]:
+    """Held-out metrics of a probe (TrainedProbe or OnnxProbe) on (layers, n, hidden) activations
+    (and their prompt means, for a probe that reads them).
 
     >>> evaluate_probe(probe, eval_acts, eval_labels)["roc_auc"]  # doctest: +SKIP
     0.91
     """
-    scores, y = probe.score(features_from_activations(activations, probe.layers)), label_mask(labels)
+    features = features_from_activations(activations, probe.layers, pooled, getattr(probe, "pools", ("last",)))
+    scores, y = probe.score(features), label_mask(labels)
     return {
         "n_harmful": int(y.sum()),
         "n_safe": int((~y).sum()),
@@ -209,7 +247,7 @@ def check_probe_model(
     layers it reads exist, the hidden size matches, and so does the model's identity."""
     if layers is None:
         layers = resolve_adapter(model).decoder_layers(model)
-    redo = "train a probe on this model (guardrail.gate.train.fit_probe) or load the probe made for it"
+    redo = "train a probe on this model (guardrail.gate.train_on_model.fit_probe) or load the probe made for it"
     if max(meta.layers) >= len(layers):
         raise ProbeMismatchError(
             f"{what} reads layers {meta.layers} but the model has {len(layers)} decoder layers; {redo}"
@@ -252,6 +290,7 @@ class OnnxProbe:
         self._outputs, self._input, self._width = [metadata.onnx.output], metadata.onnx.input, metadata.n_features
 
     layers = property(lambda self: list(self.metadata.layers))
+    pools = property(lambda self: list(self.metadata.pools))
     threshold = property(lambda self: self.metadata.threshold)
     n_features = property(lambda self: self.metadata.n_features)
     providers = property(lambda self: list(self._session.get_providers()))
@@ -281,8 +320,8 @@ class OnnxProbe:
         x = _as_float32(features)
         if x.ndim != 2 or x.shape[1] != self._width:
             raise ProbeMismatchError(
-                f"probe {self.path} reads (batch, {self.n_features}) features (layers "
-                f"{self.layers} x hidden {self.metadata.hidden_size}); got {x.shape}"
+                f"probe {self.path} reads (batch, {self.n_features}) features (pools "
+                f"{self.pools} x layers {self.layers} x hidden {self.metadata.hidden_size}); got {x.shape}"
             )
         scores = self._session.run(self._outputs, {self._input: x})[0]
         if not math.isfinite(scores.sum()):  # NaN/inf anywhere (one reduction: cheaper than isfinite().all())

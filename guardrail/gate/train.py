@@ -13,18 +13,16 @@ import hashlib
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import nn
 
-from guardrail.defaults import default_instruction
 from guardrail.errors import ProbeError, RequestError
 from guardrail.gate.fit import L2_GRID, cross_validate, final_module, fit_platt, single_thread, stratified_folds
 from guardrail.gate.metrics import Array, threshold_at_fpr
@@ -37,13 +35,12 @@ from guardrail.gate.onnx_probe import (
     Normalisation,
     OnnxInfo,
     ProbeMetadata,
+    StackInfo,
     TrainingSet,
     check_probe_model,
 )
 from guardrail.models.adapter import resolve_adapter
 from guardrail.models.identity import ModelIdentity, identify
-from guardrail.steering.activations import last_token_activations
-from guardrail.steering.calibrate import calibration_query, requests_hash
 from guardrail.version import __version__
 
 OPSET = 18
@@ -67,10 +64,13 @@ class TrainedProbe:
     training: TrainingSet
     cv: CrossValidation
     identity: ModelIdentity | None = field(default=None)
+    pools: list[str] = field(default_factory=lambda: ["last"])
+    stack: StackInfo | None = None
+    kind: str = "logistic"
 
     @property
     def n_features(self) -> int:
-        return len(self.layers) * self.hidden_size
+        return len(self.pools) * len(self.layers) * self.hidden_size
 
     @torch.inference_mode()
     def score(self, features: Array) -> np.ndarray:
@@ -126,8 +126,10 @@ class TrainedProbe:
         return ProbeMetadata(
             package_version=__version__,
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            kind=self.kind,
             model=self.identity,
             layers=self.layers,
+            pools=self.pools,
             hidden_size=self.hidden_size,
             n_features=self.n_features,
             threshold=self.threshold,
@@ -136,6 +138,7 @@ class TrainedProbe:
             normalisation=self.normalisation,
             training=self.training,
             cv=self.cv,
+            stack=self.stack,
             onnx=onnx_info,
         )
 
@@ -176,7 +179,7 @@ def _train(
     l2_grid: Sequence[float],
     scan_layers: bool,
 ) -> TrainedProbe:
-    x_all, y = _check_inputs(activations, labels)
+    x_all, y = checked_inputs(activations, labels)
     if layers is not None and (
         not layers or len(set(layers)) != len(layers) or not set(layers) <= set(range(len(x_all)))
     ):
@@ -207,7 +210,9 @@ def _train(
         recall_at_threshold=float(np.mean(oof[y] >= threshold)),
     )
     module, norm = final_module(x, y, l2, (slope, intercept))
-    training = TrainingSet(n_harmful=int(y.sum()), n_safe=int((~y).sum()), activations_sha256=_sha(activations, y))
+    training = TrainingSet(
+        n_harmful=int(y.sum()), n_safe=int((~y).sum()), activations_sha256=activations_digest(activations, y)
+    )
     return TrainedProbe(
         module=module,
         layers=list(layers),
@@ -219,44 +224,6 @@ def _train(
         training=training,
         cv=cv,
     )
-
-
-def fit_probe(
-    model: nn.Module,
-    processor: Any,
-    harmful: Sequence[Any],
-    safe: Sequence[Any],
-    instruction: str | None = None,
-    *,
-    layers: list[int] | None = None,
-    target_fpr: float = 0.01,
-    folds: int = 5,
-    seed: int = 0,
-    batch_size: int = 8,
-    adapter: str | None = None,
-    max_audio_seconds: float | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> TrainedProbe:
-    """Collect last-prompt-token activations of calibration items and train a probe bound to `model`.
-
-    Items are as for `calibrate`: audio (path, bytes, (array, rate)) for an audio model, or text
-    questions; the instruction follows each item in the user turn.
-
-    >>> probe = fit_probe(model, tokenizer, harmful_questions, safe_questions)  # doctest: +SKIP
-    >>> probe.save("artifacts/my-model/probe")  # doctest: +SKIP
-    """
-    resolved = resolve_adapter(model, adapter)
-    instruction = instruction or default_instruction(resolved.takes_audio)
-    sr = resolved.sampling_rate(processor)
-    harmful_q = [calibration_query(item, instruction, resolved, sr, max_audio_seconds) for item in harmful]
-    safe_q = [calibration_query(item, instruction, resolved, sr, max_audio_seconds) for item in safe]
-    acts = last_token_activations(
-        model, processor, resolved, harmful_q + safe_q, batch_size=batch_size, on_batch=on_batch
-    )
-    labels = torch.tensor([1] * len(harmful_q) + [0] * len(safe_q))
-    probe = train_probe(acts, labels, layers=layers, target_fpr=target_fpr, folds=folds, seed=seed)
-    probe.training = probe.training.model_copy(update={"queries_sha256": requests_hash(harmful_q, safe_q)})
-    return probe.bind(model, resolved.name)
 
 
 def export_onnx(module: nn.Module, n_features: int, file: Path) -> int:
@@ -284,7 +251,7 @@ def export_onnx(module: nn.Module, n_features: int, file: Path) -> int:
 
 
 # -- inputs --------------------------------------------------------------------------------
-def _check_inputs(activations: torch.Tensor, labels: Array) -> tuple[torch.Tensor, np.ndarray]:
+def checked_inputs(activations: torch.Tensor, labels: Array) -> tuple[torch.Tensor, np.ndarray]:
     acts = torch.as_tensor(activations)
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
     if acts.ndim != 3 or acts.shape[1] != len(y):
@@ -299,7 +266,7 @@ def _check_inputs(activations: torch.Tensor, labels: Array) -> tuple[torch.Tenso
         return acts.detach().to("cpu", torch.float64).clone(), y.astype(bool)
 
 
-def _sha(activations: torch.Tensor, labels: np.ndarray) -> str:
+def activations_digest(activations: torch.Tensor, labels: np.ndarray) -> str:
     digest = hashlib.sha256(np.asarray(labels, dtype=np.int8).tobytes())
     digest.update(torch.as_tensor(activations).detach().float().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()

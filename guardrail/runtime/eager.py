@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from guardrail.steering.activations import masked_mean
+
 
 @dataclass
 class HookState:
@@ -47,10 +49,14 @@ class PrefillGate:
     """
 
     layers: tuple[int, ...]
-    decide: Callable[[dict[int, torch.Tensor]], dict[int, torch.Tensor]]
+    decide: Callable[[dict[int, torch.Tensor], dict[int, torch.Tensor] | None], dict[int, torch.Tensor]]
     stop: bool = False
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
     done: bool = False
+    # probe v2 also reads the prompt's mean: positions where `mask` (batch, seq) is 1 (None: no mean)
+    reads_mean: bool = False
+    mask: torch.Tensor | None = None
+    pooled: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class StopForward(Exception):
@@ -118,9 +124,11 @@ class LayerHooks:
 
 def _read_gate(state: HookState, gate: PrefillGate, index: int, hidden: torch.Tensor) -> None:
     gate.captured[index] = hidden[:, -1, :].detach()
+    if gate.reads_mean:
+        gate.pooled[index] = masked_mean(hidden.detach(), gate.mask)
     if len(gate.captured) == len(gate.layers):
         gate.done = True
-        state.deltas = gate.decide(gate.captured)
+        state.deltas = gate.decide(gate.captured, gate.pooled if gate.reads_mean else None)
         if gate.stop:
             raise StopForward
 

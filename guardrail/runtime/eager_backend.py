@@ -48,14 +48,14 @@ class EagerBackend(SteeringBackend):
     @contextmanager
     def steer(self, inputs: dict[str, Any], known: GateVerdict | None) -> Iterator[SteeredCall]:
         batch = batch_size(inputs)
-        state, record = self._hook_state(known, batch)
+        state, record = self._hook_state(known, batch, inputs.get("attention_mask"))
         call = SteeredCall()
         with self.access.shared(), torch.inference_mode(), self.hooks.activate(state) if state else nullcontext():
             yield call
         call.verdict = record.final(self.plan.gate, batch)
 
     def prepass(self, inputs: dict[str, Any]) -> GateVerdict:
-        state, record = self._probe_state(stop=True)
+        state, record = self._probe_state(stop=True, mask=inputs.get("attention_mask"))
         with self.access.shared(), torch.inference_mode(), self.hooks.activate(state):
             try:
                 forward_last(self.model, inputs)
@@ -63,29 +63,33 @@ class EagerBackend(SteeringBackend):
                 pass
         return record.final(self.plan.gate, batch_size(inputs))
 
-    def _hook_state(self, known: GateVerdict | None, batch: int) -> tuple[HookState | None, PrefillRecord]:
+    def _hook_state(
+        self, known: GateVerdict | None, batch: int, mask: torch.Tensor | None
+    ) -> tuple[HookState | None, PrefillRecord]:
         """Hook state for a call (None: nothing to hook), and where the gate's verdict is recorded.
 
         A verdict known beforehand (mode always/off, or a pre-pass) fixes the deltas now;
         otherwise the probe decides inside prefill (PrefillGate)."""
         gate = self.plan.gate
         if known is None and gate.mode == "probe":
-            return self._probe_state(stop=False)
+            return self._probe_state(stop=False, mask=mask)
         verdict = known or gate.fixed(batch)
         deltas = self.plan.deltas_for(verdict.steer)
         return (HookState(deltas=deltas) if deltas else None), PrefillRecord(verdict=verdict)
 
-    def _probe_state(self, stop: bool) -> tuple[HookState, PrefillRecord]:
+    def _probe_state(self, stop: bool, mask: torch.Tensor | None) -> tuple[HookState, PrefillRecord]:
         """Hook state whose gate lets the probe decide inside prefill (and, with `stop`, ends the
-        pass there), and the record the verdict is kept in."""
+        pass there), and the record the verdict is kept in. `mask`: the prompt's attention mask
+        (left padding), for a probe that reads the prompt mean."""
         record = PrefillRecord()
         plan = self.plan
 
-        def decide(captured: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        def decide(captured: dict[int, torch.Tensor], pooled: dict[int, torch.Tensor] | None) -> dict:
             if plan.device_probe is not None and not stop:  # on the device: nothing waits for the host
-                record.device_scores = plan.device_probe.score(captured)
+                record.device_scores = plan.device_probe.score(captured, pooled)
                 return plan.deltas_for_scores(record.device_scores)
-            record.verdict = plan.gate.decide(captured)
+            record.verdict = plan.gate.decide(captured, pooled)
             return {} if stop else plan.deltas_for(record.verdict.steer)
 
-        return HookState(gate=PrefillGate(tuple(plan.gate.layers), decide, stop=stop)), record
+        gate = PrefillGate(tuple(plan.gate.layers), decide, stop=stop, reads_mean=plan.gate.reads_mean, mask=mask)
+        return HookState(gate=gate), record

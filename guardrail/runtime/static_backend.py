@@ -13,6 +13,7 @@ from torch import nn
 
 from guardrail.errors import GuardrailError
 from guardrail.gate.decide import GateVerdict
+from guardrail.gate.linear import LinearProbe
 from guardrail.policy.schema import RuntimePolicy
 from guardrail.runtime.access import access_for
 from guardrail.runtime.backend import SteeredCall, SteeringBackend, SteeringPlan, batch_size
@@ -32,10 +33,17 @@ class StaticBackend(SteeringBackend):
         self.eager = EagerBackend(model, layers, plan)  # pre-passes run eagerly, before generation
         self.access = access_for(layers)
 
+    @property
+    def slot_probe(self) -> LinearProbe | None:
+        """The probe the slot's buffers score at prefill: a torch-form probe on last positions only (the
+        buffers hold no attention mask, so a probe that reads the prompt mean decides in a pre-pass)."""
+        probe = self.plan.device_probe
+        return None if probe is None or probe.reads_mean else probe
+
     def install(self) -> SteeringSlot:
         """The model's slot with hooks on this plan's layers (installed once; compiled code is dropped
         when they change, so set a guard up before compiling)."""
-        deltas, probe = self.plan.deltas, self.plan.device_probe
+        deltas, probe = self.plan.deltas, self.slot_probe
         if deltas:
             hidden = next(iter(deltas.values())).numel()
         elif probe is not None:
@@ -52,8 +60,8 @@ class StaticBackend(SteeringBackend):
     @contextmanager
     def steer(self, inputs: dict[str, Any], known: GateVerdict | None) -> Iterator[SteeredCall]:
         gate, batch = self.plan.gate, batch_size(inputs)
-        if known is None and gate.mode == "probe" and self.plan.device_probe is None:
-            known = self.prepass(inputs)  # a probe with no torch form decides on the host first
+        if known is None and gate.mode == "probe" and self.slot_probe is None:
+            known = self.prepass(inputs)  # a probe the buffers cannot score decides in an eager pre-pass
         verdict = known or (None if gate.mode == "probe" else gate.fixed(batch))
         call = SteeredCall()
         if not self.plan.active:  # nothing to add or score: no hooks, but still alone on the model, since
@@ -70,7 +78,7 @@ class StaticBackend(SteeringBackend):
                 self.plan.deltas,
                 batch,
                 steer=None if verdict is None else verdict.steer,
-                probe=self.plan.device_probe,
+                probe=self.slot_probe,
                 threshold=threshold,
                 on_error_steer=gate.on_error_steer,
             ),

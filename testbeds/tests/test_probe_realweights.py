@@ -10,7 +10,7 @@ import torch
 
 from guardrail.defaults import TEXT_INSTRUCTION
 from guardrail.gate.onnx_probe import evaluate_probe
-from guardrail.gate.train import fit_probe
+from guardrail.gate.train_on_model import fit_probe
 from guardrail.models.adapter import resolve_adapter
 from guardrail.requests import Request
 from guardrail.steering.activations import last_token_activations

