@@ -117,6 +117,42 @@ def train_variants(data: dict, y: np.ndarray, split: np.ndarray, figstep_fit: np
     return variants
 
 
+def suffix_robustness(testbed: str, items: list, batch_size: int, cut: int) -> dict[str, Any]:
+    """v2 (last + mean, layers 0..cut) trained on plain `fit` items, or on them plus a copy of each
+    followed by the text instruction; scored on plain and suffixed select/eval items and FigStep 50-99
+    (thresholds on plain + suffixed select)."""
+    from guardrail.defaults import TEXT_INSTRUCTION
+
+    texts = [i.text for i in items]
+    copies = [k for k, i in enumerate(items) if i.source != "figstep"]  # FigStep already carries it
+    base = activations(testbed, texts, batch_size)
+    suffixed = activations(testbed, [f"{texts[k]} {TEXT_INSTRUCTION}" for k in copies], batch_size)
+    data = {pool: torch.cat([base[pool], suffixed[pool]], dim=1) for pool in ("last", "mean")}
+    y = np.array([i.harmful for i in items] + [items[k].harmful for k in copies])
+    split = np.array([i.split for i in items] + [f"{items[k].split}+instr" for k in copies])
+    split[split == "fit+instr"] = "fit_copy"
+    layers, pools, result = list(range(cut + 1)), ("last", "mean"), {}
+    for name, fit in (("plain fit", split == "fit"), ("fit + suffixed copies", np.isin(split, ["fit", "fit_copy"]))):
+        rows = np.flatnonzero(fit)
+        with single_thread():
+            stacked = fit_stacked(
+                blocks_of(data, rows, layers, pools), y[rows], stratified_folds(y[rows], 5, 0), L2_GRID
+            )
+        score = lambda r, m=stacked.module: m(torch.cat([b.float() for b in blocks_of(data, r, layers, pools)], 1))
+        scored = {
+            s: (score(np.flatnonzero(split == s)).detach().numpy().astype(np.float64), y[split == s])
+            for s in ("select", "select+instr", "eval", "eval+instr", "figstep_eval")
+        }
+        both = tuple(np.concatenate([scored["select"][k], scored["select+instr"][k]]) for k in (0, 1))
+        result[name] = {
+            **{s: bootstrap(*v) for s, v in scored.items()},
+            "deployed_1pct": {
+                s: operating_point(both, scored[s], 0.01) for s in ("eval", "eval+instr", "figstep_eval")
+            },
+        }
+    return result
+
+
 def main() -> None:
     from guardrail_testbeds.gate_sets import gate_items, summary
 
@@ -124,8 +160,17 @@ def main() -> None:
     ap.add_argument("--testbed", default="qwen2.5-coder-0.5b-instruct")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--suffix-robustness", type=int, metavar="CUT", help="only the suffix experiment, layers 0..CUT")
     args = ap.parse_args()
     items = gate_items(FIGSTEP)
+    out = Path(args.out)
+    if args.suffix_robustness is not None:
+        report = suffix_robustness(args.testbed, items, args.batch_size, args.suffix_robustness)
+        flags = f"--testbed {args.testbed} --suffix-robustness {args.suffix_robustness} --out {args.out}"
+        report["command"] = f"python benchmarks/gate_probe.py {flags}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "suffix_robustness.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        return
     data = activations(args.testbed, [i.text for i in items], args.batch_size)
     y = np.array([i.harmful for i in items])
     split = np.array([i.split for i in items])
@@ -141,7 +186,6 @@ def main() -> None:
             "deployed_5pct": {s: operating_point(scored["select"], scored[s], 0.05) for s in ("eval", "figstep_eval")},
         }
         print(name, json.dumps(report["variants"][name]["eval"]), report["variants"][name]["deployed_1pct"]["eval"])
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report["command"] = f"python benchmarks/gate_probe.py --testbed {args.testbed} --out {args.out}"
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
