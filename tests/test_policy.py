@@ -66,8 +66,8 @@ def test_every_shipped_policy_loads(path: Path):
 def test_strict_is_stricter_than_gated():
     strict, gated = Policy.load("strict"), Policy.load("gated")
     assert strict.steering.alpha > gated.steering.alpha
-    assert strict.gate.mode == "probe" and strict.gate.threshold is not None and strict.gate.threshold < 0.5
-    assert strict.actions.block_above is not None
+    assert strict.gate.mode == "probe" and strict.gate.threshold_fpr is not None
+    assert strict.actions.block_above_fpr is not None and strict.actions.block_above_fpr < strict.gate.threshold_fpr
     assert strict.limits.max_new_tokens < gated.limits.max_new_tokens
     assert strict.limits.max_batch < Policy().limits.max_batch
 
@@ -347,7 +347,7 @@ def test_env_interpolation(tmp_path, monkeypatch):
 
 def test_env_interpolation_applies_to_extends(tmp_path, monkeypatch):
     monkeypatch.setenv("GR_BASE", "strict")
-    assert Policy.from_yaml(write(tmp_path, "p.yaml", "extends: ${GR_BASE}\n")).gate.threshold == 0.3
+    assert Policy.from_yaml(write(tmp_path, "p.yaml", "extends: ${GR_BASE}\n")).gate.threshold_fpr == 0.05
 
 
 def test_missing_env_variable_is_named_with_file_and_field(tmp_path, monkeypatch):

@@ -11,10 +11,11 @@ import torch
 from conftest import alpha_for
 
 from guardrail import Guard, OnnxProbe, Policy, calibrate
-from guardrail.errors import ProbeError, RequestError
+from guardrail.errors import PolicyError, ProbeError, RequestError
+from guardrail.gate.decide import Gate
 from guardrail.gate.linear import linear_form
 from guardrail.gate.metrics import roc_auc
-from guardrail.gate.onnx_probe import THRESHOLD_MAX, features_from_activations
+from guardrail.gate.onnx_probe import THRESHOLD_MAX, Thresholds, features_from_activations
 from guardrail.gate.stack import ledoit_wolf
 from guardrail.gate.stacked import Selection, train_stacked_probe
 from guardrail.gate.train_on_model import fit_probe
@@ -121,3 +122,38 @@ def test_closed_pooled_gate_answers_token_for_token_like_the_unguarded_model(tin
     for text in TEXTS:
         gated, plain = closed.generate(text=text, max_new_tokens=6), off.generate(text=text, max_new_tokens=6)
         assert not gated.steered and gated.token_ids == plain.token_ids
+
+
+def test_bands_named_by_false_positive_rate_read_the_probe_table(tiny):
+    model, tokenizer, artifact, probe = tiny
+    table = probe.thresholds
+    assert table is not None and table.chosen_on == "out-of-fold" and table.n_safe == len(SAFE)
+    bands = {"gate": {"mode": "probe", "threshold_fpr": 0.05}, "actions": {"block_above_fpr": 0.01}}
+    gate = Gate(Policy.from_dict(bands), probe, can_steer=True)
+    assert (gate.threshold, gate.block_above) == (table.at_fpr[0.05], table.at_fpr[0.01]) and gate.needs_prepass
+    with pytest.raises(PolicyError, match="thresholds at 0.001, 0.002"):
+        Gate(Policy.from_dict({"gate": {"mode": "probe", "threshold_fpr": 0.03}}), probe, can_steer=True)
+    untabled = copy.copy(probe)
+    untabled.thresholds = None
+    with pytest.raises(PolicyError, match="no threshold table"):
+        Gate(Policy.from_dict(bands), untabled, can_steer=True)
+    with pytest.raises(PolicyError, match="not both"):
+        Policy.from_dict({"gate": {"threshold": 0.5, "threshold_fpr": 0.01}})
+    with pytest.raises(PolicyError, match="not both"):
+        Policy.from_dict({"actions": {"block_above": 0.5, "block_above_fpr": 0.01}})
+
+
+def test_the_block_band_refuses_without_generating(tiny, tmp_path):
+    model, tokenizer, artifact, trained = tiny
+    probe = copy.copy(trained)
+    probe.thresholds = Thresholds(chosen_on="selection set", n_safe=300, at_fpr={0.01: 0.0, 0.05: 0.0})
+    saved = OnnxProbe.load(probe.save(tmp_path / "banded"))
+    assert saved.thresholds == probe.thresholds  # the table survives the round trip
+    policy = Policy.from_dict({
+        "steering": {"alpha": alpha_for(artifact, 3.0)},
+        "gate": {"mode": "probe", "threshold_fpr": 0.05},
+        "actions": {"block_above_fpr": 0.01, "refusal_message": "No."},
+    })  # fmt: skip
+    result = Guard(model, tokenizer, policy=policy, artifact=artifact, probe=saved).generate(text=TEXTS[0])
+    assert result.decision.blocked and result.text == "No." and result.token_ids == []
+    assert "block_above" in result.decision.reason

@@ -69,7 +69,14 @@ class Gate:
         self.threshold = (
             policy.gate.threshold
             if policy.gate.threshold is not None
+            else self._at_fpr(policy.gate.threshold_fpr, "gate.threshold_fpr")
+            if policy.gate.threshold_fpr is not None
             else (self.probe.threshold if self.probe is not None else None)
+        )
+        self.block_above = (
+            self._at_fpr(policy.actions.block_above_fpr, "actions.block_above_fpr")
+            if policy.actions.block_above_fpr is not None
+            else policy.actions.block_above
         )
         # the probe as torch arithmetic, scored on the model's device at prefill (None: host only)
         self.linear = linear_form(self.probe) if self.mode == "probe" and self.probe is not None else None
@@ -95,7 +102,7 @@ class Gate:
     @property
     def needs_prepass(self) -> bool:
         """Blocking must be known before generating; exact mode steers the probe's own layers too."""
-        return self.mode == "probe" and (self.policy.gate.exact or self.policy.actions.block_above is not None)
+        return self.mode == "probe" and (self.policy.gate.exact or self.block_above is not None)
 
     def fixed(self, batch: int) -> GateVerdict:
         """The verdict when no probe is consulted (mode always or off)."""
@@ -137,7 +144,7 @@ class Gate:
         return self._from_scores(scores)
 
     def _from_scores(self, scores: np.ndarray) -> GateVerdict:
-        block_above = self.policy.actions.block_above
+        block_above = self.block_above
         steer, block, reasons = [], [], []
         for score in scores:
             blocked = block_above is not None and score >= block_above
@@ -152,6 +159,23 @@ class Gate:
             else:
                 reasons.append(f"probe score {score:.3f} < threshold {self.threshold:.3f}: not steered")
         return GateVerdict(steer, block, [float(s) for s in scores], reasons)
+
+    def _at_fpr(self, fpr: float, field: str) -> float | None:
+        """The probe's threshold for false-positive rate `fpr`, from its threshold table."""
+        if self.probe is None:
+            return None  # no probe, nothing to score: the field has no effect (mode always / off)
+        table = getattr(self.probe, "thresholds", None)
+        if table is None:
+            raise PolicyError(
+                f"policy {self.policy.name!r} sets {field}: {fpr:g} but this probe has no threshold table "
+                "(probes trained before lalm-guardrail 0.2, or custom probes); retrain it with fit_probe, or "
+                f"give {field.removesuffix('_fpr')} as a score"
+            )
+        for rate, threshold in table.at_fpr.items():
+            if abs(rate - fpr) <= 1e-9:
+                return float(threshold)
+        known = ", ".join(f"{rate:g}" for rate in sorted(table.at_fpr))
+        raise PolicyError(f"policy {self.policy.name!r} sets {field}: {fpr:g}; this probe has thresholds at {known}")
 
     def failure(self, batch: int, exc: Exception) -> GateVerdict:
         closed = self.on_error_steer

@@ -95,6 +95,25 @@ class StackInfo(StrictRecord):
     stacker_weights: list[float]  # per block, on standardised block scores
 
 
+TABLE_FPRS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # rows of a probe's threshold table
+
+
+class Thresholds(StrictRecord):
+    """Thresholds at fixed false-positive rates, for policies that name a rate (gate.threshold_fpr)."""
+
+    chosen_on: Literal["selection set", "out-of-fold"]
+    n_safe: int  # safe items the rates were measured on: 1% of 300 is 3 items, 1% of 50 is none
+    at_fpr: dict[float, float]
+
+    @field_validator("at_fpr")
+    @classmethod
+    def _probabilities(cls, table: dict[float, float]) -> dict[float, float]:
+        bad = {f: t for f, t in table.items() if not (0 < f < 1 and math.isfinite(t) and 0 <= t <= THRESHOLD_MAX)}
+        if bad:
+            raise ValueError(f"thresholds must map rates in (0, 1) to finite probabilities; got {bad}")
+        return table
+
+
 class OnnxInfo(StrictRecord):
     file: str = ONNX_FILE
     sha256: str
@@ -130,6 +149,7 @@ class ProbeMetadata(StrictRecord):
     training: TrainingSet
     cv: CrossValidation
     stack: StackInfo | None = None
+    thresholds: Thresholds | None = None
     onnx: OnnxInfo
 
     @field_validator("threshold")
@@ -291,6 +311,7 @@ class OnnxProbe:
 
     layers = property(lambda self: list(self.metadata.layers))
     pools = property(lambda self: list(self.metadata.pools))
+    thresholds = property(lambda self: self.metadata.thresholds)
     threshold = property(lambda self: self.metadata.threshold)
     n_features = property(lambda self: self.metadata.n_features)
     providers = property(lambda self: list(self._session.get_providers()))

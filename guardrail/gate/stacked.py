@@ -21,7 +21,7 @@ from guardrail.gate.fit import L2_GRID, single_thread, stratified_folds
 from guardrail.gate.metrics import Array, threshold_at_fpr
 from guardrail.gate.onnx_probe import POOLS, CrossValidation, StackInfo, TrainingSet, features_from_activations
 from guardrail.gate.stack import fit_stacked
-from guardrail.gate.train import TrainedProbe, activations_digest, checked_inputs
+from guardrail.gate.train import TrainedProbe, activations_digest, checked_inputs, threshold_table
 
 DEFAULT_DEPTH = 0.75  # read the first three quarters of the layers: the gate decides before the last quarter
 
@@ -72,7 +72,7 @@ def train_stacked_probe(
         module=stacked.module,
         layers=layers,
         hidden_size=x_last.shape[2],
-        threshold=threshold_at_fpr(stacked.oof_scores[~y], target_fpr),
+        threshold=0.5,  # set below, on the selection set or the out-of-fold scores
         target_fpr=target_fpr,
         layer_auc={layer: stacked.block_auc[i] for i, layer in enumerate(layers)},
         normalisation=stacked.normalisation,
@@ -86,18 +86,21 @@ def train_stacked_probe(
         ),
         kind="stacked-lda",
     )
+    safe_scores, chosen_on = stacked.oof_scores[~y], "out-of-fold"
     if select is not None:
-        probe.threshold = threshold_on(probe, select, target_fpr)
+        safe_scores, chosen_on = selection_safe_scores(probe, select), "selection set"
+    probe.threshold = threshold_at_fpr(safe_scores, target_fpr)
+    probe.thresholds = threshold_table(safe_scores, chosen_on)
     return probe
 
 
-def threshold_on(probe: TrainedProbe, select: Selection, target_fpr: float) -> float:
-    """The threshold at `target_fpr` on the selection set's safe items."""
+def selection_safe_scores(probe: TrainedProbe, select: Selection) -> np.ndarray:
+    """The probe's scores of the selection set's safe items."""
     y = np.asarray(select.labels).reshape(-1).astype(bool)
     if (~y).sum() < 1:
         raise RequestError("the selection set needs safe items (label 0) to choose a threshold on")
     features = features_from_activations(select.last, probe.layers, select.mean, probe.pools)
-    return threshold_at_fpr(probe.score(features)[~y], target_fpr)
+    return probe.score(features)[~y]
 
 
 def _cv_record(stacked, folds: int, seed: int, l2_grid: Sequence[float], y: np.ndarray) -> CrossValidation:

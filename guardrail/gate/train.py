@@ -31,11 +31,13 @@ from guardrail.gate.onnx_probe import (
     METADATA_FILE,
     ONNX_FILE,
     OUTPUT_NAME,
+    TABLE_FPRS,
     CrossValidation,
     Normalisation,
     OnnxInfo,
     ProbeMetadata,
     StackInfo,
+    Thresholds,
     TrainingSet,
     check_probe_model,
 )
@@ -67,6 +69,7 @@ class TrainedProbe:
     pools: list[str] = field(default_factory=lambda: ["last"])
     stack: StackInfo | None = None
     kind: str = "logistic"
+    thresholds: Thresholds | None = None
 
     @property
     def n_features(self) -> int:
@@ -139,6 +142,7 @@ class TrainedProbe:
             training=self.training,
             cv=self.cv,
             stack=self.stack,
+            thresholds=self.thresholds,
             onnx=onnx_info,
         )
 
@@ -223,6 +227,16 @@ def _train(
         normalisation=norm,
         training=training,
         cv=cv,
+        thresholds=threshold_table(oof[~y], "out-of-fold"),
+    )
+
+
+def threshold_table(safe_scores: np.ndarray, chosen_on: str) -> Thresholds:
+    """The threshold at each of TABLE_FPRS on these safe items' scores."""
+    return Thresholds(
+        chosen_on=chosen_on,  # type: ignore[arg-type]  # checked by the record
+        n_safe=len(safe_scores),
+        at_fpr={fpr: threshold_at_fpr(safe_scores, fpr) for fpr in TABLE_FPRS},
     )
 
 

@@ -140,7 +140,16 @@ class GatePolicy(_Section):
         ge=0.0,
         le=1.0,
         allow_inf_nan=False,
-        description="probe score to steer at; null = the probe's calibrated threshold",
+        description="probe score to steer at; null = the probe's calibrated threshold (or threshold_fpr)",
+    )
+    threshold_fpr: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="instead of a score: steer at the probe's threshold for this false-positive rate, read "
+        "from the probe's threshold table (chosen on held-out safe requests; e.g. 0.01, 0.02, 0.05), "
+        "so one policy means the same on every model",
     )
     on_error: Literal["steer", "pass"] = Field(
         default="steer", description="when the probe fails: steer (fail closed) or pass unsteered (fail open)"
@@ -150,6 +159,12 @@ class GatePolicy(_Section):
         description="score the prompt before generating so that every layer of the "
         "last prompt token is steered (costs a partial extra prefill)",
     )
+
+    @model_validator(mode="after")
+    def _one_threshold_rule(self) -> GatePolicy:
+        if self.threshold is not None and self.threshold_fpr is not None:
+            raise ValueError("set gate.threshold (a score) or gate.threshold_fpr (a false-positive rate), not both")
+        return self
 
 
 class ActionsPolicy(_Section):
@@ -168,6 +183,20 @@ class ActionsPolicy(_Section):
         description="probe score at or above which the "
         "guard answers with refusal_message without generating; null = never",
     )
+    block_above_fpr: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="instead of a score: block at the probe's threshold for this false-positive rate "
+        "(its threshold table, as gate.threshold_fpr); choose it at or below the steering one",
+    )
+
+    @model_validator(mode="after")
+    def _one_block_rule(self) -> ActionsPolicy:
+        if self.block_above is not None and self.block_above_fpr is not None:
+            raise ValueError("set block_above (a score) or block_above_fpr (a false-positive rate), not both")
+        return self
 
 
 class CalibrationPolicy(_Section):
