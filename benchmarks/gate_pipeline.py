@@ -23,35 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from gate_probe import FIGSTEP, activations
+from gate_probe import FIGSTEP, activations, scores_of, train_deployed_v2
 
 from guardrail import Guard, OnnxProbe, Policy, calibrate
 from guardrail.defaults import TEXT_INSTRUCTION
 from guardrail.evaluation.harness import wilson
 from guardrail.evaluation.judges import RefusalPhraseJudge
 from guardrail.gate.metrics import threshold_at_fpr
-from guardrail.gate.onnx_probe import features_from_activations
-from guardrail.gate.stacked import Selection, train_stacked_probe
 
 STEER_FPRS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # share of select's benign items the gate opens for
 BLOCK_FPRS = (None, 0.0, 0.005, 0.01)  # None: no block band; 0.0: above every select benign score
 
 
 def train_probe_v2(model: Any, data: dict, y: np.ndarray, split: np.ndarray, out: Path) -> OnnxProbe:
-    rows = lambda s: torch.as_tensor(np.flatnonzero(split == s))
-    fit, sel = rows("fit"), rows("select")
-    pick = lambda key, r: data[key][:, r].float()
-    probe = train_stacked_probe(
-        pick("last", fit), y[fit.numpy()].astype(int), mean=pick("mean", fit),
-        select=Selection(pick("last", sel), y[sel.numpy()], pick("mean", sel)),
-    )  # fmt: skip
-    return OnnxProbe.load(probe.bind(model).save(out / "probe"))
-
-
-def scores_of(probe: OnnxProbe, data: dict) -> np.ndarray:
-    feats = features_from_activations(data["last"].float(), probe.layers, data["mean"].float(), probe.pools)
-    return np.asarray(probe.score(feats), dtype=np.float64)
+    return OnnxProbe.load(train_deployed_v2(data, y, split).bind(model).save(out / "probe"))
 
 
 def generate(guard: Guard, texts: list[str], max_new_tokens: int, batch: int) -> list[dict]:
@@ -113,12 +98,16 @@ def end_to_end(model, tok, artifact, probe, alpha, point, texts, runs, scores, m
     guard = Guard(model, tok, policy=policy, artifact=artifact, probe=probe)
     got = generate(guard, texts, max_new_tokens, batch=8)
     same_tokens = same_band = 0
+    by_band = {name: [0, 0] for name in ("pass", "steer", "block")}  # [same answer, items]
     for g, s, plain, steered in zip(got, scores, runs["plain"], runs["steered"]):
         band = 2 if point["block_at"] is not None and s >= point["block_at"] else int(s >= point["steer_at"])
         same_band += int((2 if g["blocked"] else int(g["steered"])) == band)
         expected = None if band == 2 else (steered if band else plain)["token_ids"]
-        same_tokens += int(expected is None and g["blocked"] or expected == g["token_ids"])
-    return {"n": len(texts), "same_band": same_band, "same_answer": same_tokens, "point": point}
+        same = int(expected is None and g["blocked"] or expected == g["token_ids"])
+        same_tokens += same
+        cell = by_band[("pass", "steer", "block")[band]]
+        cell[0], cell[1] = cell[0] + same, cell[1] + 1
+    return {"n": len(texts), "same_band": same_band, "same_answer": same_tokens, "by_band": by_band, "point": point}
 
 
 def plot_frontier(report: dict, path: Path) -> None:

@@ -32,8 +32,10 @@ import torch
 from guardrail.evaluation.harness import wilson
 from guardrail.gate.fit import L2_GRID, single_thread, stratified_folds
 from guardrail.gate.metrics import recall_at_fpr, roc_auc, threshold_at_fpr
+from guardrail.gate.onnx_probe import features_from_activations
 from guardrail.gate.stack import fit_stacked
-from guardrail.gate.train import train_probe
+from guardrail.gate.stacked import Selection, train_stacked_probe
+from guardrail.gate.train import TrainedProbe, train_probe
 from guardrail.models.adapter import resolve_adapter
 from guardrail.requests import Request
 from guardrail.steering.activations import prompt_activations
@@ -90,6 +92,23 @@ def operating_point(select: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarra
         "fpr": [fp, int((~y).sum()), *[round(v, 4) for v in wilson(fp, int((~y).sum()))]],
         "tpr": [tp, int(y.sum()), *[round(v, 4) for v in wilson(tp, int(y.sum()))]],
     }
+
+
+def train_deployed_v2(data: dict[str, torch.Tensor], y: np.ndarray, split: np.ndarray) -> TrainedProbe:
+    """Probe v2 as fit_probe trains it (both pools, default layers) on `fit`, thresholds on `select`."""
+    rows = lambda s: torch.as_tensor(np.flatnonzero(split == s))
+    fit, sel = rows("fit"), rows("select")
+    pick = lambda key, r: data[key][:, r].float()
+    return train_stacked_probe(
+        pick("last", fit), y[fit.numpy()].astype(int), mean=pick("mean", fit),
+        select=Selection(pick("last", sel), y[sel.numpy()], pick("mean", sel)),
+    )  # fmt: skip
+
+
+def scores_of(probe: Any, data: dict[str, torch.Tensor]) -> np.ndarray:
+    """P(harmful) of every item, float64."""
+    feats = features_from_activations(data["last"].float(), probe.layers, data["mean"].float(), probe.pools)
+    return np.asarray(probe.score(feats), dtype=np.float64)
 
 
 def blocks_of(data: dict[str, torch.Tensor], rows: np.ndarray, layers: list[int], pools: tuple[str, ...]) -> list:

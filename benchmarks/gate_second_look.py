@@ -23,11 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from gate_probe import CACHE, FIGSTEP, activations, bootstrap
+from gate_probe import CACHE, FIGSTEP, activations, bootstrap, scores_of, train_deployed_v2
 
 from guardrail.gate.metrics import threshold_at_fpr
-from guardrail.gate.onnx_probe import features_from_activations
-from guardrail.gate.stacked import Selection, train_stacked_probe
 from guardrail.models.adapter import resolve_adapter
 from guardrail.requests import Request
 from guardrail.steering.activations import capture_last, forward_last, model_inputs
@@ -69,16 +67,8 @@ def second_look(testbed: str, texts: list[str], k: int, batch_size: int) -> dict
 
 
 def train_on(data: dict, y: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """Probe v2 trained on `fit`, threshold-free: its scores for every item."""
-    rows = lambda s: torch.as_tensor(np.flatnonzero(split == s))
-    fit, sel = rows("fit"), rows("select")
-    pick = lambda key, r: data[key][:, r].float()
-    probe = train_stacked_probe(
-        pick("last", fit), y[fit.numpy()].astype(int), mean=pick("mean", fit),
-        select=Selection(pick("last", sel), y[sel.numpy()], pick("mean", sel)),
-    )  # fmt: skip
-    feats = features_from_activations(data["last"].float(), probe.layers, data["mean"].float(), probe.pools)
-    return np.asarray(probe.score(feats), dtype=np.float64)
+    """Probe v2 trained on `fit`: its scores for every item."""
+    return scores_of(train_deployed_v2(data, y, split), data)
 
 
 def either(first: np.ndarray, second: np.ndarray, y: np.ndarray, split: np.ndarray, fpr: float) -> dict[str, Any]:

@@ -81,12 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--adapter", help="adapter name, when the config does not say")
     cal.add_argument("--batch-size", type=int, default=8)
     cal.add_argument("--probe", action="store_true", help="also train the gate probe into OUT/probe")
-    cal.add_argument(
-        "--probe-kind",
-        choices=["stacked", "logistic"],
-        default="stacked",
-        help="stacked: probe v2 (last position + prompt mean, several layers); logistic: v1 (one layer)",
-    )
+    kinds = "stacked: probe v2 (last position + prompt mean, several layers); logistic: v1 (one layer)"
+    cal.add_argument("--probe-kind", choices=["stacked", "logistic"], default="stacked", help=kinds)
     cal.set_defaults(func=_calibrate)
 
     run = sub.add_parser("run", help="answer one request under a policy")

@@ -126,9 +126,12 @@ class Gate:
         probe = self.probe
         assert probe is not None, "only a probe gate reads activations"
         batch = next(iter(activations.values())).shape[0]
-        host = lambda acts: None if acts is None else {k: v.float().cpu() for k, v in acts.items()}
+
+        def host(acts: Mapping[int, torch.Tensor] | None) -> dict[int, torch.Tensor] | None:
+            return None if acts is None else {k: v.float().cpu() for k, v in acts.items()}
+
         try:
-            features = features_from_activations(host(activations), probe.layers, host(pooled), self.pools)
+            features = features_from_activations(host(activations) or {}, probe.layers, host(pooled), self.pools)
             scores = probe.score(features)
         except Exception as exc:  # the policy says what a failure means; never a silent pass
             return self.failure(batch, exc)

@@ -96,7 +96,7 @@ def fit_platt(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def final_module(
     x: torch.Tensor, y: np.ndarray, l2: float, platt: tuple[float, float]
-) -> tuple[nn.Module, Normalisation]:
+) -> tuple[SigmoidProbe, Normalisation]:
     """Fit on all data; fold (x - mean) / std and Platt scaling into one Linear (float64, then float32)."""
     mean, std = standardiser(x)
     z = (x - mean) / std
@@ -116,10 +116,12 @@ def final_module(
         std_max=float(std.max()),
         n_constant=int((x.std(0) <= 1e-6 * (1 + mean.abs())).sum()),
     )
-    return _Sigmoid(linear).eval(), norm
+    return SigmoidProbe(linear).eval(), norm
 
 
-class _Sigmoid(nn.Module):
+class SigmoidProbe(nn.Module):
+    """sigmoid(linear(features)), one score per sample: the module a probe exports."""
+
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.linear = linear

@@ -40,6 +40,7 @@ from guardrail.models.identity import (
 FORMAT_VERSION = 3  # 3: pools and the stacker's record (probe v2)
 READS = (1, 2, 3)  # format versions this package loads (1: a two-tensor weight sample, checked with a warning)
 POOLS = ("last", "mean")
+Pool = Literal["last", "mean"]
 MAX_ONNX_BYTES = 64 * 2**20  # a logistic probe over 8 layers of a 8192-wide model is 256 kB
 MAX_METADATA_BYTES = 64 * 2**20
 THRESHOLD_MAX = float(np.nextafter(np.float32(1), np.float32(2)))  # training's "no score reaches it"
@@ -139,7 +140,7 @@ class ProbeMetadata(StrictRecord):
     created_at: str
     model: ModelIdentity
     layers: list[int]
-    pools: list[Literal["last", "mean"]] = ["last"]
+    pools: list[Pool] = ["last"]
     hidden_size: int
     n_features: int
     threshold: float

@@ -19,7 +19,7 @@ import torch
 from guardrail.errors import RequestError
 from guardrail.gate.fit import L2_GRID, single_thread, stratified_folds
 from guardrail.gate.metrics import Array, threshold_at_fpr
-from guardrail.gate.onnx_probe import POOLS, CrossValidation, StackInfo, TrainingSet, features_from_activations
+from guardrail.gate.onnx_probe import CrossValidation, Pool, StackInfo, TrainingSet, features_from_activations
 from guardrail.gate.stack import fit_stacked
 from guardrail.gate.train import TrainedProbe, activations_digest, checked_inputs, threshold_table
 
@@ -59,7 +59,7 @@ def train_stacked_probe(
     >>> probe = train_stacked_probe(last, labels, mean=mean, select=held_out)  # doctest: +SKIP
     """
     x_last, y = checked_inputs(last, labels)
-    pools = ["last"] if mean is None else list(POOLS)
+    pools: list[Pool] = ["last"] if mean is None else ["last", "mean"]
     layers = list(layers) if layers is not None else default_layers(x_last.shape[0])
     if not layers or len(set(layers)) != len(layers) or not set(layers) <= set(range(x_last.shape[0])):
         raise RequestError(f"layers must be distinct indices of the {x_last.shape[0]} activation layers; got {layers}")

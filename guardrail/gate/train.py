@@ -35,6 +35,7 @@ from guardrail.gate.onnx_probe import (
     CrossValidation,
     Normalisation,
     OnnxInfo,
+    Pool,
     ProbeMetadata,
     StackInfo,
     Thresholds,
@@ -66,7 +67,7 @@ class TrainedProbe:
     training: TrainingSet
     cv: CrossValidation
     identity: ModelIdentity | None = field(default=None)
-    pools: list[str] = field(default_factory=lambda: ["last"])
+    pools: list[Pool] = field(default_factory=lambda: ["last"])
     stack: StackInfo | None = None
     kind: str = "logistic"
     thresholds: Thresholds | None = None
