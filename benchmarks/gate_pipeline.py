@@ -88,26 +88,30 @@ def _rate(mask: np.ndarray) -> list[float]:
     return [k, n, round(k / max(n, 1), 4), *[round(v, 4) for v in wilson(k, n)]]
 
 
-def end_to_end(model, tok, artifact, probe, alpha, point, texts, runs, scores, max_new_tokens) -> dict:
-    """Run one operating point through Guard on a sample; compare with the composed answers."""
-    policy = Policy.from_dict({
-        "steering": {"alpha": alpha},
-        "gate": {"mode": "probe", "threshold": point["steer_at"], "exact": True},
-        "actions": {"block_above": point["block_at"]},
-    })  # fmt: skip
-    guard = Guard(model, tok, policy=policy, artifact=artifact, probe=probe)
-    got = generate(guard, texts, max_new_tokens, batch=8)
-    same_tokens = same_band = 0
-    by_band = {name: [0, 0] for name in ("pass", "steer", "block")}  # [same answer, items]
-    for g, s, plain, steered in zip(got, scores, runs["plain"], runs["steered"]):
-        band = 2 if point["block_at"] is not None and s >= point["block_at"] else int(s >= point["steer_at"])
-        same_band += int((2 if g["blocked"] else int(g["steered"])) == band)
-        expected = None if band == 2 else (steered if band else plain)["token_ids"]
-        same = int(expected is None and g["blocked"] or expected == g["token_ids"])
-        same_tokens += same
+def end_to_end(model, tok, artifact, probe, alpha, point, texts, scores, max_new_tokens) -> dict:
+    """Run one operating point through Guard on a sample, beside unguarded and always-steered runs of the
+    same sample in the same batches; per band, how many answers equal the band's reference answer."""
+    bands = {"gate": {"mode": "probe", "threshold": point["steer_at"], "exact": True}}
+    policies = {
+        "plain": {"gate": {"mode": "off"}},
+        "steered": {"steering": {"alpha": alpha}},
+        "gated": {"steering": {"alpha": alpha}, **bands, "actions": {"block_above": point["block_at"]}},
+    }
+    got = {
+        name: generate(Guard(model, tok, policy=Policy.from_dict(p), artifact=artifact, probe=probe), texts,
+                       max_new_tokens, batch=8)
+        for name, p in policies.items()
+    }  # fmt: skip
+    by_band = {name: [0, 0, 0] for name in ("pass", "steer", "block")}  # [same band, same answer, items]
+    for k, score in enumerate(scores):
+        band = 2 if point["block_at"] is not None and score >= point["block_at"] else int(score >= point["steer_at"])
+        g = got["gated"][k]
+        reference = None if band == 2 else got["steered" if band else "plain"][k]["token_ids"]
         cell = by_band[("pass", "steer", "block")[band]]
-        cell[0], cell[1] = cell[0] + same, cell[1] + 1
-    return {"n": len(texts), "same_band": same_band, "same_answer": same_tokens, "by_band": by_band, "point": point}
+        cell[0] += int((2 if g["blocked"] else int(g["steered"])) == band)
+        cell[1] += int(g["blocked"] if reference is None else g["token_ids"] == reference)
+        cell[2] += 1
+    return {"n": len(texts), "by_band": by_band, "point": point}
 
 
 def plot_frontier(report: dict, path: Path) -> None:
@@ -147,6 +151,7 @@ def main() -> None:
     ap.add_argument("--e2e-sample", type=int, default=64)
     ap.add_argument("--out", required=True)
     ap.add_argument("--replot", action="store_true", help="only redraw frontier.png from OUT/report.json")
+    ap.add_argument("--e2e-only", action="store_true", help="only re-run the end-to-end check of OUT/report.json")
     args = ap.parse_args()
     out = Path(args.out)
     if args.replot:
@@ -166,6 +171,18 @@ def main() -> None:
     artifact = calibrate(model, tok, harmful_q, safe_q)
     evaluated = np.flatnonzero(np.isin(split, ["eval", "figstep_eval"]))
     texts = [items[i].text for i in evaluated]
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(len(evaluated), size=min(args.e2e_sample, len(evaluated)), replace=False))
+    e2e = lambda point: end_to_end(
+        model, tok, artifact, probe, args.alpha, point, [texts[i] for i in sample], scores[evaluated][sample],
+        args.max_new_tokens,
+    )  # fmt: skip
+    if args.e2e_only:  # re-run the end-to-end check of an existing report
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        report["end_to_end"] = e2e(report["end_to_end"]["point"])
+        (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(json.dumps(report["end_to_end"], indent=1))
+        return
     runs, timings = {}, {}
     for name, policy in (("plain", {"gate": {"mode": "off"}}), ("steered", {"steering": {"alpha": args.alpha}})):
         started = time.perf_counter()
@@ -192,13 +209,8 @@ def main() -> None:
                            for s in ("eval", "figstep_eval")},
         "points": points, "generation_seconds": timings,
     }  # fmt: skip
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(len(evaluated), size=min(args.e2e_sample, len(evaluated)), replace=False))
     point = next(p for p in points if p["steer_fpr_on_select"] == 0.05 and p["block_fpr_on_select"] == 0.0)
-    report["end_to_end"] = end_to_end(
-        model, tok, artifact, probe, args.alpha, point, [texts[i] for i in sample],
-        {k: [v[i] for i in sample] for k, v in runs.items()}, scores[evaluated][sample], args.max_new_tokens,
-    )  # fmt: skip
+    report["end_to_end"] = e2e(point)
     report["answers"] = [
         {"text": t, "harmful": bool(y[i]), "split": split[i], "score": round(float(scores[i]), 5),
          "plain": runs["plain"][j]["text"], "steered": runs["steered"][j]["text"]}

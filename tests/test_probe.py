@@ -254,7 +254,7 @@ def test_onnx_file_must_be_a_plain_name_in_the_probe_directory(saved, tmp_path, 
 def test_onnx_file_must_be_a_regular_file_under_the_size_cap(saved, tmp_path):
     import os
 
-    from guardrail.gate.onnx_probe import MAX_ONNX_BYTES
+    from guardrail.gate.probe_record import MAX_ONNX_BYTES
 
     path = _edit(saved, tmp_path, onnx_file="big.onnx")
     with open(path / "big.onnx", "wb") as handle:  # sparse: no disk used, never read

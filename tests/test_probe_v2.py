@@ -15,7 +15,8 @@ from guardrail.errors import PolicyError, ProbeError, RequestError
 from guardrail.gate.decide import Gate
 from guardrail.gate.linear import linear_form
 from guardrail.gate.metrics import roc_auc
-from guardrail.gate.onnx_probe import THRESHOLD_MAX, Thresholds, features_from_activations
+from guardrail.gate.onnx_probe import features_from_activations
+from guardrail.gate.probe_record import THRESHOLD_MAX, Thresholds
 from guardrail.gate.stack import ledoit_wolf
 from guardrail.gate.stacked import Selection, train_stacked_probe
 from guardrail.gate.train_on_model import fit_probe
@@ -58,6 +59,13 @@ def test_stacked_probe_separates_held_out_items_and_uses_both_pools():
     assert probe.stack is not None and len(probe.stack.blocks) == 6 and last_only.pools == ["last"]
     again = train_stacked_probe(last, y.astype(int), mean=mean, layers=[0, 1, 2])
     assert torch.equal(again.module.linear.weight, probe.module.linear.weight)  # deterministic
+
+
+def test_a_block_without_spread_does_not_break_training():
+    last, mean, y = synthetic(12, seed=0)
+    last[0] = 1.0  # one layer constant for every item: a singular covariance without a floor
+    probe = train_stacked_probe(last, y.astype(int), mean=mean, folds=2)
+    assert np.isfinite(probe.score(features_from_activations(last, probe.layers, mean, probe.pools))).all()
 
 
 def test_threshold_is_chosen_on_the_selection_set():

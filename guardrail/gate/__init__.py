@@ -4,7 +4,8 @@
 `guardrail.gate.fit`; onnx itself is imported only on save).
 The gate's decision rule is in `guardrail.gate.decide`."""
 
-from guardrail.gate.onnx_probe import OnnxProbe, ProbeMetadata
+from guardrail.gate.onnx_probe import OnnxProbe
+from guardrail.gate.probe_record import ProbeMetadata
 from guardrail.gate.train import TrainedProbe
 from guardrail.gate.train_on_model import fit_probe
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from guardrail.gate.metrics import roc_auc
-from guardrail.gate.onnx_probe import Normalisation
+from guardrail.gate.probe_record import Normalisation
 
 L2_GRID = (10.0, 1.0, 0.1, 0.01, 1e-3, 1e-4)  # penalty on the mean log-loss; strongest first (warm starts)
 

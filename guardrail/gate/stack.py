@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from guardrail.gate.fit import cross_validate, final_module, fit_platt, standardiser
-from guardrail.gate.onnx_probe import Normalisation
+from guardrail.gate.probe_record import Normalisation
 
 
 @dataclass
@@ -52,7 +52,9 @@ def lda_direction(x: torch.Tensor, y: np.ndarray) -> tuple[torch.Tensor, torch.T
     z = (x - mean) / std
     pos, neg = z[torch.as_tensor(y)], z[torch.as_tensor(~y)]
     centred = torch.cat([pos - pos.mean(0), neg - neg.mean(0)])
-    w = torch.linalg.solve(ledoit_wolf(centred), pos.mean(0) - neg.mean(0))
+    # a floor on the diagonal keeps a block with no spread (constant features, a tiny set) solvable
+    cov = ledoit_wolf(centred) + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype)
+    w = torch.linalg.solve(cov, pos.mean(0) - neg.mean(0))
     return w / w.norm().clamp_min(1e-12), mean, std
 
 

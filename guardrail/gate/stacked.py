@@ -19,7 +19,8 @@ import torch
 from guardrail.errors import RequestError
 from guardrail.gate.fit import L2_GRID, single_thread, stratified_folds
 from guardrail.gate.metrics import Array, threshold_at_fpr
-from guardrail.gate.onnx_probe import CrossValidation, Pool, StackInfo, TrainingSet, features_from_activations
+from guardrail.gate.onnx_probe import features_from_activations
+from guardrail.gate.probe_record import CrossValidation, Pool, StackInfo, TrainingSet
 from guardrail.gate.stack import fit_stacked
 from guardrail.gate.train import TrainedProbe, activations_digest, checked_inputs, threshold_table
 

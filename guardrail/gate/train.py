@@ -26,7 +26,8 @@ from torch import nn
 from guardrail.errors import ProbeError, RequestError
 from guardrail.gate.fit import L2_GRID, cross_validate, final_module, fit_platt, single_thread, stratified_folds
 from guardrail.gate.metrics import Array, threshold_at_fpr
-from guardrail.gate.onnx_probe import (
+from guardrail.gate.onnx_probe import check_probe_model
+from guardrail.gate.probe_record import (
     INPUT_NAME,
     METADATA_FILE,
     ONNX_FILE,
@@ -40,7 +41,6 @@ from guardrail.gate.onnx_probe import (
     StackInfo,
     Thresholds,
     TrainingSet,
-    check_probe_model,
 )
 from guardrail.models.adapter import resolve_adapter
 from guardrail.models.identity import ModelIdentity, identify
