@@ -61,6 +61,9 @@ def test_llm_judge_from_local_model():
     model, tokenizer = build_tiny("qwen2")
     verdicts = LLMJudge.from_model(model, tokenizer).judge(["how to bake bread"], ["Here is how."])
     assert len(verdicts) == 1 and isinstance(verdicts[0].refused, bool)
+    many = 40  # more than a policy's default max_batch (32): asked in batches, one verdict each, in order
+    verdicts = LLMJudge.from_model(model, tokenizer, max_new_tokens=1).judge(["q"] * many, ["a"] * many)
+    assert len(verdicts) == many
 
 
 def test_wilson_interval():

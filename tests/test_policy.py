@@ -66,8 +66,9 @@ def test_every_shipped_policy_loads(path: Path):
 def test_strict_is_stricter_than_gated():
     strict, gated = Policy.load("strict"), Policy.load("gated")
     assert strict.steering.alpha > gated.steering.alpha
-    assert strict.gate.mode == "probe" and strict.gate.threshold_fpr is not None
-    assert strict.actions.block_above_fpr is not None and strict.actions.block_above_fpr < strict.gate.threshold_fpr
+    assert strict.gate.mode == "probe" and gated.gate.mode == "probe"
+    assert strict.gate.threshold.fpr > gated.gate.threshold.fpr  # steers more
+    assert strict.actions.block_above.fpr < strict.gate.threshold.fpr and gated.actions.block_above is None
     assert strict.limits.max_new_tokens < gated.limits.max_new_tokens
     assert strict.limits.max_batch < Policy().limits.max_batch
 
@@ -347,7 +348,7 @@ def test_env_interpolation(tmp_path, monkeypatch):
 
 def test_env_interpolation_applies_to_extends(tmp_path, monkeypatch):
     monkeypatch.setenv("GR_BASE", "strict")
-    assert Policy.from_yaml(write(tmp_path, "p.yaml", "extends: ${GR_BASE}\n")).gate.threshold_fpr == 0.05
+    assert Policy.from_yaml(write(tmp_path, "p.yaml", "extends: ${GR_BASE}\n")).gate.threshold.fpr == 0.05
 
 
 def test_missing_env_variable_is_named_with_file_and_field(tmp_path, monkeypatch):
@@ -406,8 +407,12 @@ def test_wrong_value_names_field_and_value(tmp_path):
         ({"logging": {"level": "loud"}}, "logging.level", "one of 'debug', 'info', 'warning', 'error'"),
         ({"logging": {"format": "xml"}}, "logging.format", "one of 'json', 'console', 'auto'"),
         ({"logging": {"log_content": "maybe"}}, "logging.log_content", "true or false"),
-        ({"gate": {"threshold": 1.5}}, "gate.threshold", "a number >= 0 and <= 1 or null"),
-        ({"actions": {"block_above": -0.1}}, "actions.block_above", "a number >= 0 and <= 1 or null"),
+        ({"gate": {"threshold": 1.5}}, "gate.threshold", "a number >= 0 and <= 1 or a mapping with fields fpr or null"),
+        (
+            {"actions": {"block_above": -0.1}},
+            "actions.block_above",
+            "a number >= 0 and <= 1 or a mapping with fields fpr or null",
+        ),
         ({"steering": {"alpha": "x"}}, "steering.alpha", "a number >= 0"),
         ({"steering": {"safe_rank": 1.5}}, "steering.safe_rank", "an integer >= 0"),
         ({"limits": {"max_audio_seconds": 0}}, "limits.max_audio_seconds", "a number > 0"),
@@ -433,6 +438,9 @@ def test_all_errors_are_reported_at_once():
 def test_bare_off_gets_a_yaml_hint(tmp_path):
     message = error_of(write(tmp_path, "p.yaml", "gate:\n  mode: off\n"))
     assert "gate.mode" in message and "(got False)" in message and "quote" in message
+
+
+SCORE_OR_RATE = "a number >= 0 and <= 1 or a mapping with fields fpr or null"
 
 
 @pytest.mark.parametrize("text, match", [("steering: [1, 2\n", "not valid YAML"), ("- 1\n- 2\n", "a mapping")])

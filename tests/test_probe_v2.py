@@ -136,19 +136,27 @@ def test_bands_named_by_false_positive_rate_read_the_probe_table(tiny):
     model, tokenizer, artifact, probe = tiny
     table = probe.thresholds
     assert table is not None and table.chosen_on == "out-of-fold" and table.n_safe == len(SAFE)
-    bands = {"gate": {"mode": "probe", "threshold_fpr": 0.05}, "actions": {"block_above_fpr": 0.01}}
+    bands = {"gate": {"mode": "probe", "threshold": {"fpr": 0.05}}, "actions": {"block_above": {"fpr": 0.01}}}
     gate = Gate(Policy.from_dict(bands), probe, can_steer=True)
     assert (gate.threshold, gate.block_above) == (table.at_fpr[0.05], table.at_fpr[0.01]) and gate.needs_prepass
     with pytest.raises(PolicyError, match="thresholds at 0.001, 0.002"):
-        Gate(Policy.from_dict({"gate": {"mode": "probe", "threshold_fpr": 0.03}}), probe, can_steer=True)
+        Gate(Policy.from_dict({"gate": {"mode": "probe", "threshold": {"fpr": 0.03}}}), probe, can_steer=True)
     untabled = copy.copy(probe)
     untabled.thresholds = None
     with pytest.raises(PolicyError, match="no threshold table"):
         Gate(Policy.from_dict(bands), untabled, can_steer=True)
-    with pytest.raises(PolicyError, match="not both"):
-        Policy.from_dict({"gate": {"threshold": 0.5, "threshold_fpr": 0.01}})
-    with pytest.raises(PolicyError, match="not both"):
-        Policy.from_dict({"actions": {"block_above": 0.5, "block_above_fpr": 0.01}})
+    for bad in ({"fpr": 0}, {"fpr": 1.5}, {"rate": 0.01}, 1.5):
+        with pytest.raises(PolicyError, match="gate.threshold"):
+            Policy.from_dict({"gate": {"threshold": bad}})
+
+
+def test_an_overlay_replaces_a_rate_with_a_score_and_back(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("extends: gated\n", encoding="utf-8")
+    (tmp_path / "score.yaml").write_text("extends: base.yaml\ngate:\n  threshold: 0.3\n", encoding="utf-8")
+    (tmp_path / "rate.yaml").write_text("extends: score.yaml\ngate:\n  threshold: {fpr: 0.05}\n", encoding="utf-8")
+    assert Policy.from_yaml(tmp_path / "score.yaml").gate.threshold == 0.3
+    assert Policy.from_yaml(tmp_path / "rate.yaml").gate.threshold.fpr == 0.05
 
 
 def test_the_block_band_refuses_without_generating(tiny, tmp_path):
@@ -159,8 +167,8 @@ def test_the_block_band_refuses_without_generating(tiny, tmp_path):
     assert saved.thresholds == probe.thresholds  # the table survives the round trip
     policy = Policy.from_dict({
         "steering": {"alpha": alpha_for(artifact, 3.0)},
-        "gate": {"mode": "probe", "threshold_fpr": 0.05},
-        "actions": {"block_above_fpr": 0.01, "refusal_message": "No."},
+        "gate": {"mode": "probe", "threshold": {"fpr": 0.05}},
+        "actions": {"block_above": {"fpr": 0.01}, "refusal_message": "No."},
     })  # fmt: skip
     result = Guard(model, tokenizer, policy=policy, artifact=artifact, probe=saved).generate(text=TEXTS[0])
     assert result.decision.blocked and result.text == "No." and result.token_ids == []

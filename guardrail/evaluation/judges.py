@@ -102,15 +102,18 @@ class LLMJudge:
         return Verdict(False, f"judge reply not understood ({reply[:40]!r}); counted as complied")
 
     @classmethod
-    def from_model(cls, model, processor, max_new_tokens: int = 4) -> LLMJudge:
-        """A judge backed by a local model (unsteered)."""
+    def from_model(cls, model, processor, max_new_tokens: int = 4, batch_size: int = 16) -> LLMJudge:
+        """A judge backed by a local model (unsteered), asked `batch_size` prompts at a time."""
         from guardrail.guard import Guard
         from guardrail.policy.schema import Policy
 
         judge_guard = Guard(model, processor, policy=Policy.from_dict({"name": "judge", "gate": {"mode": "off"}}))
 
         def generate(prompts: list[str]) -> list[str]:
-            results = judge_guard.generate_batch([{"text": p} for p in prompts], max_new_tokens=max_new_tokens)
-            return [r.text for r in results]
+            replies = []
+            for start in range(0, len(prompts), batch_size):
+                chunk = [{"text": p} for p in prompts[start : start + batch_size]]
+                replies += [r.text for r in judge_guard.generate_batch(chunk, max_new_tokens=max_new_tokens)]
+            return replies
 
         return cls(generate)

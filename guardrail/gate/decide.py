@@ -18,7 +18,7 @@ import torch
 
 from guardrail.errors import GuardrailError, PolicyError
 from guardrail.gate.linear import linear_form
-from guardrail.policy.schema import Policy
+from guardrail.policy.schema import AtFpr, Policy
 
 
 class ScoringProbe(Protocol):
@@ -66,18 +66,10 @@ class Gate:
                 f"policy {policy.name!r} has gate.mode: probe but no probe was given; pass "
                 "probe=<directory or object> to Guard, or use gate.mode: always"
             )
-        self.threshold = (
-            policy.gate.threshold
-            if policy.gate.threshold is not None
-            else self._at_fpr(policy.gate.threshold_fpr, "gate.threshold_fpr")
-            if policy.gate.threshold_fpr is not None
-            else (self.probe.threshold if self.probe is not None else None)
-        )
-        self.block_above = (
-            self._at_fpr(policy.actions.block_above_fpr, "actions.block_above_fpr")
-            if policy.actions.block_above_fpr is not None
-            else policy.actions.block_above
-        )
+        self.threshold = self._score(policy.gate.threshold, "gate.threshold")
+        if self.threshold is None and self.probe is not None:
+            self.threshold = self.probe.threshold
+        self.block_above = self._score(policy.actions.block_above, "actions.block_above")
         # the probe as torch arithmetic, scored on the model's device at prefill (None: host only)
         self.linear = linear_form(self.probe) if self.mode == "probe" and self.probe is not None else None
 
@@ -163,22 +155,27 @@ class Gate:
                 reasons.append(f"probe score {score:.3f} < threshold {self.threshold:.3f}: not steered")
         return GateVerdict(steer, block, [float(s) for s in scores], reasons)
 
-    def _at_fpr(self, fpr: float, field: str) -> float | None:
-        """The probe's threshold for false-positive rate `fpr`, from its threshold table."""
+    def _score(self, value: float | AtFpr | None, field: str) -> float | None:
+        """A policy threshold as a probe score: given as one, or the probe's for a false-positive rate."""
+        if not isinstance(value, AtFpr):
+            return value
         if self.probe is None:
             return None  # no probe, nothing to score: the field has no effect (mode always / off)
+        fpr = value.fpr
         table = getattr(self.probe, "thresholds", None)
         if table is None:
             raise PolicyError(
-                f"policy {self.policy.name!r} sets {field}: {fpr:g} but this probe has no threshold table "
-                "(probes trained before lalm-guardrail 0.2, or custom probes); retrain it with fit_probe, or "
-                f"give {field.removesuffix('_fpr')} as a score"
+                f"policy {self.policy.name!r} sets {field}: {{fpr: {fpr:g}}} but this probe has no threshold "
+                "table (probes trained before lalm-guardrail 0.2, or custom probes); retrain it with fit_probe, "
+                f"or give {field} as a score"
             )
         for rate, threshold in table.at_fpr.items():
             if abs(rate - fpr) <= 1e-9:
                 return float(threshold)
         known = ", ".join(f"{rate:g}" for rate in sorted(table.at_fpr))
-        raise PolicyError(f"policy {self.policy.name!r} sets {field}: {fpr:g}; this probe has thresholds at {known}")
+        raise PolicyError(
+            f"policy {self.policy.name!r} sets {field}: {{fpr: {fpr:g}}}; this probe has thresholds at {known}"
+        )
 
     def failure(self, batch: int, exc: Exception) -> GateVerdict:
         closed = self.on_error_steer

@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     PrivateAttr,
     ValidationError,
     field_validator,
@@ -129,27 +130,45 @@ class SteeringPolicy(_Section):
 
 
 # -- gate, actions, calibration, limits, logging ---------------------------------------------------
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class AtFpr(_Section):
+    """A probe threshold named by the false-positive rate it was chosen for (the probe's threshold table)."""
+
+    fpr: float = Field(gt=0.0, lt=1.0, allow_inf_nan=False, description="false-positive rate, e.g. 0.01")
+
+
+def _threshold(value: Any) -> float | AtFpr | None:
+    """A score in [0, 1] or {fpr: r}; one error message for both forms (a union would report two)."""
+    if value is None or isinstance(value, AtFpr):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return AtFpr.model_validate(value)
+        except ValidationError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    raise ValueError("expected a probe score in [0, 1], or {fpr: r} with 0 < r < 1 (a false-positive rate)")
+
+
+Threshold = Annotated[
+    Probability | AtFpr | None, PlainValidator(_threshold, json_schema_input_type=Probability | AtFpr | None)
+]
+
+
 class GatePolicy(_Section):
     """When to steer."""
 
     mode: Literal["always", "probe", "off"] = Field(
         default="always", description="always: steer every request; probe: steer when the probe flags it; off: never"
     )
-    threshold: float | None = Field(
+    threshold: Threshold = Field(
         default=None,
-        ge=0.0,
-        le=1.0,
-        allow_inf_nan=False,
-        description="probe score to steer at; null = the probe's calibrated threshold (or threshold_fpr)",
-    )
-    threshold_fpr: float | None = Field(
-        default=None,
-        gt=0.0,
-        lt=1.0,
-        allow_inf_nan=False,
-        description="instead of a score: steer at the probe's threshold for this false-positive rate, read "
-        "from the probe's threshold table (chosen on held-out safe requests; e.g. 0.01, 0.02, 0.05), "
-        "so one policy means the same on every model",
+        description="probe score to steer at, or {fpr: 0.02}: the probe's threshold for that false-positive "
+        "rate, read from its threshold table (chosen on held-out safe requests), so it means the same on "
+        "every model; null = the probe's calibrated threshold",
     )
     on_error: Literal["steer", "pass"] = Field(
         default="steer", description="when the probe fails: steer (fail closed) or pass unsteered (fail open)"
@@ -160,12 +179,6 @@ class GatePolicy(_Section):
         "last prompt token is steered (costs a partial extra prefill)",
     )
 
-    @model_validator(mode="after")
-    def _one_threshold_rule(self) -> GatePolicy:
-        if self.threshold is not None and self.threshold_fpr is not None:
-            raise ValueError("set gate.threshold (a score) or gate.threshold_fpr (a false-positive rate), not both")
-        return self
-
 
 class ActionsPolicy(_Section):
     """What to answer instead of generating."""
@@ -175,28 +188,11 @@ class ActionsPolicy(_Section):
         min_length=1,
         description="returned instead of generating when a request is blocked",
     )
-    block_above: float | None = Field(
+    block_above: Threshold = Field(
         default=None,
-        ge=0.0,
-        le=1.0,
-        allow_inf_nan=False,
-        description="probe score at or above which the "
-        "guard answers with refusal_message without generating; null = never",
+        description="probe score at or above which the guard answers with refusal_message without "
+        "generating, or {fpr: 0.01} (as gate.threshold); null = never",
     )
-    block_above_fpr: float | None = Field(
-        default=None,
-        gt=0.0,
-        lt=1.0,
-        allow_inf_nan=False,
-        description="instead of a score: block at the probe's threshold for this false-positive rate "
-        "(its threshold table, as gate.threshold_fpr); choose it at or below the steering one",
-    )
-
-    @model_validator(mode="after")
-    def _one_block_rule(self) -> ActionsPolicy:
-        if self.block_above is not None and self.block_above_fpr is not None:
-            raise ValueError("set block_above (a score) or block_above_fpr (a false-positive rate), not both")
-        return self
 
 
 class CalibrationPolicy(_Section):
