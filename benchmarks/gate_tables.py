@@ -54,7 +54,8 @@ def pipeline_table() -> str:
         report = json.loads(path.read_text(encoding="utf-8"))
         for name in ("unguarded", "always_steered"):
             f, e = report[name]["figstep_eval"], report[name]["eval"]
-            rows.append(f"| {label} | {name.replace('_', ' ')} (alpha {report['alpha']}) | {pct(f)} | {pct(e)} | |")
+            setting = "unguarded" if name == "unguarded" else f"always steered (alpha {report['alpha']})"
+            rows.append(f"| {label} | {setting} | {pct(f)} | {pct(e)} | |")
         for p in report["points"]:
             if p["steer_fpr_on_select"] in (0.01, 0.02, 0.05) and p["block_fpr_on_select"] in (None, 0.01):
                 block = "none" if p["block_fpr_on_select"] is None else f"{p['block_fpr_on_select']:.0%}"

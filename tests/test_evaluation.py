@@ -7,7 +7,16 @@ import json
 import pytest
 
 from guardrail.cli.main import main
-from guardrail.evaluation import LLMJudge, Pair, RefusalPhraseJudge, Setting, evaluate, load_pairs, write_report
+from guardrail.evaluation import (
+    LLMJudge,
+    LogOddsJudge,
+    Pair,
+    RefusalPhraseJudge,
+    Setting,
+    evaluate,
+    load_pairs,
+    write_report,
+)
 from guardrail.evaluation.data import default_pairs, parse_slice
 from guardrail.evaluation.harness import METHODS, sweep, wilson
 from guardrail.testing.tiny import build_tiny
@@ -64,6 +73,16 @@ def test_llm_judge_from_local_model():
     many = 40  # more than a policy's default max_batch (32): asked in batches, one verdict each, in order
     verdicts = LLMJudge.from_model(model, tokenizer, max_new_tokens=1).judge(["q"] * many, ["a"] * many)
     assert len(verdicts) == many
+
+
+def test_log_odds_judge_reads_the_label_probabilities():
+    model, tokenizer = build_tiny("qwen2")
+    judge = LogOddsJudge.from_model(model, tokenizer, batch_size=2)
+    verdicts = judge.judge(["q1", "q2", "q3"], ["I'm sorry.", "Sure, step one", "Here"])
+    assert len(verdicts) == 3 and all("log-odds" in v.reason for v in verdicts)
+    odds = [float(v.reason.rsplit(" ", 1)[1]) for v in verdicts]
+    assert [v.refused for v in verdicts] == [o > 0 for o in odds]
+    assert judge.refused_ids != judge.complied_ids
 
 
 def test_wilson_interval():
