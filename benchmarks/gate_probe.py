@@ -172,6 +172,41 @@ def suffix_robustness(testbed: str, items: list, batch_size: int, cut: int) -> d
     return result
 
 
+def twins_experiment(testbed: str, items: list, batch_size: int, cut: int) -> dict[str, Any]:
+    """v2 (last + mean, layers 0..cut) trained on `fit`, or on `fit` plus two thirds of the twin pairs
+    written for this project; scored on `eval`, FigStep 50-99 and the held-out third of the twins
+    (thresholds on `select`)."""
+    from guardrail_testbeds.gate_sets import twin_items
+
+    twins = twin_items()
+    everything = items + twins
+    data = activations(testbed, [i.text for i in everything], batch_size)
+    y = np.array([i.harmful for i in everything])
+    split = np.array([i.split for i in everything])
+    layers, pools, result = list(range(cut + 1)), ("last", "mean"), {}
+    for name, fit in (("fit", split == "fit"), ("fit + twins", np.isin(split, ["fit", "twin_fit"]))):
+        rows = np.flatnonzero(fit)
+        with single_thread():
+            folds = stratified_folds(y[rows], 5, 0)
+            stacked = fit_stacked(blocks_of(data, rows, layers, pools), y[rows], folds, L2_GRID)
+        score = lambda r, m=stacked.module: m(torch.cat([b.float() for b in blocks_of(data, r, layers, pools)], 1))
+        scored = {
+            s: (score(np.flatnonzero(split == s)).detach().numpy().astype(np.float64), y[split == s])
+            for s in ("select", "eval", "figstep_eval", "twin_eval")
+        }
+        result[name] = {
+            **{s: bootstrap(*v) for s, v in scored.items() if s != "select"},
+            "deployed_1pct": {s: operating_point(scored["select"], scored[s], 0.01) for s in HELD_OUT_TWINS},
+        }
+    result["counts"] = {
+        s: [int((y & (split == s)).sum()), int((~y & (split == s)).sum())] for s in ("twin_fit", "twin_eval")
+    }
+    return result
+
+
+HELD_OUT_TWINS = ("eval", "figstep_eval", "twin_eval")
+
+
 def main() -> None:
     from guardrail_testbeds.gate_sets import gate_items, summary
 
@@ -180,9 +215,19 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", required=True)
     ap.add_argument("--suffix-robustness", type=int, metavar="CUT", help="only the suffix experiment, layers 0..CUT")
+    ap.add_argument("--twins", type=int, metavar="CUT", help="only the twin-pairs experiment, layers 0..CUT")
     args = ap.parse_args()
     items = gate_items(FIGSTEP)
     out = Path(args.out)
+    if args.twins is not None:
+        report = twins_experiment(args.testbed, items, args.batch_size, args.twins)
+        report["command"] = (
+            f"python benchmarks/gate_probe.py --testbed {args.testbed} --twins {args.twins} --out {args.out}"
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "twins.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(json.dumps({k: v for k, v in report.items() if k != "command"}, indent=1))
+        return
     if args.suffix_robustness is not None:
         report = suffix_robustness(args.testbed, items, args.batch_size, args.suffix_robustness)
         flags = f"--testbed {args.testbed} --suffix-robustness {args.suffix_robustness} --out {args.out}"

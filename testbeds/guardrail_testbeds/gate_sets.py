@@ -22,6 +22,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from guardrail.defaults import BENIGN_SETS, TEXT_INSTRUCTION, benign_set, default_calibration_set
@@ -87,6 +88,24 @@ def _deduplicated(items: list[Item]) -> list[Item]:
             seen.add(key)
             kept.append(item)
     return kept
+
+
+TWIN_SETS = ("twins_a_en", "twins_b_en")
+
+
+def twin_items() -> list[Item]:
+    """Twin pairs written for this project (harmful request / lexically close benign one, data/twins_*.json),
+    an experiment beside the main splits: pairs split 2:1 into ``twin_fit`` / ``twin_eval`` by a hash of
+    the harmful side, both sides of a pair together."""
+    items = []
+    for name in TWIN_SETS:
+        data = json.loads(files("guardrail_testbeds").joinpath(f"data/{name}.json").read_text(encoding="utf-8"))
+        for pair in data["pairs"]:
+            digest = hashlib.sha256(pair["harmful"].strip().lower().encode("utf-8")).digest()[0]
+            split = "twin_eval" if digest % 3 == 0 else "twin_fit"
+            items.append(Item(pair["harmful"], True, name, pair["category"], split))
+            items.append(Item(pair["benign"], False, name, pair["category"], split))
+    return items
 
 
 def summary(items: list[Item]) -> dict[str, object]:
