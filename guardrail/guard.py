@@ -51,26 +51,27 @@ class Guard:
     >>> guard = Guard(model, processor, policy=Policy(), artifact=art)  # doctest: +SKIP
     >>> guard.generate(audio="question.wav", text="Please answer.").text  # doctest: +SKIP
 
-    With `gate.mode: probe`, pass `probe=` (a probe directory or a trained probe): it scores each
-    request at prefill and steering turns on only for the samples it flags.
+    `policy` may be a `Policy`, a file path or shipped name ("gated"), or a mapping; `artifact` a
+    `SteeringArtifact` or its directory. With `gate.mode: probe`, pass `probe=` (a probe directory or a
+    trained probe): it scores each request at prefill and steering turns on only for the samples it flags.
     """
 
     def __init__(
         self,
         model: nn.Module,
         processor: Any,
-        policy: Policy | None = None,
-        artifact: SteeringArtifact | None = None,
+        policy: Policy | str | Path | Mapping[str, Any] | None = None,
+        artifact: SteeringArtifact | str | Path | None = None,
         *,
         adapter: Adapter | str | None = None,
         probe: ScoringProbe | str | Path | None = None,
     ):
         self.model = model
         self.processor = processor
-        self.policy = policy or Policy()
+        self.policy = Policy.of(policy)
         self.adapter = resolve_adapter(model, adapter)
         self.layers = self.adapter.decoder_layers(model)
-        self.artifact = artifact
+        self.artifact = artifact = SteeringArtifact.load(artifact) if isinstance(artifact, (str, Path)) else artifact
         self._plan = SteeringPlan.for_policy(self.policy, model, self.layers, artifact, probe)
         self.gate = self._plan.gate
         self.metrics = Metrics()

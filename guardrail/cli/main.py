@@ -1,7 +1,8 @@
 """`guardrail` command line: demo, calibrate, run, inspect, eval, bench, policy, families.
 
 Exit codes: 0 success; 2 bad usage or invalid input (policy, audio, artifact); 1 other errors (one line on
-stderr; `--debug` prints the traceback). With `--json`, a failure prints `{"error": {"type": ..., "message": ...}}`.
+stderr; `--debug` prints the traceback); 141 when stdout's reader went away. With `--json`, a failure prints
+`{"error": {"type": ..., "message": ...}}` (`guardrail.cli.exits`).
 """
 
 from __future__ import annotations
@@ -9,40 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from guardrail.cli.exits import run_command
 from guardrail.defaults import PROBE_SUBDIR, default_probe
-from guardrail.errors import GuardrailError
 from guardrail.progress import progress  # light: rich is imported only when a bar is drawn
+from guardrail.version import __version__
 
 if TYPE_CHECKING:  # torch is imported only by the commands that load a model
     from torch import nn
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except GuardrailError as exc:  # bad input: the message says what to do
-        return _fail(exc, args, 2, str(exc))
-    except Exception as exc:  # a bug or an environment failure: one line, the traceback with --debug
-        first = " ".join(str(exc).split("\n", 1)[0].split())[:500]
-        what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        return _fail(exc, args, 1, f"{what} (rerun with --debug for the traceback)")
-
-
-def _fail(exc: Exception, args: argparse.Namespace, code: int, message: str) -> int:
-    """Report `exc`: `error: message` on stderr (and the traceback with --debug), and with --json a JSON
-    object `{"error": {"type", "message"}}` on stdout, so a script reading stdout always gets JSON."""
-    if getattr(args, "debug", False):
-        traceback.print_exception(exc, file=sys.stderr)
-    print(f"error: {message}", file=sys.stderr)
-    if getattr(args, "json", False):
-        print(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}))
-    return code
+    return run_command(build_parser().parse_args(argv))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="guardrail", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     demo = sub.add_parser(

@@ -315,13 +315,12 @@ class Policy(_Section):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Policy:
-        """Load and validate a policy file (following `extends:`).
+        """Load and validate a policy file (following `extends:`); a shipped policy's name works too.
 
-        >>> from guardrail.resources import shipped_policy
-        >>> Policy.from_yaml(shipped_policy("default")).steering.alpha
+        >>> Policy.from_yaml("default").steering.alpha
         0.1
         """
-        return _build(cls, chain_from_file(Path(path)))
+        return _build(cls, chain_from_file(locate_policy(path)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>", base_dir: str | Path | None = None) -> Policy:
@@ -332,7 +331,23 @@ class Policy(_Section):
     @classmethod
     def load(cls, ref: str | Path) -> Policy:
         """A policy file path, or the name of a policy shipped with the package ("default", "gated", ...)."""
-        return cls.from_yaml(locate_policy(ref))
+        return cls.from_yaml(ref)
+
+    @classmethod
+    def of(cls, policy: Policy | str | Path | Mapping[str, Any] | None) -> Policy:
+        """A policy given any way the package takes one: a `Policy`, a file path or shipped name, a mapping,
+        or None (the defaults)."""
+        if policy is None:
+            return cls()
+        if isinstance(policy, Policy):
+            return policy
+        if isinstance(policy, (str, Path)):
+            return cls.load(policy)
+        if isinstance(policy, Mapping):
+            return cls.from_dict(policy)
+        raise PolicyError(
+            f"policy must be a Policy, a file path or shipped name, or a mapping; got {type(policy).__name__}"
+        )
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:

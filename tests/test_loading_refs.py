@@ -1,0 +1,62 @@
+"""One way to give a policy and an artifact (a name, a path, an object), `--version`, and a closed pipe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from guardrail import Guard, Policy, PolicyError, calibrate
+from guardrail.cli.exits import BROKEN_PIPE
+from guardrail.cli.main import main
+from guardrail.resources import shipped_policy
+from guardrail.testing.tiny import build_tiny
+from guardrail.version import __version__
+
+
+def test_a_policy_is_named_the_same_way_everywhere():
+    by_name, by_path = Policy.from_yaml("default"), Policy.from_yaml(shipped_policy("default"))
+    assert by_name.model_dump() == by_path.model_dump() == Policy.load("default").model_dump()
+    assert Policy.of("gated").name == "gated" and Policy.of(None) == Policy()
+    assert Policy.of({"steering": {"alpha": 0.3}}).steering.alpha == 0.3
+    with pytest.raises(PolicyError, match="no shipped policy"):
+        Policy.from_yaml("no-such-policy")
+    with pytest.raises(PolicyError, match="got int"):
+        Policy.of(42)  # type: ignore[arg-type]
+
+
+def test_guard_takes_a_policy_name_and_an_artifact_directory(tmp_path):
+    model, tokenizer = build_tiny("qwen2", seed=0)
+    artifact = calibrate(model, tokenizer, ["how do I build a weapon", "steal a car"], ["build a shelf", "wash a car"])
+    artifact.save(tmp_path / "art")
+    guard = Guard(model, tokenizer, policy="default", artifact=tmp_path / "art")
+    assert guard.policy.name == "default" and guard.artifact is not None and guard.artifact.id == artifact.id
+    assert guard.generate(text="hello", max_new_tokens=2).steered
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"guardrail {__version__}"
+
+
+def test_a_closed_pipe_ends_quietly_with_the_sigpipe_code():
+    script = textwrap.dedent(
+        """
+        import argparse, sys
+        from guardrail.cli.exits import run_command
+        def flood(args):
+            for _ in range(20_000):
+                print("x" * 100)
+            return 0
+        sys.exit(run_command(argparse.Namespace(func=flood, json=True)))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(100)
+    proc.stdout.close()  # the reader goes away, as `| head` does
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == BROKEN_PIPE and "Traceback" not in stderr and stderr == ""
