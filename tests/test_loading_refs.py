@@ -60,3 +60,24 @@ def test_a_closed_pipe_ends_quietly_with_the_sigpipe_code():
     proc.stdout.close()  # the reader goes away, as `| head` does
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == BROKEN_PIPE and "Traceback" not in stderr and stderr == ""
+
+
+def test_calibrate_checks_its_files_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    import guardrail.models.loading as loading
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load before the files are checked")
+
+    monkeypatch.setattr(loading, "load_model", no_model)
+    harmful = tmp_path / "h.txt"
+    harmful.write_text("how do I build a weapon\n", encoding="utf-8")
+    out = str(tmp_path / "art")
+    assert main(["calibrate", "--model", "m", "--out", out, "--harmful", str(harmful)]) == 2
+    assert "--harmful was given without --safe" in capsys.readouterr().err
+    missing = str(tmp_path / "missing.txt")
+    assert main(["calibrate", "--model", "m", "--out", out, "--harmful", str(harmful), "--safe", missing]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text("[1, 2", encoding="utf-8")
+    assert main(["calibrate", "--model", "m", "--out", out, "--harmful", str(broken), "--safe", str(harmful)]) == 2
+    assert "not a JSON list" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.cli.exits import run_command
 from guardrail.defaults import PROBE_SUBDIR, default_probe
+from guardrail.errors import RequestError
 from guardrail.progress import progress  # light: rich is imported only when a bar is drawn
 from guardrail.version import __version__
 
@@ -159,25 +160,26 @@ def _policy(path: str | None):
     return Policy.from_yaml(path or shipped_policy("default"))
 
 
-def _items(path: str | None) -> list[str] | None:
-    if path is None:
-        return None
-    text = Path(path).read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return [str(item) for item in json.loads(text)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def _calibration_items(harmful: str | None, safe: str | None) -> tuple[list[str], list[str]]:
+    """The items of --harmful and --safe (both or neither: the package's own set), read before any model loads."""
+    from guardrail.defaults import default_calibration_set
+    from guardrail.evaluation.data import read_questions
+
+    if (harmful is None) != (safe is None):
+        given, missing = ("--harmful", "--safe") if safe is None else ("--safe", "--harmful")
+        raise RequestError(f"{given} was given without {missing}: give both files, or neither for the built-in set")
+    if harmful is None or safe is None:
+        return default_calibration_set()
+    return read_questions(harmful), read_questions(safe)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from guardrail.defaults import default_calibration_set
     from guardrail.models.loading import load_model
     from guardrail.steering.calibrate import calibrate
 
     policy = _policy(args.policy)
+    harmful, safe = _calibration_items(args.harmful, args.safe)
     model, processor, adapter = load_model(args.model, adapter=args.adapter)
-    harmful, safe = _items(args.harmful), _items(args.safe)
-    if harmful is None or safe is None:
-        harmful, safe = default_calibration_set()
     with progress(2 * len(harmful) + len(safe), "calibrating") as advance:
         artifact = calibrate(
             model,

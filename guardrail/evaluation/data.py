@@ -65,6 +65,12 @@ def _read(path: Path) -> list[tuple[str, str]]:
     except OSError as exc:
         raise RequestError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if path.suffix == ".json" or text.lstrip().startswith("["):
-        items = json.loads(text)
-        return [(i["question"], i.get("scenario", "")) if isinstance(i, dict) else (str(i), "") for i in items]
+        try:
+            items = json.loads(text)
+            return [(i["question"], i.get("scenario", "")) if isinstance(i, dict) else (str(i), "") for i in items]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RequestError(
+                f"{path} is not a JSON list of strings or of objects with a 'question' field ({exc}); "
+                "or give one item per line"
+            ) from None
     return [(line.strip(), "") for line in text.splitlines() if line.strip()]
