@@ -82,3 +82,18 @@ def test_twin_pairs_stay_together_and_are_clean():
     assert len({h.text.lower() for h, _ in pairs}) == len(pairs) == len({b.text.lower() for _, b in pairs})
     held_out = sum(h.split == "twin_eval" for h, _ in pairs) / len(pairs)
     assert 0.25 < held_out < 0.42  # about a third
+
+
+def test_fit_gate_probe_on_a_tiny_model(offline_wheel, tmp_path):
+    from guardrail import OnnxProbe
+    from guardrail.testing.tiny import build_tiny
+    from guardrail_testbeds.gate_probe import fit_gate_probe
+
+    model, tokenizer = build_tiny("qwen2", seed=0)
+    items = gate_sets.gate_items(None)
+    probe = fit_gate_probe(model, tokenizer, items, batch_size=32)
+    assert probe.thresholds is not None and probe.thresholds.chosen_on == "selection set"
+    assert probe.thresholds.n_safe == sum(1 for i in items if i.split == "select" and not i.harmful)
+    loaded = OnnxProbe.load(probe.save(tmp_path / "probe"))
+    loaded.check_model(model)
+    assert loaded.pools == ["last", "mean"]
