@@ -34,7 +34,6 @@ from guardrail.gate.fit import L2_GRID, single_thread, stratified_folds
 from guardrail.gate.metrics import recall_at_fpr, roc_auc, threshold_at_fpr
 from guardrail.gate.onnx_probe import features_from_activations
 from guardrail.gate.stack import fit_stacked
-from guardrail.gate.stacked import Selection, train_stacked_probe
 from guardrail.gate.train import TrainedProbe, train_probe
 from guardrail.models.adapter import resolve_adapter
 from guardrail.requests import Request
@@ -95,14 +94,10 @@ def operating_point(select: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarra
 
 
 def train_deployed_v2(data: dict[str, torch.Tensor], y: np.ndarray, split: np.ndarray) -> TrainedProbe:
-    """Probe v2 as fit_probe trains it (both pools, default layers) on `fit`, thresholds on `select`."""
-    rows = lambda s: torch.as_tensor(np.flatnonzero(split == s))
-    fit, sel = rows("fit"), rows("select")
-    pick = lambda key, r: data[key][:, r].float()
-    return train_stacked_probe(
-        pick("last", fit), y[fit.numpy()].astype(int), mean=pick("mean", fit),
-        select=Selection(pick("last", sel), y[sel.numpy()], pick("mean", sel)),
-    )  # fmt: skip
+    """Probe v2 as deployments train it (`guardrail_testbeds.gate_probe`): `fit`, thresholds on `select`."""
+    from guardrail_testbeds.gate_probe import train_on_splits
+
+    return train_on_splits(data["last"], data["mean"], y, split)
 
 
 def scores_of(probe: Any, data: dict[str, torch.Tensor]) -> np.ndarray:

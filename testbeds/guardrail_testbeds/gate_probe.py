@@ -35,14 +35,20 @@ def fit_gate_probe(
         model, processor, adapter, [Request(text=i.text) for i in chosen], batch_size=batch_size, pooled=True
     )
     assert mean is not None, "pooled=True returns the prompt means"
-    y = np.array([i.harmful for i in chosen])
-    fit = torch.as_tensor([k for k, i in enumerate(chosen) if i.split == "fit"])
-    sel = torch.as_tensor([k for k, i in enumerate(chosen) if i.split == "select"])
-    probe = train_stacked_probe(
-        last[:, fit], y[fit.numpy()].astype(int), mean=mean[:, fit], target_fpr=target_fpr,
-        select=Selection(last[:, sel], y[sel.numpy()], mean[:, sel]),
+    y, split = np.array([i.harmful for i in chosen]), np.array([i.split for i in chosen])
+    return train_on_splits(last, mean, y, split, target_fpr).bind(model, adapter.name)
+
+
+def train_on_splits(
+    last: torch.Tensor, mean: torch.Tensor, y: np.ndarray, split: np.ndarray, target_fpr: float = 0.01
+) -> TrainedProbe:
+    """Probe v2 on the `fit` columns of (layers, n, hidden) activations, thresholds on the `select` ones."""
+    fit = torch.as_tensor(np.flatnonzero(split == "fit"))
+    sel = torch.as_tensor(np.flatnonzero(split == "select"))
+    return train_stacked_probe(
+        last[:, fit].float(), y[fit.numpy()].astype(int), mean=mean[:, fit].float(), target_fpr=target_fpr,
+        select=Selection(last[:, sel].float(), y[sel.numpy()], mean[:, sel].float()),
     )  # fmt: skip
-    return probe.bind(model, adapter.name)
 
 
 def main(argv: list[str] | None = None) -> int:
