@@ -245,11 +245,11 @@ def gate_off(tmp_path):
 @pytest.mark.parametrize(
     "extra, error_type, match",
     [
-        (["--audio", "/no/such/clip.wav"], "RequestError", "text-only model"),
+        (["--audio", "/no/such/clip.wav"], "RequestError", "no such file"),  # checked before the model loads
         (["--text", ""], "RequestError", "neither audio nor text"),
         (["--max-new-tokens", "100000"], "RequestError", "max_new_tokens"),
     ],
-    ids=["audio-for-a-text-model", "empty", "over-the-limit"],
+    ids=["missing-audio-file", "empty", "over-the-limit"],
 )
 def test_run_json_bad_input_prints_a_json_error_and_exits_2(model_dir, gate_off, capsys, extra, error_type, match):
     argv = ["run", "--model", str(model_dir), "--policy", gate_off, "--text", "hi", "--json", *extra]

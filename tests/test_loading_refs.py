@@ -81,3 +81,19 @@ def test_calibrate_checks_its_files_before_loading_a_model(tmp_path, capsys, mon
     broken.write_text("[1, 2", encoding="utf-8")
     assert main(["calibrate", "--model", "m", "--out", out, "--harmful", str(broken), "--safe", str(harmful)]) == 2
     assert "not a JSON list" in capsys.readouterr().err
+
+
+def test_run_takes_the_model_from_the_policy(tmp_path, capsys):
+    model, tokenizer = build_tiny("qwen2", seed=0)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("extends: 'off'\nname: app\nmodel:\n  path: ./m\n", encoding="utf-8")
+    assert main(["run", "--policy", str(policy), "--text", "hi", "--max-new-tokens", "2", "--json"]) == 0
+    assert '"decision"' in capsys.readouterr().out
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("gate: {mode: 'off'}\n", encoding="utf-8")
+    assert main(["run", "--policy", str(bare), "--text", "hi"]) == 2
+    assert "no model" in capsys.readouterr().err
+    args = ["run", "--policy", str(policy), "--audio", str(tmp_path / "missing.wav")]
+    assert main(args) == 2 and "no such file" in capsys.readouterr().err

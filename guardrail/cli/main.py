@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.set_defaults(func=_calibrate)
 
     run = sub.add_parser("run", help="answer one request under a policy")
-    run.add_argument("--model", required=True)
+    run.add_argument("--model", help="model directory or hub id (default: the policy's model.path)")
     run.add_argument("--artifact", help="artifact directory (needed unless the policy's gate is off)")
     run.add_argument("--policy", help="policy YAML; default: policies/default.yaml")
     run.add_argument("--audio", help="audio file")
@@ -223,9 +223,15 @@ def _run(args: argparse.Namespace) -> int:
 
     policy = _policy(args.policy)
     configure_logging(policy.logging.format, policy.logging.level)
-    model, processor, adapter = load_model(args.model, adapter=args.adapter)
-    artifact = SteeringArtifact.load(args.artifact) if args.artifact else None
-    probe = args.probe or default_probe(args.artifact, policy.gate.mode)
+    spec = policy.model  # the policy's model section fills what the command line leaves out
+    path, artifact_dir = args.model or spec.path, args.artifact or spec.artifact
+    if path is None:
+        raise RequestError("no model: give --model, or a policy whose model.path names one")
+    if args.audio is not None and isinstance(args.audio, str) and not Path(args.audio).is_file():
+        raise RequestError(f"--audio {args.audio}: no such file")
+    model, processor, adapter = load_model(path, adapter=args.adapter or spec.adapter)
+    artifact = SteeringArtifact.load(artifact_dir) if artifact_dir else None
+    probe = args.probe or spec.probe or default_probe(artifact_dir, policy.gate.mode)
     guard = Guard(model, processor, policy=policy, artifact=artifact, adapter=adapter, probe=probe)
     result = guard.generate(audio=args.audio, text=args.text, max_new_tokens=args.max_new_tokens)
     if args.json:
