@@ -97,3 +97,14 @@ def test_run_takes_the_model_from_the_policy(tmp_path, capsys):
     assert "no model" in capsys.readouterr().err
     args = ["run", "--policy", str(policy), "--audio", str(tmp_path / "missing.wav")]
     assert main(args) == 2 and "no such file" in capsys.readouterr().err
+
+
+def test_run_places_the_model_as_told(tmp_path, capsys):
+    model, tokenizer = build_tiny("qwen2", seed=0)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    args = ["run", "--model", str(tmp_path / "m"), "--policy", "off", "--text", "hi", "--max-new-tokens", "1"]
+    assert main([*args, "--dtype", "bfloat16", "--device", "cpu", "--json"]) == 0
+    assert '"decision"' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--dtype", "float8"])  # not a choice: argparse's usage error, exit 2

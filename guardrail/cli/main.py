@@ -38,6 +38,11 @@ class _Parser(argparse.ArgumentParser):
         )
 
 
+def _placement(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    parser.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: where transformers loads it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="guardrail", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -62,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--safe", help="file of safe items (same format)")
     cal.add_argument("--policy", help="policy YAML (calibration section); default: the paper's defaults")
     cal.add_argument("--adapter", help="adapter name, when the config does not say")
+    _placement(cal)
     cal.add_argument("--batch-size", type=int, default=8)
     cal.add_argument("--probe", action="store_true", help="also train the gate probe into OUT/probe")
     kinds = "stacked: probe v2 (last position + prompt mean, several layers); logistic: v1 (one layer)"
@@ -76,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--text", default="", help="text of the user turn")
     run.add_argument("--max-new-tokens", type=int, default=None)
     run.add_argument("--adapter")
+    _placement(run)
     run.add_argument("--probe", help="gate probe directory (default: ARTIFACT/probe when the policy gates by probe)")
     run.add_argument("--json", action="store_true")
     run.set_defaults(func=_run)
@@ -179,7 +186,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     policy = _policy(args.policy)
     harmful, safe = _calibration_items(args.harmful, args.safe)
-    model, processor, adapter = load_model(args.model, adapter=args.adapter)
+    model, processor, adapter = load_model(args.model, adapter=args.adapter, dtype=args.dtype, device=args.device)
     with progress(2 * len(harmful) + len(safe), "calibrating") as advance:
         artifact = calibrate(
             model,
@@ -229,7 +236,9 @@ def _run(args: argparse.Namespace) -> int:
         raise RequestError("no model: give --model, or a policy whose model.path names one")
     if args.audio is not None and isinstance(args.audio, str) and not Path(args.audio).is_file():
         raise RequestError(f"--audio {args.audio}: no such file")
-    model, processor, adapter = load_model(path, adapter=args.adapter or spec.adapter)
+    model, processor, adapter = load_model(
+        path, adapter=args.adapter or spec.adapter, dtype=args.dtype, device=args.device
+    )
     artifact = SteeringArtifact.load(artifact_dir) if artifact_dir else None
     probe = args.probe or spec.probe or default_probe(artifact_dir, policy.gate.mode)
     guard = Guard(model, processor, policy=policy, artifact=artifact, adapter=adapter, probe=probe)
