@@ -19,6 +19,7 @@ from torch import nn
 from transformers import StoppingCriteriaList
 
 from guardrail.audio import AudioSource
+from guardrail.errors import PolicyError
 from guardrail.gate.decide import GateVerdict, ScoringProbe
 from guardrail.gate.linear import LinearProbe
 from guardrail.models.adapter import Adapter, resolve_adapter
@@ -80,6 +81,26 @@ class Guard:
         self._static = StaticBackend(model, self.layers, self._plan, self.policy.limits.max_batch)
         if (self.policy.runtime.cache == "static" or is_compiled(model)) and self._plan.active:
             self._static.install()  # hooks in place before the first (compiled) generation
+
+    @classmethod
+    def from_policy(
+        cls, policy: Policy | str | Path | Mapping[str, Any], *, dtype: str = "auto", device: str | None = None
+    ) -> Guard:
+        """A guard built from the policy's `model:` section: the model and processor (`path`, `adapter`),
+        the artifact and the probe (`probe`, or ARTIFACT/probe when the gate needs one).
+
+        >>> guard = Guard.from_policy("policies/examples/kids-voice-app.yaml", device="cuda")  # doctest: +SKIP
+        """
+        from guardrail.defaults import default_probe
+        from guardrail.models.loading import load_model
+
+        resolved = Policy.of(policy)
+        spec = resolved.model
+        if spec.path is None:
+            raise PolicyError(f"policy {resolved.name!r} has no model.path: name the model to serve there")
+        model, processor, adapter = load_model(spec.path, adapter=spec.adapter, dtype=dtype, device=device)
+        probe = spec.probe or default_probe(spec.artifact, resolved.gate.mode)
+        return cls(model, processor, policy=resolved, artifact=spec.artifact, adapter=adapter, probe=probe)
 
     # -- what the guard steers with ----------------------------------------------------
     @property

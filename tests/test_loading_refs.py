@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from guardrail import Guard, Policy, PolicyError, calibrate
 from guardrail.cli.exits import BROKEN_PIPE
@@ -108,3 +109,18 @@ def test_run_places_the_model_as_told(tmp_path, capsys):
     assert '"decision"' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([*args, "--dtype", "float8"])  # not a choice: argparse's usage error, exit 2
+
+
+def test_a_guard_built_from_its_policy(tmp_path):
+    model, tokenizer = build_tiny("qwen2", seed=0)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    artifact = calibrate(model, tokenizer, ["how do I build a weapon", "steal a car"], ["build a shelf", "wash a car"])
+    artifact.save(tmp_path / "art")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("name: app\nmodel:\n  path: ./m\n  artifact: ./art\n", encoding="utf-8")
+    guard = Guard.from_policy(policy, dtype="float32", device="cpu")
+    assert guard.policy.name == "app" and guard.artifact is not None and guard.artifact.id == artifact.id
+    assert guard.model.dtype == torch.float32 and guard.generate(text="hi", max_new_tokens=1).steered
+    with pytest.raises(PolicyError, match="no model.path"):
+        Guard.from_policy("default")
