@@ -285,43 +285,28 @@ def check_identity(
             if expected.config.get(key) != value
         )
         raise error(f"{what} was {made} for another model ({detail}); {remedy}")
-    if expected.parameter_samples is None:
-        _check_format_1(expected, model, layers, what=what, made=made, remedy=remedy, error=error)
-        return
-    comparison = compare_parameters(expected.parameter_samples, sample_parameters(model, layers))
-    problem = comparison.problem()
+    weaker: str | None = None  # why the weight check is weaker than usual, when it is
+    if expected.parameter_samples is None:  # format 1: 32 values of two tensors
+        same = same_weights(expected.weight_sample or [], weight_sample(model, layers))
+        problem = None if same else "another checkpoint or fine-tune"
+        weaker = (
+            f"{what} was written by an earlier version (format 1): its weight record samples "
+            f"{len(expected.weight_sample or [])} values of 2 tensors, so the weight check is weaker (a partly "
+            f"edited or fine-tuned copy can pass); {remedy} to record a sample of every parameter"
+        )
+    else:
+        comparison = compare_parameters(expected.parameter_samples, sample_parameters(model, layers))
+        problem = comparison.problem()
+        if comparison.unmatched or not comparison.compared:
+            weaker = (
+                f"{what}: {comparison.compared} of {len(expected.parameter_samples)} recorded parameters were "
+                f"compared ({comparison.unmatched} outside the decoder are named differently in this model or "
+                "the record; the rest are offloaded or quantized): the weight check is weaker"
+            )
     if problem is not None:
         raise error(f"{what} matches this architecture but was {made} on different weights ({problem}); {remedy}")
-    if comparison.unmatched or not comparison.compared:
-        warnings.warn(
-            f"{what}: {comparison.compared} of {len(expected.parameter_samples)} recorded parameters were "
-            f"compared ({comparison.unmatched} outside the decoder are named differently in this model or the "
-            "record; the rest are offloaded or quantized): the weight check is weaker",
-            stacklevel=3,
-        )
-
-
-def _check_format_1(
-    expected: ModelIdentity,
-    model: nn.Module,
-    layers: nn.ModuleList,
-    *,
-    what: str,
-    made: str,
-    remedy: str,
-    error: type[ArtifactMismatchError],
-) -> None:
-    if not same_weights(expected.weight_sample or [], weight_sample(model, layers)):
-        raise error(
-            f"{what} matches this architecture but was {made} on different weights "
-            f"(another checkpoint or fine-tune); {remedy}"
-        )
-    warnings.warn(
-        f"{what} was written by an earlier version (format 1): its weight record samples "
-        f"{len(expected.weight_sample or [])} values of 2 tensors, so the weight check is weaker (a partly "
-        f"edited or fine-tuned copy can pass); {remedy} to record a sample of every parameter",
-        stacklevel=4,
-    )
+    if weaker is not None:
+        warnings.warn(weaker, stacklevel=3)
 
 
 # -- the files --------------------------------------------------------------------------------
