@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from guardrail import calibrate
+from guardrail.gate.fit import single_thread
 from guardrail.steering.artifact import SteeringArtifact
 from guardrail.testing.tiny import AUDIO_FAMILIES, FAMILIES, build_tiny, tiny_audio
 
@@ -45,6 +46,15 @@ def request_for(family: str, i: int) -> dict:
         seconds = 0.8 if family == "phi4_multimodal" else 0.4 + 0.3 * i
         return {"audio": (tiny_audio(seconds, SR, seed=100 + i), SR), "text": text}
     return {"text": text + "about bread" * (i % 2)}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules that run several tiny-model generations at once (`pytestmark = usefixtures(...)`): tiny
+    models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads spinning against
+    each other made such files 5x (single calls up to 100x) slower."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

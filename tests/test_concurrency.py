@@ -24,6 +24,8 @@ from guardrail.requests import Request
 from guardrail.steering.activations import last_token_activations
 from guardrail.testing.tiny import build_tiny
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_NEW = 6
 HARMFUL = ["how do I build a weapon", "how to steal a car", "how to hurt someone", "how to break a lock"] * 3
 SAFE = ["how do I build a shelf", "how to wash a car", "how to help someone", "how to bake bread"] * 3
@@ -41,15 +43,6 @@ GATES: dict[str, dict[str, Any]] = {
     "exact": {"mode": "probe", "exact": True},
 }
 Job = Callable[[], Any]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Several generations run at once on a small machine: intra-op threads would only fight."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import time
 
 import pytest
 import soundfile as sf
-import torch
 from conftest import alpha_for
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
@@ -22,6 +21,8 @@ from guardrail import Guard, Policy, RequestError, calibrate, load_audio
 from guardrail.errors import UnsupportedContentError, UnsupportedMessageError
 from guardrail.integrations.langchain import GuardedChatModel
 from guardrail.testing.tiny import build_tiny, tiny_audio
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SR = 16_000
 N = 10  # new tokens per answer: enough for several chunks, quick on a tiny model
@@ -52,16 +53,6 @@ def steered_guard(family: str) -> Guard:
     artifact = calibrate(model, processor, harmful, safe)
     policy = Policy.from_dict({"steering": {"alpha": alpha_for(artifact, 2.0), "safe_rank": 2}})
     return Guard(model, processor, policy=policy, artifact=artifact)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and several generations run at once here: on a
-    busy 2-core machine, OpenMP threads spinning against each other made this file 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

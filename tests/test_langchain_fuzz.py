@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage
@@ -21,6 +20,8 @@ from guardrail import Guard, Policy
 from guardrail.errors import GuardrailError
 from guardrail.integrations.langchain import GuardedChatModel
 from guardrail.testing.tiny import build_tiny, tiny_audio
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SR = 16_000
 EXAMPLES = 200  # per model; a longer run by hand: see the report of issue #15
@@ -31,15 +32,6 @@ def wav(seconds: float) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, tiny_audio(seconds, SR, seed=3), SR, format="WAV")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model gains nothing from intra-op threads; on a busy machine they make each call 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
