@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
@@ -83,14 +84,28 @@ class ModelAccess:
             )
 
 
-_ACCESS: weakref.WeakKeyDictionary[nn.Module, ModelAccess] = weakref.WeakKeyDictionary()
-_ACCESS_LOCK = threading.Lock()
+T = TypeVar("T")
+
+
+class PerModule(Generic[T]):
+    """One shared `T` per decoder-layer list: made by `make(layers)` on first use, dropped with the list."""
+
+    def __init__(self, make: Callable[[Any], T]) -> None:
+        self._make = make
+        self._items: weakref.WeakKeyDictionary[nn.Module, T] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, layers: nn.Module) -> T:
+        with self._lock:
+            item = self._items.get(layers)
+            if item is None:
+                item = self._items[layers] = self._make(layers)
+            return item
+
+
+_ACCESS: PerModule[ModelAccess] = PerModule(lambda layers: ModelAccess())
 
 
 def access_for(layers: nn.Module) -> ModelAccess:
     """The shared `ModelAccess` of a decoder-layer list (created on first use)."""
-    with _ACCESS_LOCK:
-        access = _ACCESS.get(layers)
-        if access is None:
-            access = _ACCESS[layers] = ModelAccess()
-        return access
+    return _ACCESS.get(layers)

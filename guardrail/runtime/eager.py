@@ -11,7 +11,6 @@ running beside a guarded call is untouched.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from guardrail.runtime.access import PerModule
 from guardrail.steering.activations import masked_mean
 
 
@@ -142,14 +142,9 @@ def _add_last(hidden: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return hidden
 
 
-_REGISTRY: weakref.WeakKeyDictionary[nn.Module, LayerHooks] = weakref.WeakKeyDictionary()
-_REGISTRY_LOCK = threading.Lock()
+_HOOKS: PerModule[LayerHooks] = PerModule(LayerHooks)
 
 
 def hooks_for(layers: nn.ModuleList) -> LayerHooks:
     """The shared `LayerHooks` of a decoder-layer list (created on first use)."""
-    with _REGISTRY_LOCK:
-        hooks = _REGISTRY.get(layers)
-        if hooks is None:
-            hooks = _REGISTRY[layers] = LayerHooks(layers)
-        return hooks
+    return _HOOKS.get(layers)
