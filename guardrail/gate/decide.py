@@ -18,6 +18,7 @@ import torch
 
 from guardrail.errors import GuardrailError, PolicyError
 from guardrail.gate.linear import linear_form
+from guardrail.gate.probe_record import probe_pools
 from guardrail.policy.schema import AtFpr, Policy
 
 
@@ -84,7 +85,7 @@ class Gate:
 
     @property
     def pools(self) -> list[str]:
-        return list(getattr(self.probe, "pools", ["last"])) if self.layers else []
+        return list(probe_pools(self.probe)) if self.layers else []
 
     @property
     def on_error_steer(self) -> bool:

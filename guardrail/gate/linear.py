@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from guardrail.gate.probe_record import probe_pools
+
 log = logging.getLogger("guardrail")
 
 _TOLERANCE = 1e-4  # probability units; both sides compute one float32 dot product
@@ -90,7 +92,7 @@ def _from_module(probe: Any) -> LinearProbe | None:
     if not isinstance(linear, torch.nn.Linear) or linear.out_features != 1:
         return None
     bias = float(linear.bias.detach()[0]) if linear.bias is not None else 0.0
-    return LinearProbe(tuple(probe.layers), linear.weight.detach().float().reshape(-1).cpu(), bias, _pools(probe))
+    return LinearProbe(tuple(probe.layers), linear.weight.detach().float().reshape(-1).cpu(), bias, probe_pools(probe))
 
 
 def _from_onnx(probe: Any) -> LinearProbe | None:
@@ -113,11 +115,7 @@ def _from_onnx(probe: Any) -> LinearProbe | None:
     w = np.asarray(init[gemm.input[1]], dtype=np.float64) * attrs.get("alpha", 1.0)
     w = w.reshape(-1) if w.shape[0] == 1 or w.ndim == 1 else w.T.reshape(-1)
     b = float(np.asarray(init[gemm.input[2]]).reshape(-1)[0]) * attrs.get("beta", 1.0) if len(gemm.input) > 2 else 0.0
-    return LinearProbe(tuple(probe.layers), torch.from_numpy(w.astype(np.float32)), b, _pools(probe))
-
-
-def _pools(probe: Any) -> tuple[str, ...]:
-    return tuple(getattr(probe, "pools", ("last",)))
+    return LinearProbe(tuple(probe.layers), torch.from_numpy(w.astype(np.float32)), b, probe_pools(probe))
 
 
 def _agrees(linear: LinearProbe, probe: Any) -> bool:

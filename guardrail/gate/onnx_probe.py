@@ -32,6 +32,7 @@ from guardrail.gate.probe_record import (
     ONNX_FILE,
     READS,
     ProbeMetadata,
+    probe_pools,
 )
 from guardrail.models.adapter import resolve_adapter
 from guardrail.models.identity import check_identity, config_summary, read_record, read_versioned_record
@@ -114,7 +115,7 @@ def evaluate_probe(
     >>> evaluate_probe(probe, eval_acts, eval_labels)["roc_auc"]  # doctest: +SKIP
     0.91
     """
-    features = features_from_activations(activations, probe.layers, pooled, getattr(probe, "pools", ("last",)))
+    features = features_from_activations(activations, probe.layers, pooled, probe_pools(probe))
     scores, y = probe.score(features), label_mask(labels)
     return {
         "n_harmful": int(y.sum()),

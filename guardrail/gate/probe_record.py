@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import field_validator, model_validator
@@ -142,3 +142,8 @@ class ProbeMetadata(StrictRecord):
                 f"({len(self.layers)}) x hidden_size ({self.hidden_size}), hidden_size at least 1"
             )
         return self
+
+
+def probe_pools(probe: Any) -> tuple[Pool, ...]:
+    """The pools a probe object reads: its `pools`, or the last position alone (v1 and custom probes)."""
+    return tuple(getattr(probe, "pools", ("last",)))
