@@ -21,7 +21,7 @@ from guardrail.gate.fit import L2_GRID, single_thread, stratified_folds
 from guardrail.gate.metrics import Array, threshold_at_fpr
 from guardrail.gate.onnx_probe import features_from_activations
 from guardrail.gate.probe_record import CrossValidation, Pool, StackInfo, TrainingSet
-from guardrail.gate.stack import fit_stacked
+from guardrail.gate.stack import Stacked, fit_stacked
 from guardrail.gate.train import TrainedProbe, activations_digest, checked_inputs, threshold_table
 
 DEFAULT_DEPTH = 0.75  # read the first three quarters of the layers: the gate decides before the last quarter
@@ -78,7 +78,7 @@ def train_stacked_probe(
         layer_auc={layer: stacked.block_auc[i] for i, layer in enumerate(layers)},
         normalisation=stacked.normalisation,
         training=TrainingSet(n_harmful=int(y.sum()), n_safe=int((~y).sum()), activations_sha256=_digest(last, mean, y)),
-        cv=_cv_record(stacked, folds, seed, l2_grid, y),
+        cv=_cv_record(stacked, folds, seed, l2_grid, y, target_fpr),
         pools=pools,
         stack=StackInfo(
             blocks=[f"{pool}:{layer}" for pool in pools for layer in layers],
@@ -104,9 +104,12 @@ def selection_safe_scores(probe: TrainedProbe, select: Selection) -> np.ndarray:
     return probe.score(features)[~y]
 
 
-def _cv_record(stacked, folds: int, seed: int, l2_grid: Sequence[float], y: np.ndarray) -> CrossValidation:
+def _cv_record(
+    stacked: Stacked, folds: int, seed: int, l2_grid: Sequence[float], y: np.ndarray, target_fpr: float
+) -> CrossValidation:
+    """What cross-validation saw, at the out-of-fold threshold for `target_fpr` (as v1 records it)."""
     oof = stacked.oof_scores
-    threshold = threshold_at_fpr(oof[~y], 0.01)
+    threshold = threshold_at_fpr(oof[~y], target_fpr)
     return CrossValidation(
         folds=folds,
         seed=seed,
