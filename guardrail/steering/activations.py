@@ -73,10 +73,8 @@ def prompt_activations(
         mask = inputs.get("attention_mask") if pooled else None
         with capture_last(layers, pool_mask=mask, pooled=pooled) as captured:
             forward_last(model, inputs)
-        for rows, kind in ((last_rows, "last"), (mean_rows, "mean")):
-            if kind == "mean" and not pooled:
-                continue
-            source = captured if kind == "last" else captured.pooled
+        sources: list[tuple[list[torch.Tensor], dict[int, torch.Tensor]]] = [(last_rows, captured)]
+        for rows, source in sources + ([(mean_rows, captured.pooled)] if pooled else []):
             stacked = torch.stack([source[i] for i in range(len(layers))], dim=0).float().cpu()
             for j, index in enumerate(chunk):
                 rows[index] = stacked[:, j]
