@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from guardrail.evaluation.harness import wilson
 from guardrail.gate.fit import L2_GRID, single_thread, stratified_folds
 from guardrail.gate.metrics import recall_at_fpr, roc_auc, threshold_at_fpr
 from guardrail.gate.onnx_probe import features_from_activations
-from guardrail.gate.stack import fit_stacked
+from guardrail.gate.stack import Stacked, fit_stacked
 from guardrail.gate.train import TrainedProbe, train_probe
 from guardrail.models.adapter import resolve_adapter
 from guardrail.requests import Request
@@ -110,6 +111,16 @@ def blocks_of(data: dict[str, torch.Tensor], rows: np.ndarray, layers: list[int]
     return [data[pool][layer, rows].double() for pool in pools for layer in layers]
 
 
+def stacked_scorer(
+    data: dict[str, torch.Tensor], y: np.ndarray, rows: np.ndarray, layers: list[int], pools: tuple[str, ...]
+) -> tuple[Stacked, Callable[[np.ndarray], np.ndarray]]:
+    """v2's stacked probe fitted on `rows` (5 stratified folds), and its scorer: rows -> P(harmful), float64."""
+    with single_thread():
+        stacked = fit_stacked(blocks_of(data, rows, layers, pools), y[rows], stratified_folds(y[rows], 5, 0), L2_GRID)
+    features = lambda r: torch.cat([b.float() for b in blocks_of(data, r, layers, pools)], dim=1)
+    return stacked, lambda r: stacked.module(features(r)).detach().numpy().astype(np.float64)
+
+
 def train_variants(data: dict, y: np.ndarray, split: np.ndarray, figstep_fit: np.ndarray, n_layers: int) -> dict:
     """name -> scoring function (rows -> P(harmful)) trained on the fit split."""
     fit = np.flatnonzero(split == "fit")
@@ -117,17 +128,11 @@ def train_variants(data: dict, y: np.ndarray, split: np.ndarray, figstep_fit: np
     for name, rows in (("v1 (FigStep 0-49)", np.flatnonzero(figstep_fit)), ("v1 (fit split)", fit)):
         probe = train_probe(data["last"][:, rows].float(), y[rows].astype(int))
         variants[f"{name}, layer {probe.layers[0]}"] = lambda r, p=probe: p.score(data["last"][p.layers[0], r].float())
-    folds = stratified_folds(y[fit], 5, 0)
     cuts = sorted({n_layers - 1, (3 * n_layers) // 4 - 1, n_layers // 2 - 1})
     for pools in (("last",), ("last", "mean")):
         for cut in cuts:
-            layers = list(range(cut + 1))
-            with single_thread():
-                stacked = fit_stacked(blocks_of(data, fit, layers, pools), y[fit], folds, L2_GRID)
-            name = f"v2 {'+'.join(pools)}, layers 0-{cut} (OOF AUC {stacked.auc:.3f})"
-            variants[name] = lambda r, m=stacked.module, ls=layers, ps=pools: (
-                m(torch.cat([b.float() for b in blocks_of(data, r, ls, ps)], dim=1)).detach().numpy()
-            )
+            stacked, score = stacked_scorer(data, y, fit, list(range(cut + 1)), pools)
+            variants[f"v2 {'+'.join(pools)}, layers 0-{cut} (OOF AUC {stacked.auc:.3f})"] = score
     return variants
 
 
@@ -147,14 +152,9 @@ def suffix_robustness(testbed: str, items: list, batch_size: int, cut: int) -> d
     split[split == "fit+instr"] = "fit_copy"
     layers, pools, result = list(range(cut + 1)), ("last", "mean"), {}
     for name, fit in (("plain fit", split == "fit"), ("fit + suffixed copies", np.isin(split, ["fit", "fit_copy"]))):
-        rows = np.flatnonzero(fit)
-        with single_thread():
-            stacked = fit_stacked(
-                blocks_of(data, rows, layers, pools), y[rows], stratified_folds(y[rows], 5, 0), L2_GRID
-            )
-        score = lambda r, m=stacked.module: m(torch.cat([b.float() for b in blocks_of(data, r, layers, pools)], 1))
+        _, score = stacked_scorer(data, y, np.flatnonzero(fit), layers, pools)
         scored = {
-            s: (score(np.flatnonzero(split == s)).detach().numpy().astype(np.float64), y[split == s])
+            s: (score(np.flatnonzero(split == s)), y[split == s])
             for s in ("select", "select+instr", "eval", "eval+instr", "figstep_eval")
         }
         both = tuple(np.concatenate([scored["select"][k], scored["select+instr"][k]]) for k in (0, 1))
@@ -180,13 +180,9 @@ def twins_experiment(testbed: str, items: list, batch_size: int, cut: int) -> di
     split = np.array([i.split for i in everything])
     layers, pools, result = list(range(cut + 1)), ("last", "mean"), {}
     for name, fit in (("fit", split == "fit"), ("fit + twins", np.isin(split, ["fit", "twin_fit"]))):
-        rows = np.flatnonzero(fit)
-        with single_thread():
-            folds = stratified_folds(y[rows], 5, 0)
-            stacked = fit_stacked(blocks_of(data, rows, layers, pools), y[rows], folds, L2_GRID)
-        score = lambda r, m=stacked.module: m(torch.cat([b.float() for b in blocks_of(data, r, layers, pools)], 1))
+        _, score = stacked_scorer(data, y, np.flatnonzero(fit), layers, pools)
         scored = {
-            s: (score(np.flatnonzero(split == s)).detach().numpy().astype(np.float64), y[split == s])
+            s: (score(np.flatnonzero(split == s)), y[split == s])
             for s in ("select", "eval", "figstep_eval", "twin_eval")
         }
         result[name] = {
