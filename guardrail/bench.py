@@ -153,7 +153,7 @@ def _arms(
     # in every round: what any serving code pays, so the ratios show what the guard itself adds
     prepare = lambda: steered.prepare_inputs(chosen)
     inputs = prepare()
-    gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+    gen: dict[str, Any] = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
     raw_kwargs = {
         **gen,
         **runtime_generate_kwargs(RuntimePolicy(**RUNTIMES[runtime])),

@@ -19,6 +19,7 @@ wrong and what to do about it.
     |   +-- UnsupportedContentError           a content block the model cannot take
     |   +-- UnsupportedMessageError           a message sequence the guard cannot represent
     +-- TestbedsNotInstalledError (ImportError)  no real-weight testbeds package (pip install -e ./testbeds)
+    +-- DeviceError (ValueError)              a device, device map or dtype this machine cannot honour
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class UnsupportedContentError(RequestError):
 
 
 class UnsupportedMessageError(RequestError):
-    """A message sequence the guard cannot represent (chat history, a system prompt, no user turn)."""
+    """A message sequence the guard cannot represent (a conversation ending with an AI message, an unknown kind)."""
 
 
 class ProbeError(ArtifactError):
@@ -76,3 +77,8 @@ class TestbedsNotInstalledError(GuardrailError, ImportError):
     """No real-weight testbeds are installed (the `guardrail.testbeds` entry point is missing or broken)."""
 
     __test__ = False  # not a pytest test class
+
+
+class DeviceError(GuardrailError, ValueError):
+    """A device, device map or dtype that cannot be honoured: a GPU torch does not see, `device_map` without
+    accelerate, `device` and `device_map` together, an unknown dtype."""

@@ -23,6 +23,9 @@ from guardrail.errors import PolicyError
 from guardrail.gate.decide import GateVerdict, ScoringProbe
 from guardrail.gate.linear import LinearProbe
 from guardrail.models.adapter import Adapter, resolve_adapter
+from guardrail.models.answer import Answer
+from guardrail.models.context import context_length, prompt_lengths
+from guardrail.models.tool_calls import CALL_OPEN, TOOL_MARKERS
 from guardrail.obs.logs import decision_event, decision_logger
 from guardrail.obs.metrics import Metrics
 from guardrail.obs.streaming import GenerationClock, GuardStream, TokenQueue
@@ -33,12 +36,15 @@ from guardrail.requests import (
     check_max_new_tokens,
     check_one_row_per_request,
     check_prompt_tokens,
+    check_stop,
     parse_request,
+    request_dict,
     request_fields,
 )
 from guardrail.results import DecisionTemplate, GuardResult, Timings, until_eos
 from guardrail.runtime.backend import SteeringBackend, SteeringPlan
 from guardrail.runtime.eager_backend import EagerBackend
+from guardrail.runtime.sampling import answer_controls, seeded
 from guardrail.runtime.static_backend import StaticBackend, is_compiled, runs_compiled, runtime_generate_kwargs
 from guardrail.steering.activations import model_inputs
 from guardrail.steering.artifact import SteeringArtifact
@@ -84,10 +90,17 @@ class Guard:
 
     @classmethod
     def from_policy(
-        cls, policy: Policy | str | Path | Mapping[str, Any], *, dtype: str = "auto", device: str | None = None
+        cls,
+        policy: Policy | str | Path | Mapping[str, Any],
+        *,
+        dtype: str | None = None,
+        device: str | None = None,
+        device_map: str | Mapping[str, int | str] | None = None,
     ) -> Guard:
         """A guard built from the policy's `model:` section: the model and processor (`path`, `adapter`),
-        the artifact and the probe (`probe`, or ARTIFACT/probe when the gate needs one).
+        the artifact and the probe (`probe`, or ARTIFACT/probe when the gate needs one). The model loads
+        where the policy's `runtime:` section says (`device`, `dtype`, `device_map`); arguments given here
+        win, and a `device` or `device_map` given here replaces the section's placement (see `load_model`).
 
         >>> guard = Guard.from_policy("policies/examples/kids-voice-app.yaml", device="cuda")  # doctest: +SKIP
         """
@@ -98,7 +111,8 @@ class Guard:
         spec = resolved.model
         if spec.path is None:
             raise PolicyError(f"policy {resolved.name!r} has no model.path: name the model to serve there")
-        model, processor, adapter = load_model(spec.path, adapter=spec.adapter, dtype=dtype, device=device)
+        placement = resolved.runtime.placement(dtype=dtype, device=device, device_map=device_map)
+        model, processor, adapter = load_model(spec.path, adapter=spec.adapter, **placement)
         probe = spec.probe or default_probe(spec.artifact, resolved.gate.mode)
         return cls(model, processor, policy=resolved, artifact=spec.artifact, adapter=adapter, probe=probe)
 
@@ -128,24 +142,42 @@ class Guard:
         audio: AudioSource | None = None,
         text: str = "",
         *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Any = None,
         max_new_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
         **generate_kwargs: Any,
     ) -> GuardResult:
-        """Answer one request (audio and/or text) under the policy."""
-        return self.generate_batch([{"audio": audio, "text": text}], max_new_tokens=max_new_tokens, **generate_kwargs)[
-            0
-        ]
+        """Answer one request under the policy: audio and/or text, or a conversation (`messages`, OpenAI-shaped
+        dicts: see `guardrail.conversation`), with the `tools` the model may call (`result.tool_calls`;
+        `tool_choice` "auto", "none", "required" or a tool's name); `response_format="json_object"` opens the
+        answer with "{".
+        `stop`: strings that end the answer (cut before them); `seed`: reproducible sampling."""
+        request = request_dict(
+            audio, text, messages, tools=tools, tool_choice=tool_choice, response_format=response_format
+        )
+        return self.generate_batch([request], max_new_tokens=max_new_tokens, stop=stop, seed=seed, **generate_kwargs)[0]
 
     def generate_batch(
-        self, requests: Sequence[RawRequest], *, max_new_tokens: int | None = None, **generate_kwargs: Any
+        self,
+        requests: Sequence[RawRequest],
+        *,
+        max_new_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        **generate_kwargs: Any,
     ) -> list[GuardResult]:
-        """Answer several requests (dicts with 'audio' and/or 'text', or `guardrail.Request`s) in one
-        batched generate; each gets its own gate and result. `generate_kwargs` go to `model.generate`
-        (a `streamer` there receives the prompt and the new tokens, as with `model.generate`)."""
+        """Answer several requests (dicts with 'audio' and/or 'text', or 'messages' and 'tools'; or
+        `guardrail.Request`s) in one batched generate; each gets its own gate and result. `generate_kwargs` go
+        to `model.generate` (a `streamer` there receives the prompt and the new tokens, as with `model.generate`)."""
         started = time.perf_counter()
         limits = self.policy.limits
         check_batch_size(len(requests), limits.max_batch, self.policy.name)
         max_new_tokens = self._check_call(max_new_tokens, generate_kwargs)
+        stops = check_stop(stop)
         batch = self._parse(requests)
         inputs = self._model_inputs(batch, max_new_tokens)
         backend = self.backend_for(**generate_kwargs)
@@ -153,7 +185,8 @@ class Guard:
         keep = [i for i in range(len(batch)) if known is None or not known.block[i]]
         results: dict[int, GuardResult] = {}
         if keep:
-            sub_inputs = inputs if len(keep) == len(batch) else self._model_inputs([batch[i] for i in keep], None)
+            kept = [batch[i] for i in keep]
+            sub_inputs = inputs if len(keep) == len(batch) else self._model_inputs(kept, None)
             clock = GenerationClock(generate_kwargs.get("streamer"))
             kwargs = {
                 "do_sample": False,
@@ -162,14 +195,17 @@ class Guard:
                 **runtime_generate_kwargs(self.policy.runtime),
                 **generate_kwargs,
                 "streamer": clock,
+                **answer_controls(kept, sub_inputs, stops, self.adapter.tokenizer(self.processor), generate_kwargs),
             }
-            generated, verdict = backend.generate(sub_inputs, None if known is None else known.subset(keep), kwargs)
-            for j, (i, prompt) in enumerate(zip(keep, _prompt_tokens(sub_inputs))):
-                results[i] = self._answered(generated[j], verdict, j, prompt, clock, started)
+            with seeded(seed, sub_inputs["input_ids"].device):
+                generated, verdict = backend.generate(sub_inputs, None if known is None else known.subset(keep), kwargs)
+            for j, (i, prompt) in enumerate(zip(keep, prompt_lengths(sub_inputs))):
+                answer = Answer(generated[j], prompt, stops, batch[i])
+                results[i] = self._answered(answer, verdict, j, clock, started)
         if known is not None:  # the requests not kept: blocked before generating
             results.update((i, self._blocked(known, i, started)) for i in range(len(batch)) if known.block[i])
         answers = [results[i] for i in range(len(batch))]
-        self._log(answers, requests)
+        self._log(answers, batch)
         return answers
 
     def stream(
@@ -177,26 +213,41 @@ class Guard:
         audio: AudioSource | None = None,
         text: str = "",
         *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: Any = None,
+        response_format: Any = None,
         max_new_tokens: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
         **generate_kwargs: Any,
     ) -> GuardStream:
-        """Answer one request, yielding text chunks as tokens are generated. Closing the stream (`close()`,
-        a `with` block, breaking out of the loop, dropping it) stops generation at the next token.
+        """Answer one request (as `generate` takes it), yielding text chunks as tokens are generated; text from
+        a stop string on, and tool-call markup, is not streamed (`.result.tool_calls` holds the calls). Closing
+        the stream (`close()`, a `with` block, breaking out of the loop, dropping it) stops generation at the
+        next token.
 
         >>> chunks = guard.stream(text="How do I bake bread?")  # doctest: +SKIP
         >>> "".join(chunks) == chunks.result.text  # doctest: +SKIP
         True
         """
-        request = {"audio": audio, "text": text}
+        request = request_dict(
+            audio, text, messages, tools=tools, tool_choice=tool_choice, response_format=response_format
+        )
         # validate in the caller's thread: bad input raises here, not mid-stream
-        self._model_inputs(self._parse([request]), self._check_call(max_new_tokens, generate_kwargs))
+        parsed = self._parse([request])
+        self._model_inputs(parsed, self._check_call(max_new_tokens, generate_kwargs))
+        markers = TOOL_MARKERS if parsed[0].tools else ()
         streamer = TokenQueue(
-            lambda ids: self.adapter.decode(self.processor, ids), self.adapter.eos_token_ids(self.model, self.processor)
+            lambda ids: self.adapter.decode(self.processor, ids, markers),
+            self.adapter.eos_token_ids(self.model, self.processor),
+            stops=check_stop(stop),
+            holds=(CALL_OPEN,) if markers and parsed[0].tool_choice != "none" else (),
         )
         kwargs = dict(generate_kwargs)
         kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), streamer.stop])
         run = lambda listener: self.generate_batch(
-            [request], max_new_tokens=max_new_tokens, streamer=listener, **kwargs
+            [request], max_new_tokens=max_new_tokens, stop=stop, seed=seed, streamer=listener, **kwargs
         )[0]
         return GuardStream(run, streamer)
 
@@ -246,7 +297,7 @@ class Guard:
             ),
         )
         if new_tokens is not None:
-            self._check_prompt(_prompt_tokens(inputs), new_tokens)
+            self._check_prompt(prompt_lengths(inputs), new_tokens)
         return inputs
 
     def _check_prompt(self, lengths: list[int], new_tokens: int) -> None:
@@ -275,21 +326,23 @@ class Guard:
         )
 
     def _answered(
-        self, ids: list[int], verdict: GateVerdict, j: int, prompt_tokens: int, clock: GenerationClock, started: float
+        self, answer: Answer, verdict: GateVerdict, j: int, clock: GenerationClock, started: float
     ) -> GuardResult:
-        token_ids, finish_reason = until_eos(ids, self.adapter.eos_token_ids(self.model, self.processor))
+        token_ids, finish_reason = until_eos(answer.ids, self.adapter.eos_token_ids(self.model, self.processor))
         if finish_reason == "length" and clock.cancelled:
             finish_reason = "cancelled"  # a closed stream
+        markers = TOOL_MARKERS if answer.request.tools else ()
+        text, finish_reason, calls = answer.read(self.adapter.decode(self.processor, token_ids, markers), finish_reason)
         decision = self._template().record(
             verdict.steer[j],
             verdict.reasons[j],
             verdict.scores[j],
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=answer.prompt_tokens,
             completion_tokens=len(token_ids),
             finish_reason=finish_reason,
             timings=clock.timings(time.perf_counter(), started),
         )
-        return GuardResult(self.adapter.decode(self.processor, token_ids), token_ids, decision.steered, decision)
+        return GuardResult(text, token_ids, decision.steered, decision, calls)
 
     def _blocked(self, known: GateVerdict, i: int, started: float) -> GuardResult:
         decision = self._template().record(
@@ -308,20 +361,3 @@ class Guard:
         for result, request in zip(results, requests):
             self.metrics.observe(result)
             self._logger.info("guardrail.decision", **decision_event(result, request_fields(request), log_content))
-
-
-def _prompt_tokens(inputs: dict[str, Any]) -> list[int]:
-    mask = inputs.get("attention_mask")
-    if mask is None:
-        return [inputs["input_ids"].shape[1]] * inputs["input_ids"].shape[0]
-    return mask.sum(dim=1).tolist()
-
-
-def context_length(model: nn.Module) -> int | None:
-    """The model's context length in tokens (`max_position_embeddings` of its text config), None if unknown."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    value = getattr(text_config, "max_position_embeddings", None)
-    return value if isinstance(value, int) and value > 0 else None

@@ -7,6 +7,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from guardrail.conversation import ToolCall
+
 
 @dataclass
 class Timings:
@@ -32,7 +34,8 @@ class Decision:
     blocked: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    finish_reason: str = "length"  # "stop" (EOS), "length" (token budget), "blocked" or "cancelled" (stream closed)
+    # "stop" (EOS or a stop string), "length" (token budget), "tool_calls", "blocked" or "cancelled" (stream closed)
+    finish_reason: str = "length"
     timings: Timings = field(default_factory=Timings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -45,6 +48,7 @@ class GuardResult:
     token_ids: list[int]  # generated tokens only, up to (not including) the first EOS
     steered: bool
     decision: Decision
+    tool_calls: list[ToolCall] = field(default_factory=list)  # parsed from the answer when the request had tools
 
     @property
     def blocked(self) -> bool:
@@ -84,3 +88,9 @@ def until_eos(ids: Sequence[int], eos: Collection[int]) -> tuple[list[int], str]
     EOS, "length" when the token budget ran out first."""
     cut = next((k for k, t in enumerate(ids) if t in eos), None)
     return (list(ids), "length") if cut is None else (list(ids[:cut]), "stop")
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the earliest of the `stops` strings begins in `text`, None if none occurs."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None

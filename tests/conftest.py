@@ -80,3 +80,12 @@ def alpha_for(artifact: SteeringArtifact, shift: float) -> float:
     refusal vectors (e.g. |v| ~ 0.005 for Granite), so the paper's alpha would not change a token."""
     mean_norm = sum(float(v.norm()) for v in artifact.refusal.values()) / len(artifact.refusal)
     return shift / mean_norm
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test named in its module's NEEDS_A_CAPABLE_MODEL, in a class with `random_weights = True`, is an
+    expected failure, strictly: one that starts passing fails the run, so the list stays true."""
+    for item in items:
+        needs = getattr(getattr(item, "module", None), "NEEDS_A_CAPABLE_MODEL", ())
+        if getattr(getattr(item, "cls", None), "random_weights", False) and getattr(item, "originalname", "") in needs:
+            item.add_marker(pytest.mark.xfail(reason="needs a model that uses tools or writes JSON", strict=True))

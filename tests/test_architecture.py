@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
         "guardrail.version",
         "guardrail.defaults",
         "guardrail.resources",
+        "guardrail.conversation",
         "guardrail.requests",
         "guardrail.results",
         "guardrail.audio",

@@ -167,6 +167,9 @@ def test_progress_bar_draws_when_enabled():
         ["demo"],
         ["eval", "--testbed", "qwen2.5-coder-0.5b-instruct", "--harmful", "h.json", "--safe", "s.json", "--out", "r"],
         ["bench", "--testbed", "qwen2.5-coder-0.5b-instruct"],
+        ["testbeds", "list"],
+        ["testbeds", "list", "--json"],
+        ["testbeds", "build", "qwen2.5-coder-0.5b-instruct"],
     ],
 )
 def test_testbed_commands_without_the_testbeds_say_how_to_install_them(no_testbeds, command, capsys):
@@ -308,3 +311,239 @@ def test_policy_show_json_failure_is_json(tmp_path, capsys):
     policy.write_text("steering:\n  alpah: 1\n")
     assert main(["policy", "show", str(policy), "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "PolicyError"
+
+
+# -- where the model loads: --dtype, --device, --device-map, the policy's runtime section -----------------------
+@pytest.fixture
+def placements(monkeypatch):
+    """The placement each `load_model` call was given (the model still loads)."""
+    import guardrail.models.loading as loading
+
+    seen: list[dict] = []
+    original = loading.load_model
+
+    def spy(path, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("dtype", "device", "device_map")})
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(loading, "load_model", spy)
+    return seen
+
+
+@pytest.fixture
+def gpu_policy(tmp_path):
+    path = tmp_path / "gpu.yaml"
+    path.write_text("extends: 'off'\nruntime:\n  device: cpu\n  dtype: bfloat16\n")
+    return str(path)
+
+
+def test_run_loads_where_the_policy_says_unless_told_otherwise(model_dir, gpu_policy, placements, capsys):
+    argv = ["run", "--model", str(model_dir), "--policy", gpu_policy, "--text", "hi", "--max-new-tokens", "1", "--json"]
+    assert main(argv) == 0
+    assert main([*argv, "--dtype", "float32"]) == 0
+    assert main([*argv, "--device-map", '{"": "cpu"}']) == 0  # replaces the policy's device
+    assert placements == [
+        {"dtype": "bfloat16", "device": "cpu", "device_map": None},
+        {"dtype": "float32", "device": "cpu", "device_map": None},
+        {"dtype": "bfloat16", "device": None, "device_map": {"": "cpu"}},
+    ]
+    assert all("decision" in json.loads(line) for line in capsys.readouterr().out.splitlines())
+
+
+def test_calibrate_loads_where_the_policy_says(model_dir, gpu_policy, placements, tmp_path):
+    argv = ["calibrate", "--model", str(model_dir), "--out", str(tmp_path / "a"), "--policy", gpu_policy]
+    assert main([*argv, "--device-map", "auto"]) == 0
+    assert placements == [{"dtype": "bfloat16", "device": None, "device_map": "auto"}]
+
+
+def test_a_device_the_machine_lacks_exits_2_naming_it(model_dir, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    policy = tmp_path / "cuda.yaml"
+    policy.write_text("extends: 'off'\nruntime:\n  device: cuda:0\n")
+    assert main(["run", "--model", str(model_dir), "--policy", str(policy), "--text", "hi", "--json"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["type"] == "DeviceError" and "device 'cuda:0' was requested" in error["message"]
+    argv = ["run", "--model", str(model_dir), "--policy", "off", "--text", "hi", "--device", "cpu"]
+    assert main([*argv, "--device-map", "auto"]) == 2
+    assert "were both given" in capsys.readouterr().err
+
+
+def test_device_map_flag_parses_a_name_or_json(capsys):
+    from guardrail.cli.main import build_parser
+
+    base = ["run", "--text", "hi", "--device-map"]
+    assert build_parser().parse_args([*base, "balanced"]).device_map == "balanced"
+    assert build_parser().parse_args([*base, '{"model": 0, "lm_head": "cpu"}']).device_map == {
+        "model": 0,
+        "lm_head": "cpu",
+    }
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([*base, "{model: 0"])
+    assert info.value.code == 2 and "not a JSON object" in capsys.readouterr().err
+
+
+def test_bench_places_a_tiny_model_but_refuses_a_device_map(capsys):
+    assert (
+        main(["bench", "--tiny", "--rounds", "1", "--batches", "1", "--max-new-tokens", "1", "--device-map", "auto"])
+        == 2
+    )
+    assert "--device-map applies to a model loaded with --model" in capsys.readouterr().err
+
+
+# -- one spelling per flag ------------------------------------------------------------------------------------
+def subcommands() -> dict[str, object]:
+    import argparse
+
+    from guardrail.cli.main import build_parser
+
+    found = {}
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    found[f"{prefix} {name}".strip()] = child
+                    walk(child, f"{prefix} {name}")
+
+    walk(build_parser(), "")
+    return found
+
+
+def visible_flags(parser) -> set[str]:
+    import argparse
+
+    return {flag for a in parser._actions if a.help != argparse.SUPPRESS for flag in a.option_strings}
+
+
+def test_flags_are_spelled_the_same_in_every_subcommand():
+    commands = subcommands()
+    for name, parser in commands.items():
+        flags = visible_flags(parser)
+        assert not {"--new-tokens", "--tokens", "--max-tokens", "--output", "--policy-file"} & flags, name
+    loads_a_model = ["calibrate", "run", "eval", "bench"]
+    for name in loads_a_model:
+        assert {"--model", "--dtype", "--device", "--device-map"} <= visible_flags(commands[name]), name
+    for name in ["run", "eval", "bench", "demo"]:
+        assert "--max-new-tokens" in visible_flags(commands[name]), name
+    assert "--artifact" in visible_flags(commands["inspect"]) and "--json" in visible_flags(commands["families"])
+
+
+def test_old_spellings_still_work_hidden():
+    from guardrail.cli.main import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["bench", "--tiny", "--new-tokens", "3"]).max_new_tokens == 3
+    assert parse(["bench", "--tiny", "--max-new-tokens", "3"]).max_new_tokens == 3
+    assert parse(["bench", "--tiny"]).max_new_tokens == 32
+    assert parse(["bench", "--tiny", "--probe"]).train_probe and parse(["bench", "--tiny", "--train-probe"]).train_probe
+    cal = ["calibrate", "--model", "m", "--out", "o"]
+    assert parse([*cal, "--probe"]).train_probe and not parse(cal).train_probe
+    assert "--new-tokens" not in subcommands()["bench"].format_help()
+
+
+def test_inspect_takes_the_artifact_either_way(model_dir, tmp_path, capsys):
+    out = tmp_path / "art"
+    assert main(["calibrate", "--model", str(model_dir), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", "--artifact", str(out), "--json"]) == 0
+    by_flag = json.loads(capsys.readouterr().out)
+    assert main(["inspect", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == by_flag
+    assert main(["inspect"]) == 2 and "no artifact" in capsys.readouterr().err
+
+
+def test_families_json(capsys):
+    assert main(["families", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"name": "qwen2_audio", "modality": "audio"}.items() <= next(
+        r for r in rows if r["name"] == "qwen2_audio"
+    ).items()
+    assert all(row["description"] for row in rows)
+
+
+# -- guardrail testbeds list | build ----------------------------------------------------------------------------
+class FakeProvider:
+    """A testbeds package's provider, in memory: two testbeds, one built."""
+
+    def __init__(self, with_status: bool = True):
+        self.built = {"small-lm"}
+        if with_status:
+            self.is_built = lambda name: name in self.built
+            self.build = self._build
+
+    def names(self):
+        return ["small-lm", "audio-lm"]
+
+    def load(self, name):
+        self.built.add(name)
+        return object(), object()
+
+    def speak(self, text):
+        raise NotImplementedError
+
+    def _build(self, name):
+        self.built.add(name)
+        return f"/cache/{name}"
+
+
+def register(monkeypatch, made: FakeProvider) -> FakeProvider:
+    """`made` registered under the `guardrail.testbeds` entry point, as an installed package would be."""
+    from guardrail.models import testbeds
+
+    class EntryPointOf:
+        name, value = "fake", "fake:PROVIDER"
+
+        def load(self):
+            return made
+
+    monkeypatch.setattr(testbeds, "entry_points", lambda group: [EntryPointOf()])
+    return made
+
+
+@pytest.fixture
+def provider(monkeypatch):
+    return register(monkeypatch, FakeProvider())
+
+
+def test_testbeds_list_says_which_are_built(provider, capsys):
+    assert main(["testbeds", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["small-lm  built", "audio-lm  not built"]
+    assert main(["testbeds", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"name": "small-lm", "built": True},
+        {"name": "audio-lm", "built": False},
+    ]
+
+
+def test_testbeds_build_builds_and_list_then_shows_it(provider, capsys):
+    assert main(["testbeds", "build", "audio-lm"]) == 0
+    assert capsys.readouterr().out.strip() == "audio-lm: built in /cache/audio-lm"
+    assert main(["testbeds", "list", "--json"]) == 0
+    assert all(row["built"] for row in json.loads(capsys.readouterr().out))
+
+
+def test_testbeds_build_checks_every_name_first(provider, capsys):
+    assert main(["testbeds", "build", "audio-lm", "no-such"]) == 2
+    assert "unknown testbed 'no-such'; known: small-lm, audio-lm" in capsys.readouterr().err
+    assert provider.built == {"small-lm"}  # nothing was built
+
+
+def test_a_provider_without_status_builds_by_loading(monkeypatch, capsys):
+    bare = register(monkeypatch, FakeProvider(with_status=False))
+    assert main(["testbeds", "list"]) == 0
+    assert "audio-lm  unknown" in capsys.readouterr().out
+    assert main(["testbeds", "build", "audio-lm"]) == 0 and "audio-lm" in bare.built
+
+
+def test_the_installed_testbeds_list_offline_from_an_empty_cache(monkeypatch, tmp_path, capsys):
+    from guardrail.models.testbeds import provider_entry_points
+
+    if not provider_entry_points():
+        pytest.skip("the testbeds package is not installed (pip install -e ./testbeds)")
+    monkeypatch.setenv("GUARDRAIL_CACHE", str(tmp_path))
+    assert main(["testbeds", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"qwen2.5-coder-0.5b-instruct", "qwen2-audio-testbed"} <= {row["name"] for row in rows}
+    assert all(row["built"] is False for row in rows)

@@ -496,35 +496,42 @@ def test_audio_for_a_text_only_model(text_guard):
         )
 
 
-def test_history_and_system_messages(text_guard):
+def test_conversations_go_to_the_guard_whole(text_guard):
     chat = GuardedChatModel(guard=text_guard, max_new_tokens=4)
-    with pytest.raises(UnsupportedMessageError, match=r"1 earlier message\(s\).*SystemMessage.*history='last_turn'"):
-        chat.invoke([SystemMessage("You are a pirate."), HumanMessage("hi")])
-    with pytest.raises(UnsupportedMessageError, match="HumanMessage, AIMessage"):
-        chat.invoke([HumanMessage("hi"), AIMessage("hello"), HumanMessage("how to bake")])
-    with pytest.raises(UnsupportedMessageError, match="must end with a HumanMessage"):
-        chat.invoke([HumanMessage("hi"), AIMessage("hello")])
-    with pytest.raises(RequestError, match="stop sequences"):
-        chat.invoke("hi", stop=["\n"])
-    with pytest.raises(TypeError, match="temperature"):
-        chat.invoke("hi", temperature=0.5)
-
-    dropping = GuardedChatModel(guard=text_guard, max_new_tokens=4, history="last_turn")
-    message = dropping.invoke(
-        [SystemMessage("You are a pirate."), HumanMessage("hi"), AIMessage("hello"), HumanMessage("how to bake")]
+    turns = [SystemMessage("You are a pirate."), HumanMessage("hi"), AIMessage("hello"), HumanMessage("how to bake")]
+    expected = text_guard.generate(
+        messages=[
+            {"role": "system", "content": "You are a pirate."},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "how to bake"},
+        ],
+        max_new_tokens=4,
     )
+    message = chat.invoke(turns)
+    assert message.response_metadata["decision"]["prompt_tokens"] == expected.decision.prompt_tokens
+    assert message.text == expected.text and "dropped_messages" not in message.response_metadata
+    with pytest.raises(UnsupportedMessageError, match="ends with a HumanMessage or a ToolMessage"):
+        chat.invoke([HumanMessage("hi"), AIMessage("hello")])
+
+    one_turn = GuardedChatModel(guard=text_guard, max_new_tokens=4, history="error")
+    with pytest.raises(UnsupportedMessageError, match=r"1 earlier message\(s\).*SystemMessage.*history='full'"):
+        one_turn.invoke([SystemMessage("You are a pirate."), HumanMessage("hi")])
+    dropping = GuardedChatModel(guard=text_guard, max_new_tokens=4, history="last_turn")
+    message = dropping.invoke(turns)
     assert message.text == chat.invoke("how to bake").text
     assert message.response_metadata["dropped_messages"] == 3
 
 
-def test_system_message_equal_to_the_policys_prompt_is_accepted(text_guard):
+def test_a_system_message_equal_to_the_policys_prompt_is_not_sent_twice(text_guard):
     policy = text_guard.policy.model_copy(update={"system_prompt": "Be brief."})
     guard = Guard(text_guard.model, text_guard.processor, policy=policy, artifact=text_guard.artifact)
     chat = GuardedChatModel(guard=guard, max_new_tokens=4)
     message = chat.invoke([SystemMessage("Be brief."), HumanMessage("how to bake")])
     assert message.text == guard.generate(text="how to bake", max_new_tokens=4).text
-    with pytest.raises(UnsupportedMessageError, match="'Be brief.'"):
-        chat.invoke([SystemMessage("Be verbose."), HumanMessage("how to bake")])
+    other = chat.invoke([SystemMessage("Be verbose."), HumanMessage("how to bake")])
+    alone = guard.generate(text="how to bake", max_new_tokens=4).decision.prompt_tokens
+    assert other.response_metadata["decision"]["prompt_tokens"] > alone  # the policy's prompt, then the caller's
 
 
 def test_from_pretrained(tmp_path, text_guard):

@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -738,3 +739,13 @@ def test_paths_the_system_cannot_use_are_policy_errors(tmp_path, data):
         Policy.load(next(iter(data.values())) if "extends" in data else "a" * 5000)
     with pytest.raises(PolicyError, match="cannot read policy file"):
         Policy.from_yaml(tmp_path / "loop1.yaml")
+
+
+@pytest.mark.parametrize("name", ["gated", "strict"])
+def test_a_rate_threshold_dumps_without_serializer_warnings(name):
+    policy = Policy.load(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dumped = policy.model_dump()
+        assert Policy.model_validate_json(policy.model_dump_json()).model_dump() == dumped
+    assert isinstance(dumped["gate"]["threshold"], dict) and set(dumped["gate"]["threshold"]) == {"fpr"}

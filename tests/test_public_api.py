@@ -33,6 +33,7 @@ def test_input_errors_are_value_or_type_errors():
         "ProbeError",
         "UnsupportedContentError",
         "UnsupportedMessageError",
+        "DeviceError",
     ):
         assert issubclass(getattr(errors, name), (ValueError, TypeError)), name
 

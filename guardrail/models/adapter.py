@@ -7,8 +7,8 @@ Adding a family is adding a YAML file; a family that needs code names a subclass
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
+import json
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from guardrail.audio import require_min_duration
+from guardrail.conversation import Turn
 from guardrail.errors import RequestError, UnsupportedModelError
+from guardrail.models.chat import checked_turns, messages_for, render, require_tool_template
 from guardrail.models.user_text import ControlTokens, SpecialTokens
 from guardrail.requests import Request
 from guardrail.resources import data_dir
@@ -124,14 +126,14 @@ class Adapter:
         system_prompt: str | None = None,
         special_tokens: SpecialTokens = "refuse",
     ) -> dict[str, torch.Tensor]:
-        """Left-padded model inputs for a batch of one-turn conversations ending in the
-        assistant-generation prefix. User text holding the tokenizer's control tokens (role markers) is
+        """Left-padded model inputs for a batch of conversations (one user turn, or a whole chat with tools)
+        ending in the assistant-generation prefix. User text holding the tokenizer's control tokens (role markers) is
         refused or escaped as `special_tokens` says (the policy's `input.special_tokens`)."""
         if not requests:
             raise RequestError("no requests given: pass at least one request")
         requests = self.checked_requests(processor, requests, special_tokens)
         with self._left_padding(processor):
-            if self.spec.input.style == "text" or not any(r.audio is not None for r in requests):
+            if self.spec.input.style == "text" or not any(r.audios for r in requests):
                 batch = self._text_inputs(processor, requests, system_prompt)
             elif self.spec.input.style == "chat_template":
                 batch = self._chat_template_inputs(processor, requests, system_prompt)
@@ -156,12 +158,37 @@ class Adapter:
         controls = ControlTokens.of(self.tokenizer(processor), processor, extra=[self.spec.input.audio_placeholder])
         checked = []
         for i, request in enumerate(requests):
-            if request.audio is not None:
+            for audio in request.audios:
                 self.require_audio_support(f"request {i}")
-                require_min_duration(int(np.size(request.audio)), self.sampling_rate(processor), f"request {i}: audio")
-            text = controls.check(request.text, i, special_tokens)
-            checked.append(request if text is request.text else dataclasses.replace(request, text=text))
+                require_min_duration(int(np.size(audio)), self.sampling_rate(processor), f"request {i}: audio")
+            if request.tools and request.tool_choice != "none":
+                require_tool_template(self._template_owner(processor), self.name)
+            checked.append(checked_turns(request, controls, i, special_tokens))
         return checked
+
+    def _template_owner(self, processor: Any) -> Any:
+        """What renders the prompt text: the processor when it has a template, else its tokenizer."""
+        if self.spec.input.style != "text" and getattr(processor, "chat_template", None):
+            return processor
+        return self.tokenizer(processor)
+
+    def messages(self, request: Request, system_prompt: str | None, processor: Any = None) -> list[dict[str, Any]]:
+        """The request's conversation as the family's chat template reads it (audio as the family's blocks;
+        with `processor`, the clip itself in the blocks of a chat_template-style family)."""
+        if processor is not None and self.spec.input.style == "chat_template":
+            return messages_for(request, system_prompt, lambda turn: self._content_with_audio(turn, processor))
+        return messages_for(request, system_prompt, self.user_content)
+
+    def _content_with_audio(self, turn: Turn, processor: Any) -> Any:
+        content = self.user_content(turn)
+        if turn.audio is not None:
+            content[0] = self.audio_block(turn.audio, self.sampling_rate(processor))
+        return content
+
+    def prompt_texts(self, processor: Any, requests: Sequence[Request], system_prompt: str | None) -> list[str]:
+        """Each request rendered to prompt text by the family's template, with the tools it shows."""
+        owner = self._template_owner(processor)
+        return [render(owner, self.messages(r, system_prompt), shown_tools(r)) for r in requests]
 
     def _text_inputs(self, processor, requests, system_prompt):
         tokenizer = self.tokenizer(processor)
@@ -170,17 +197,11 @@ class Adapter:
                 f"{type(tokenizer).__name__} has no chat template; set "
                 "tokenizer.chat_template (the guard builds chat prompts)"
             )
-        conversations = [_conversation(r.text, system_prompt) for r in requests]
-        return tokenizer.apply_chat_template(
-            conversations,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            padding=True,
-        )
+        # rendered one by one (each with its own tools), then tokenized as apply_chat_template does
+        prompts = [render(tokenizer, messages_for(r, system_prompt, _text_only), shown_tools(r)) for r in requests]
+        return tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt")
 
-    def user_content(self, request: Request) -> Any:
+    def user_content(self, request: Request | Turn) -> Any:
         """The user turn's content as the family's chat template expects it (audio left abstract)."""
         if self.spec.input.content == "placeholder":
             return (self.spec.input.audio_placeholder or "") * (request.audio is not None) + request.text
@@ -188,8 +209,8 @@ class Adapter:
         return [*blocks, {"type": "text", "text": request.text}]
 
     def _processor_inputs(self, processor, requests, system_prompt):
-        prompts = [_render(processor, _conversation(self.user_content(r), system_prompt)) for r in requests]
-        audios = [r.audio for r in requests if r.audio is not None]
+        prompts = self.prompt_texts(processor, requests, system_prompt)
+        audios = [audio for r in requests for audio in r.audios]
         return processor(
             text=prompts,
             audio=audios,
@@ -199,14 +220,13 @@ class Adapter:
         )
 
     def _chat_template_inputs(self, processor, requests, system_prompt):
-        conversations = []
-        for r in requests:
-            content = self.user_content(r)
-            if r.audio is not None:
-                content[0] = self.audio_block(r.audio, self.sampling_rate(processor))
-            conversations.append(_conversation(content, system_prompt))
+        conversations = [self.messages(r, system_prompt, processor) for r in requests]
+        tools = {json.dumps(shown_tools(r), sort_keys=True) for r in requests}
+        if len(tools) > 1:  # the processor takes one tools list for the whole batch
+            raise RequestError("requests with audio in one batch must show the same tools; send them separately")
+        extra = {"tools": list(shown_tools(requests[0]))} if shown_tools(requests[0]) else {}
         return processor.apply_chat_template(
-            conversations, add_generation_prompt=True, return_tensors="pt", **self.spec.input.processor_kwargs
+            conversations, add_generation_prompt=True, return_tensors="pt", **extra, **self.spec.input.processor_kwargs
         )
 
     def audio_block(self, audio: np.ndarray, sampling_rate: int) -> dict[str, Any]:
@@ -246,21 +266,33 @@ class Adapter:
         eos = sorted(self.eos_token_ids(model, processor))
         return eos[0] if eos else None
 
-    def decode(self, processor: Any, token_ids: Sequence[int]) -> str:
-        return self.tokenizer(processor).decode(list(token_ids), skip_special_tokens=True)
+    def decode(self, processor: Any, token_ids: Sequence[int], keep: Sequence[str] = ()) -> str:
+        """The tokens as text, control tokens left out except the markers in `keep` (e.g. tool-call tags, which
+        some tokenizers count as special)."""
+        tokenizer = self.tokenizer(processor)
+        ids = {m: tokenizer.convert_tokens_to_ids(m) for m in keep}
+        kept = {i: m for m, i in ids.items() if isinstance(i, int) and i != getattr(tokenizer, "unk_token_id", None)}
+        if not kept:
+            return tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        parts: list[str] = []
+        run: list[int] = []
+        for token in [*token_ids, None]:
+            if token is None or token in kept:
+                parts.append(tokenizer.decode(run, skip_special_tokens=True))
+                parts.append(kept.get(token, "") if token is not None else "")
+                run = []
+            else:
+                run.append(token)
+        return "".join(parts)
 
 
-def _conversation(content: Any, system_prompt: str | None) -> list[dict[str, Any]]:
-    turns: list[dict[str, Any]] = []
-    if system_prompt:
-        turns.append({"role": "system", "content": system_prompt})
-    turns.append({"role": "user", "content": content})
-    return turns
+def shown_tools(request: Request) -> tuple[dict[str, Any], ...]:
+    """The tools the prompt shows the model: none with tool_choice "none"."""
+    return () if request.tool_choice == "none" else request.tools
 
 
-def _render(processor: Any, conversation: list[dict[str, Any]]) -> str:
-    owner = processor if getattr(processor, "chat_template", None) else getattr(processor, "tokenizer", processor)
-    return owner.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+def _text_only(turn: Turn) -> str:
+    return turn.text
 
 
 def _resolve(obj: Any, path: str) -> Any:

@@ -3,8 +3,9 @@
 A separate package (the repository's ``testbeds/``: distribution ``lalm-guardrail-testbeds``,
 ``pip install -e ./testbeds``) registers a provider under the entry-point group ``guardrail.testbeds``.
 `guardrail demo`, `guardrail eval --testbed NAME [--spoken]` and `guardrail bench --testbed NAME` ask it
-for models by name and, for spoken evaluation, for speech. The dependency points one way: the testbeds
-depend on the SDK, the SDK only knows this entry-point group.
+for models by name and, for spoken evaluation, for speech; `guardrail testbeds list | build NAME` lists and
+builds them. The dependency points one way: the testbeds depend on the SDK, the SDK only knows this
+entry-point group.
 
 Any package can provide testbeds: an object with the methods of :class:`TestbedProvider`, registered as
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol
 
-from guardrail.errors import TestbedsNotInstalledError
+from guardrail.errors import RequestError, TestbedsNotInstalledError
 
 ENTRY_POINT_GROUP = "guardrail.testbeds"
 INSTALL_HINT = "install the testbeds: pip install -e ./testbeds"
@@ -34,7 +35,9 @@ class SpokenText(Protocol):
 
 
 class TestbedProvider(Protocol):
-    """What a testbeds package offers the SDK."""
+    """What a testbeds package offers the SDK. A provider may also offer ``is_built(name) -> bool`` (the
+    testbed loads from the local cache, offline) and ``build(name) -> path`` (build it there), which
+    `guardrail testbeds list|build` use; without ``build`` a testbed is built by loading it."""
 
     def names(self) -> list[str]:
         """Testbeds that `load` accepts."""
@@ -72,3 +75,28 @@ def find_provider() -> TestbedProvider:
 def load_testbed(name: str) -> tuple[Any, Any]:
     """``(model, processor)`` of the testbed ``name``, from the installed provider."""
     return find_provider().load(name)
+
+
+def testbed_names() -> list[str]:
+    """The testbeds the installed provider offers."""
+    return list(find_provider().names())
+
+
+def testbed_states() -> list[tuple[str, bool | None]]:
+    """(name, whether it is built) for each testbed the installed provider offers; None when the provider
+    cannot tell."""
+    provider = find_provider()
+    is_built = getattr(provider, "is_built", None)
+    return [(name, bool(is_built(name)) if is_built is not None else None) for name in provider.names()]
+
+
+def build_testbed(name: str) -> str:
+    """Build the testbed ``name`` into the provider's cache; where it is (what the provider reports)."""
+    provider = find_provider()
+    if name not in provider.names():
+        raise RequestError(f"unknown testbed {name!r}; known: {', '.join(provider.names())}")
+    build = getattr(provider, "build", None)
+    if build is None:  # a provider without build() builds what load() needs
+        provider.load(name)
+        return "the provider's cache"
+    return str(build(name))

@@ -114,6 +114,7 @@ def decision_event(result: GuardResult, request: dict[str, Any] | None, log_cont
         "prompt_tokens": d.prompt_tokens,
         "completion_tokens": d.completion_tokens,
         "finish_reason": d.finish_reason,
+        "tool_calls": [c.name for c in result.tool_calls],
         "prefill_ms": round(d.timings.prefill_ms, 2),
         "decode_ms": round(d.timings.decode_ms, 2),
         "total_ms": round(d.timings.total_ms, 2),
@@ -121,5 +122,6 @@ def decision_event(result: GuardResult, request: dict[str, Any] | None, log_cont
     if log_content:
         event["prompt_text"] = (request or {}).get("text")
         event["has_audio"] = (request or {}).get("audio") is not None
+        event["earlier_turns"] = len((request or {}).get("history") or ())
         event["response_text"] = result.text
     return event

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
-from guardrail.results import GuardResult, Timings
+from guardrail.results import GuardResult, Timings, first_stop
 
 _DONE = object()
 
@@ -45,10 +45,16 @@ class StopSignal(StoppingCriteria):
 
 class TokenQueue(BaseStreamer):
     """Receives generated token ids (batch 1) and queues decoded text increments; `stop` is the stopping
-    criterion that ends the generation when its consumer leaves."""
+    criterion that ends the generation when its consumer leaves. Text from the first of the `stops` strings on
+    is never queued, nor is text from one of the `holds` markers on (tool-call markup; with holds, an answer
+    that opens with "{" is held whole too); a tail that could still become one of them waits for the next token."""
 
-    def __init__(self, decode: Callable[[list[int]], str], eos: set[int]):
+    def __init__(
+        self, decode: Callable[[list[int]], str], eos: set[int], stops: Sequence[str] = (), holds: Sequence[str] = ()
+    ):
         self.decode, self.eos = decode, eos
+        self.markers = (*stops, *holds)
+        self.hold_json = bool(holds)  # an answer that opens with "{" may be an untagged tool call: held whole
         self.stop = StopSignal()
         self.queue: queue.Queue = queue.Queue()
         self._ids: list[int] = []
@@ -75,11 +81,23 @@ class TokenQueue(BaseStreamer):
                 self._stopped = True
                 return
             self._ids.append(token)
-        text = self.decode(self._ids)
+        text = self._shown(self.decode(self._ids))
         # Hold back an incomplete multi-byte character until its last byte arrives.
         if text.startswith(self._sent) and not text.endswith("\ufffd") and len(text) > len(self._sent):
             self.queue.put(text[len(self._sent) :])
             self._sent = text
+
+    def _shown(self, text: str) -> str:
+        """`text` up to the first marker, less a tail that a marker may still start with."""
+        if not self.markers:
+            return text
+        if self.hold_json and text.lstrip()[:1] == "{":
+            return ""
+        cut = first_stop(text, self.markers)
+        if cut is not None:
+            return text[:cut]
+        tail = max((k for m in self.markers for k in range(1, len(m)) if text.endswith(m[:k])), default=0)
+        return text[: len(text) - tail]
 
     def end(self) -> None:
         pass

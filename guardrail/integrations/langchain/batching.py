@@ -116,19 +116,22 @@ def groups(n: int, config: RunnableConfig, max_batch: int | None) -> list[range]
 
 
 def decode_audio(slots: Sequence[Slot[Any]], guard: Guard) -> None:
-    """Replaces each ready slot's audio source by (waveform, rate): a bad clip fails its own input only."""
+    """Replaces each ready slot's audio sources (its request's, or its conversation's) by (waveform, rate): a
+    bad clip fails its own input only."""
     rate = guard.adapter.sampling_rate(guard.processor) if guard.adapter.takes_audio else None
+    limit = guard.policy.limits.max_audio_seconds
     for slot in slots:
         call = slot.pending
-        audio = call.request["audio"] if call is not None else None
-        if call is None or audio is None:
+        if call is None:
             continue
-        assert rate is not None  # request_from_messages refuses audio for a model without audio input
+        holders = [call.request] if call.request.get("audio") is not None else []
+        for message in call.request.get("messages") or []:
+            content = message.get("content")
+            holders += [b for b in content if b.get("type") == "audio"] if isinstance(content, list) else []
         try:
-            call.request["audio"] = (
-                load_audio(audio, target_sr=rate, max_seconds=guard.policy.limits.max_audio_seconds),
-                rate,
-            )
+            for holder in holders:
+                assert rate is not None  # request_from_messages refuses audio for a model without audio input
+                holder["audio"] = (load_audio(holder["audio"], target_sr=rate, max_seconds=limit), rate)
         except Exception as exc:
             slot.error = exc
 

@@ -1,10 +1,12 @@
-"""LangChain messages and content blocks -> one guard request (`{"audio": ..., "text": ...}`).
+"""LangChain messages and content blocks -> one guard request.
 
-The guard answers one user turn: the messages must end with a `HumanMessage`; earlier messages raise
-`UnsupportedMessageError` (except a `SystemMessage` equal to the policy's `system_prompt`), or are dropped
-with `history="last_turn"`. The content is text blocks and at most one audio block, whose source is base64
-data, a `data:` URL or a local `file://` URL (read only under the policy's `input.audio_dirs`: see
-`audio_files`); anything else raises `UnsupportedContentError`.
+By default (`history="full"`) the whole conversation goes to the guard: system, human, AI (with its tool
+calls) and tool messages become the turns of `guardrail.conversation`, audio allowed in any human message. A
+`SystemMessage` equal to the policy's `system_prompt` is left out (the guard sends that prompt itself).
+`history="last_turn"` sends the last `HumanMessage` alone; `"error"` refuses earlier messages. A message's
+content is text blocks and at most one audio block, whose source is base64 data, a `data:` URL or a local
+`file://` URL (read only under the policy's `input.audio_dirs`: see `audio_files`); anything else raises
+`UnsupportedContentError`.
 """
 
 from __future__ import annotations
@@ -17,14 +19,21 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, is_data_content_block
+from langchain_core.messages import (
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    is_data_content_block,
+)
 from langchain_core.messages.block_translators.openai import convert_to_openai_image_block
 
 from guardrail.errors import UnsupportedContentError, UnsupportedMessageError
 from guardrail.integrations.langchain.audio_files import AudioFiles, read_audio_file
 from guardrail.models.adapter import Adapter
 
-__all__ = ["ACCEPTED_CONTENT", "GuardCall", "check_convertible", "message_content", "request_from_messages"]
+__all__ = ["ACCEPTED_CONTENT", "GuardCall", "History", "check_convertible", "message_content", "request_from_messages"]
 
 ACCEPTED_CONTENT = (
     "a string, or content blocks: {'type': 'text', 'text': ...} and at most one audio block "
@@ -42,33 +51,78 @@ class GuardCall:
     dropped: int = 0
 
 
+History = Literal["full", "last_turn", "error"]
+
+
 def request_from_messages(
     messages: Sequence[BaseMessage],
     adapter: Adapter,
     system_prompt: str | None,
-    history: Literal["error", "last_turn"] = "error",
+    history: History = "full",
     files: AudioFiles | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    tool_choice: Any = None,
 ) -> GuardCall:
-    """The guard request for a prompt: its last `HumanMessage`, after the rules on earlier messages.
-
-    `system_prompt`: the policy's (a `SystemMessage` with that text is accepted, the guard sends it itself);
-    `history`: "error" raises for other earlier messages, "last_turn" drops them and counts them;
-    `files`: where file:// audio URLs may read (None: nowhere)."""
+    """The guard request for a prompt: the whole conversation (`history="full"`), its last `HumanMessage`
+    alone (`"last_turn"`, the others dropped and counted), or the last `HumanMessage` with any earlier message
+    refused (`"error"`). A `SystemMessage` equal to the policy's `system_prompt` is left out (the guard sends that
+    prompt itself). `tools` (OpenAI function schemas) and `tool_choice` go with the request; `files`: where
+    file:// audio URLs may read (None: nowhere)."""
     if not messages:
         raise UnsupportedMessageError("no messages: pass at least one HumanMessage")
+    files = files or AudioFiles()
+    kept = [m for m in messages if not _is_policy_prompt(m, system_prompt)]
+    extra = {k: v for k, v in (("tools", tools or None), ("tool_choice", tool_choice)) if v is not None}
+    if not isinstance(messages[-1], (HumanMessage, ToolMessage)):
+        raise UnsupportedMessageError(
+            f"the last message is a {type(messages[-1]).__name__}; the model answers a conversation that ends "
+            "with a HumanMessage or a ToolMessage"
+        )
+    if history == "full" and (len(kept) > 1 or not isinstance(messages[-1], HumanMessage)):
+        return GuardCall({"messages": [_message_dict(m, k, adapter, files) for k, m in enumerate(kept)], **extra})
     last = messages[-1]
     if not isinstance(last, HumanMessage):
         raise UnsupportedMessageError(
-            f"the last message is a {type(last).__name__}; GuardedChatModel answers one user turn, so the "
-            "prompt must end with a HumanMessage"
+            f"the last message is a {type(last).__name__}; with history={history!r} the prompt must end with a "
+            "HumanMessage (history='full' sends the whole conversation)"
         )
-    earlier = list(messages[:-1])
-    if history == "error":
-        _refuse_history(earlier, system_prompt)
-    text, audio = message_content(last, adapter, files or AudioFiles())
+    if history == "error" and len(kept) > 1:
+        _refuse_history(kept[:-1], system_prompt)
+    text, audio = message_content(last, adapter, files)
     if audio is None and not text.strip():
         raise UnsupportedContentError("the HumanMessage has neither text nor audio; pass at least one")
-    return GuardCall({"audio": audio, "text": text}, dropped=len(earlier) if history == "last_turn" else 0)
+    dropped = len(messages) - 1 if history == "last_turn" else 0
+    return GuardCall({"audio": audio, "text": text, **extra}, dropped=dropped)
+
+
+def _is_policy_prompt(message: BaseMessage, system_prompt: str | None) -> bool:
+    return isinstance(message, SystemMessage) and system_prompt is not None and _text_of(message) == system_prompt
+
+
+def _message_dict(message: BaseMessage, k: int, adapter: Adapter, files: AudioFiles) -> dict[str, Any]:
+    """A LangChain message as the guard's conversation turn (`guardrail.conversation`)."""
+    role = _ROLES.get(message.type) or (message.role if isinstance(message, ChatMessage) else None)
+    if role == "user":
+        text, audio = message_content(message, adapter, files)
+        blocks: list[dict[str, Any]] = [{"type": "audio", "audio": audio}] if audio is not None else []
+        return {"role": "user", "content": [*blocks, {"type": "text", "text": text}]}
+    if role == "system":
+        return {"role": "system", "content": _text_of(message, f"message {k}")}
+    if role == "assistant":
+        calls = getattr(message, "tool_calls", None) or []
+        return {
+            "role": "assistant",
+            "content": _text_of(message),  # other blocks (tool calls, reasoning) are not sent back
+            "tool_calls": [{"id": c.get("id"), "function": {"name": c["name"], "arguments": c["args"]}} for c in calls],
+        }
+    if role == "tool" and isinstance(message, ToolMessage):
+        return {"role": "tool", "content": _text_of(message, f"message {k}"), "tool_call_id": message.tool_call_id}
+    raise UnsupportedMessageError(
+        f"message {k} is a {type(message).__name__}; the guard takes system, human, AI and tool messages"
+    )
+
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
 
 
 def check_convertible(messages: Sequence[BaseMessage]) -> None:
@@ -92,23 +146,16 @@ def check_convertible(messages: Sequence[BaseMessage]) -> None:
 
 
 def _refuse_history(earlier: list[BaseMessage], system_prompt: str | None) -> None:
-    """Raises for messages before the last turn, except a `SystemMessage` equal to the policy's prompt."""
-    extra = [
-        m
-        for m in earlier
-        if not (isinstance(m, SystemMessage) and system_prompt is not None and _text_of(m) == system_prompt)
-    ]
-    if extra:
-        kinds = ", ".join(type(m).__name__ for m in extra)
-        raise UnsupportedMessageError(
-            f"GuardedChatModel sends one user turn to the guard, but the prompt has {len(extra)} earlier "
-            f"message(s) it cannot represent ({kinds}). Pass only the user's message; put a system prompt "
-            f"in the policy (system_prompt: ..., now {system_prompt!r}); or build the model with "
-            "history='last_turn' to send the last HumanMessage alone"
-        )
+    """Raises for messages before the last turn (history="error")."""
+    kinds = ", ".join(type(m).__name__ for m in earlier)
+    raise UnsupportedMessageError(
+        f"the prompt has {len(earlier)} earlier message(s) ({kinds}) and this model was built with "
+        "history='error', which sends one user turn; build it with history='full' (the default) to send the "
+        "conversation, or history='last_turn' to send the last HumanMessage alone"
+    )
 
 
-def message_content(message: HumanMessage, adapter: Adapter, files: AudioFiles | None = None) -> tuple[str, Any]:
+def message_content(message: BaseMessage, adapter: Adapter, files: AudioFiles | None = None) -> tuple[str, Any]:
     """(text blocks joined by newlines, the audio clip as bytes, or None); `files`: where file:// URLs may read."""
     files = files or AudioFiles()
     texts: list[str] = []
@@ -133,8 +180,18 @@ def message_content(message: HumanMessage, adapter: Adapter, files: AudioFiles |
     return "\n".join(texts), audio[0][1] if audio else None
 
 
-def _text_of(message: BaseMessage) -> str:
-    return "\n".join(_block_text(b, i) for i, b in enumerate(_blocks(message)) if b.get("type") == "text")
+def _text_of(message: BaseMessage, where: str | None = None) -> str:
+    """The message's text blocks joined; with `where`, any other block is refused."""
+    texts = []
+    for i, block in enumerate(_blocks(message)):
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(_block_text(block, i))
+        elif where is not None:
+            raise UnsupportedContentError(
+                f"{where}, content block {i} ({_describe(block)}): only text is accepted in this kind of message"
+            )
+    return "\n".join(texts)
 
 
 def _blocks(message: BaseMessage) -> Sequence[Mapping[str, Any]]:

@@ -3,11 +3,13 @@ token counts (`usage_metadata`), for invoke, the last chunk of a stream, and eac
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from uuid import UUID
 
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call, tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.utils.utils import LC_ID_PREFIX
 
@@ -42,17 +44,25 @@ def usage(result: GuardResult) -> UsageMetadata:
 
 
 def ai_message(result: GuardResult, call: GuardCall, model_name: str) -> AIMessage:
-    """The whole answer as one message."""
+    """The whole answer as one message, with the tool calls the model made."""
     return AIMessage(
-        content=result.text, response_metadata=response_metadata(result, call, model_name), usage_metadata=usage(result)
+        content=result.text,
+        tool_calls=[tool_call(name=c.name, args=dict(c.arguments), id=c.id) for c in result.tool_calls],
+        response_metadata=response_metadata(result, call, model_name),
+        usage_metadata=usage(result),
     )
 
 
 def final_chunk(result: GuardResult, call: GuardCall, model_name: str) -> ChatGenerationChunk:
-    """The last chunk of a stream: no text, the decision record and the token counts."""
+    """The last chunk of a stream: no text (tool-call markup is never streamed), the tool calls whole, the
+    decision record and the token counts."""
     return ChatGenerationChunk(
         message=AIMessageChunk(
             content="",
+            tool_call_chunks=[
+                tool_call_chunk(name=c.name, args=json.dumps(dict(c.arguments)), id=c.id, index=k)
+                for k, c in enumerate(result.tool_calls)
+            ],
             response_metadata=response_metadata(result, call, model_name),
             usage_metadata=usage(result),
             chunk_position="last",

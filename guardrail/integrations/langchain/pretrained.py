@@ -24,11 +24,13 @@ def load_guard(
     probe: ScoringProbe | str | Path | None = None,
     *,
     adapter: str | None = None,
-    dtype: str = "auto",
+    dtype: str | None = None,
     device: str | None = None,
+    device_map: str | Mapping[str, int | str] | None = None,
 ) -> tuple[Guard, str]:
     """(the guard, the model path it loaded). `policy`: a `Policy`, a policy file or shipped policy name,
-    or a dict (None: the paper's defaults); `probe` defaults to ARTIFACT/probe when the policy gates by probe."""
+    or a dict (None: the paper's defaults); `probe` defaults to ARTIFACT/probe when the policy gates by probe.
+    `dtype`, `device`, `device_map` left None come from the policy's `runtime:` section (as `Guard.from_policy`)."""
     from guardrail.models.loading import load_model
 
     if isinstance(policy, (str, Path)):
@@ -47,6 +49,7 @@ def load_guard(
         probe = default_probe(artifact, policy.gate.mode)
     if isinstance(artifact, (str, Path)):
         artifact = SteeringArtifact.load(artifact)
-    model, processor, chosen = load_model(str(model_path), adapter=adapter, dtype=dtype, device=device)
+    placement = policy.runtime.placement(dtype=dtype, device=device, device_map=device_map)
+    model, processor, chosen = load_model(str(model_path), adapter=adapter, **placement)
     guard = Guard(model, processor, policy=policy, artifact=artifact, adapter=chosen, probe=probe)
     return guard, str(model_path)

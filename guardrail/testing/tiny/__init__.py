@@ -12,10 +12,12 @@ Usage::
 
     model, processor = build_tiny("qwen2_audio")  # any name in FAMILIES; seed=0 by default
     audio = tiny_audio(1.0)  # a seeded 1 s clip at SAMPLING_RATE
+    guard = tiny_guard("qwen2_audio", policy="gated")  # calibrated, with a probe: a ready Guard
 
 Modules: ``constants`` (family names, shapes), ``templates`` (chat templates), ``tokenizer`` (tiny
 tokenizers), ``features`` (feature extractors), ``processors`` (offline processors), ``families`` (one
-builder per family), ``build`` (``build_tiny`` and the registry), ``audio`` (``tiny_audio``).
+builder per family), ``build`` (``build_tiny`` and the registry), ``audio`` (``tiny_audio``), ``guard``
+(``tiny_guard`` and its stand-in requests), ``save`` (``save_tiny``; ``python -m guardrail.testing.tiny``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from guardrail.testing.tiny.audio import tiny_audio
 from guardrail.testing.tiny.build import build_tiny
 from guardrail.testing.tiny.constants import AUDIO_FAMILIES, FAMILIES, HIDDEN, NUM_LAYERS, SAMPLING_RATE, TEXT_FAMILIES
 from guardrail.testing.tiny.features import TorchMelGraniteSpeechFeatureExtractor
+from guardrail.testing.tiny.guard import stand_in_request, stand_in_set, tiny_guard, tiny_noise
 from guardrail.testing.tiny.processors import (
     AudioOnlyPhi4MultimodalProcessor,
     AudioOnlyQwen2_5OmniProcessor,
     HandBuiltVoxtralProcessor,
 )
+from guardrail.testing.tiny.save import save_tiny
 from guardrail.testing.tiny.templates import (
     AUDIOFLAMINGO3_TEMPLATE,
     GRANITE_SPEECH_TEMPLATE,
@@ -63,6 +67,11 @@ __all__ = [
     "TorchMelGraniteSpeechFeatureExtractor",
     "build_tiny",
     "qwen2_audio_template",
+    "save_tiny",
+    "stand_in_request",
+    "stand_in_set",
     "tiny_audio",
+    "tiny_guard",
+    "tiny_noise",
     "tiny_tokenizer",
 ]
