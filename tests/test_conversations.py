@@ -204,6 +204,15 @@ def test_a_forced_tool_choice_opens_the_answer_with_a_call(text_guard):
     assert not free.text.startswith("<tool_call>")
 
 
+def test_a_turn_with_tools_is_steered_like_any_other(text_guard):
+    request = {"messages": CALLED, "tools": [WEATHER]}
+    steered = text_guard.generate(**request, max_new_tokens=6)
+    unsteered = Guard(text_guard.model, text_guard.processor, policy={"gate": {"mode": "off"}})
+    plain = unsteered.generate(**request, max_new_tokens=6)
+    assert steered.steered and not plain.steered
+    assert steered.token_ids != plain.token_ids  # steering reached the answer after the tool result
+
+
 def test_a_blocked_request_makes_no_tool_call():
     policy = Policy.of("gated").model_copy(deep=True)
     policy.actions.block_above = 0.0

@@ -3,12 +3,14 @@ probe v2 (`stacked`, the default) or v1 (`logistic`), bind the probe to the mode
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from guardrail.conversation import parse_tools
 from guardrail.defaults import default_instruction
 from guardrail.gate.stacked import train_stacked_probe
 from guardrail.gate.train import TrainedProbe, train_probe
@@ -33,6 +35,8 @@ def fit_probe(
     adapter: str | None = None,
     max_audio_seconds: float | None = None,
     on_batch: Callable[[int], None] | None = None,
+    system_prompt: str | None = None,
+    tools: Sequence[Mapping[str, Any]] = (),
 ) -> TrainedProbe:
     """Collect prompt activations of calibration items and train a probe bound to `model`.
 
@@ -41,20 +45,26 @@ def fit_probe(
     reads the last position and the prompt mean of the first three quarters of the layers
     (`layers` to choose); `kind="logistic"` (v1) one layer chosen by cross-validation.
 
+    The probe reads prompts as the deployment will send them: with `system_prompt` and `tools` (OpenAI
+    function schemas) the items are embedded in that context, as an agent's requests are (a probe fit on bare
+    turns scores an agent's prompts lower: docs/usage.md, "Conversations and tools").
+
     >>> probe = fit_probe(model, tokenizer, harmful_questions, safe_questions)  # doctest: +SKIP
     >>> probe.save("artifacts/my-model/probe")  # doctest: +SKIP
     """
     resolved = resolve_adapter(model, adapter)
     instruction = instruction or default_instruction(resolved.takes_audio)
     sr = resolved.sampling_rate(processor)
-    harmful_q = [calibration_query(item, instruction, resolved, sr, max_audio_seconds) for item in harmful]
-    safe_q = [calibration_query(item, instruction, resolved, sr, max_audio_seconds) for item in safe]
+    shown = parse_tools(list(tools), 0)
+    query = lambda item: replace(calibration_query(item, instruction, resolved, sr, max_audio_seconds), tools=shown)
+    harmful_q, safe_q = [query(item) for item in harmful], [query(item) for item in safe]
     last, mean = prompt_activations(
         model,
         processor,
         resolved,
         harmful_q + safe_q,
         batch_size=batch_size,
+        system_prompt=system_prompt,
         on_batch=on_batch,
         pooled=kind == "stacked",
     )
