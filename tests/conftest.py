@@ -83,9 +83,19 @@ def alpha_for(artifact: SteeringArtifact, shift: float) -> float:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test named in its module's NEEDS_A_CAPABLE_MODEL, in a class with `random_weights = True`, is an
-    expected failure, strictly: one that starts passing fails the run, so the list stays true."""
+    """A test its class lists in `expected_failures` (name -> why) is an expected failure, strictly: one that
+    starts passing fails the run, so the list stays true."""
     for item in items:
-        needs = getattr(getattr(item, "module", None), "NEEDS_A_CAPABLE_MODEL", ())
-        if getattr(getattr(item, "cls", None), "random_weights", False) and getattr(item, "originalname", "") in needs:
-            item.add_marker(pytest.mark.xfail(reason="needs a model that uses tools or writes JSON", strict=True))
+        failures = getattr(getattr(item, "cls", None), "expected_failures", {})
+        reason = failures.get(getattr(item, "originalname", ""))
+        if reason:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+def is_testbed_built(name: str) -> bool:
+    """Whether the real-weight testbed `name` is installed and built (the slow tier skips otherwise)."""
+    try:
+        from guardrail_testbeds import build
+    except ImportError:
+        return False
+    return build.is_built(name)

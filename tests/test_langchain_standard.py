@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import soundfile as sf
-from conftest import alpha_for, calibration_items
+from conftest import alpha_for, calibration_items, is_testbed_built
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.integration_tests import chat_models as suite
@@ -109,20 +109,23 @@ class Integration(Declared, ChatModelIntegrationTests):
 # What random weights cannot do: call a tool with the right arguments, write JSON that parses into a schema,
 # answer after a tool result. On the tiny models these are expected to fail (strict: one that starts passing
 # fails, so the list stays true); the slow tier runs the whole suite on the 0.5B testbed (TestTestbedIntegration).
-NEEDS_A_CAPABLE_MODEL = {
-    "test_tool_calling",
-    "test_tool_calling_async",
-    "test_bind_runnables_as_tools",
-    "test_tool_choice",
-    "test_tool_calling_with_no_arguments",
-    "test_structured_output",
-    "test_structured_output_async",
-    "test_structured_output_pydantic_2_v1",
-    "test_structured_output_optional_param",
-    "test_json_mode",
-    "test_agent_loop",
-    "test_unicode_tool_call_integration",
-}
+NEEDS_A_CAPABLE_MODEL = dict.fromkeys(
+    [
+        "test_tool_calling",
+        "test_tool_calling_async",
+        "test_bind_runnables_as_tools",
+        "test_tool_choice",
+        "test_tool_calling_with_no_arguments",
+        "test_structured_output",
+        "test_structured_output_async",
+        "test_structured_output_pydantic_2_v1",
+        "test_structured_output_optional_param",
+        "test_json_mode",
+        "test_agent_loop",
+        "test_unicode_tool_call_integration",
+    ],
+    "random weights: needs a model that uses tools or writes JSON",
+)
 
 
 class TestTextUnit(Declared, ChatModelUnitTests):
@@ -135,12 +138,12 @@ class TestAudioUnit(Declared, ChatModelUnitTests):
 
 class TestTextIntegration(Integration):
     family = "qwen2"
-    random_weights = True  # the NEEDS_A_CAPABLE_MODEL tests are strict xfails here (tests/conftest.py)
+    expected_failures = NEEDS_A_CAPABLE_MODEL  # strict xfails (tests/conftest.py)
 
 
 class TestAudioIntegration(Integration):
     family = "qwen2_audio"
-    random_weights = True
+    expected_failures = NEEDS_A_CAPABLE_MODEL
 
 
 def test_plain_parameters_are_plain_data():
@@ -153,21 +156,19 @@ def test_plain_parameters_are_plain_data():
 TESTBED = "qwen2.5-coder-0.5b-instruct"
 
 
-def _testbed_built() -> bool:
-    try:
-        from guardrail_testbeds import build
-    except ImportError:
-        return False
-    return build.is_built(TESTBED)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _testbed_built(), reason=f"testbed not built: guardrail testbeds build {TESTBED}")
+@pytest.mark.skipif(not is_testbed_built(TESTBED), reason=f"testbed not built: guardrail testbeds build {TESTBED}")
 class TestTestbedIntegration(Declared, ChatModelIntegrationTests):
     """The whole integration suite on Qwen2.5-Coder-0.5B-Instruct under the `gated` policy, with the artifact and
     probe `guarded_testbed` calibrates once (minutes on CPU) and caches."""
 
     family = TESTBED
+    # what the 0.5B model gets wrong under greedy decoding (measured: 36 passed, these 3 fail, 11 skipped)
+    expected_failures = {
+        "test_tool_calling_with_no_arguments": "0.5B: writes the empty schema as the arguments of a no-argument tool",
+        "test_json_mode": "0.5B: repeats the joke's setup until max_tokens and never writes the punchline",
+        "test_unicode_tool_call_integration": "0.5B: leaves double quotes unescaped inside a JSON string",
+    }
 
     @property
     def chat_model_params(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import is_testbed_built
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "langgraph_agent.py"
 TESTBED = "qwen2.5-coder-0.5b-instruct"
@@ -31,16 +32,8 @@ def test_the_agent_runs_on_a_tiny_model_with_a_decision_on_every_model_turn():
     assert decision["probe_score"] is not None  # the `gated` policy scored the turn
 
 
-def _testbed_built() -> bool:
-    try:
-        from guardrail_testbeds import build
-    except ImportError:
-        return False
-    return build.is_built(TESTBED)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _testbed_built(), reason=f"testbed not built: guardrail testbeds build {TESTBED}")
+@pytest.mark.skipif(not is_testbed_built(TESTBED), reason=f"testbed not built: guardrail testbeds build {TESTBED}")
 def test_a_two_step_tool_loop_on_the_testbed():
     rows = run_agent("--testbed", TESTBED, "--question", "What is the weather in Paris right now?")
     assert [r["type"] for r in rows] == ["human", "ai", "tool", "ai"]
