@@ -33,7 +33,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("guardrail.runtime", "guardrail.gate"),  # hooks and device buffers; the probe gate
     ("guardrail.obs",),  # logs, metrics, streaming
     ("guardrail.guard",),  # the orchestrator
-    ("guardrail.bench", "guardrail.evaluation", "guardrail.integrations", "guardrail.testing", "guardrail.cli"),
+    (
+        "guardrail.bench",
+        "guardrail.evaluation",
+        "guardrail.integrations",
+        "guardrail.serve",
+        "guardrail.testing",
+        "guardrail.cli",
+    ),
     ("guardrail",),  # the package root: the curated public API
 ]
 MAX_MODULE_LINES = 400

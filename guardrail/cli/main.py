@@ -37,8 +37,10 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from guardrail.cli.commands import add_model_commands
+    from guardrail.cli.interop import add_interop_commands
     from guardrail.cli.policy import add_policy_commands
     from guardrail.cli.research import add_research_commands
+    from guardrail.cli.serve import add_serve_command
     from guardrail.cli.testbeds import add_testbeds_commands
 
     parser = Parser(prog="guardrail", description=__doc__.splitlines()[0])
@@ -48,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_research_commands(sub)
     add_policy_commands(sub)
     add_testbeds_commands(sub)
+    add_serve_command(sub)
+    add_interop_commands(sub)
     return parser
 
 

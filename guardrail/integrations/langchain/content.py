@@ -11,13 +11,9 @@ content is text blocks and at most one audio block, whose source is base64 data,
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from langchain_core.messages import (
     BaseMessage,
@@ -30,8 +26,8 @@ from langchain_core.messages import (
 from langchain_core.messages.block_translators.openai import convert_to_openai_image_block
 
 from guardrail.errors import UnsupportedContentError, UnsupportedMessageError
-from guardrail.integrations.langchain.audio_files import AudioFiles, read_audio_file
 from guardrail.models.adapter import Adapter
+from guardrail.policy.audio_files import AudioFiles, audio_from_url, decode_base64
 
 __all__ = ["ACCEPTED_CONTENT", "GuardCall", "History", "check_convertible", "message_content", "request_from_messages"]
 
@@ -255,10 +251,10 @@ def _audio_source(block: Mapping[str, Any], index: int, files: AudioFiles) -> by
             f"type {mime!r}; send audio (audio/wav, audio/flac, audio/ogg, ...)"
         )
     if block.get("base64") is not None:
-        return _b64(block["base64"], index)
+        return decode_base64(block["base64"], f"content block {index}")
     url = block.get("url")
     if isinstance(url, str):
-        return _audio_from_url(url, block, index, files)
+        return audio_from_url(url, files, f"content block {index} ({_describe(block)})")
     if block.get("file_id") is not None:
         raise UnsupportedContentError(
             f"content block {index} ({_describe(block)}) refers to a provider's file "
@@ -268,34 +264,3 @@ def _audio_source(block: Mapping[str, Any], index: int, files: AudioFiles) -> by
         f"content block {index} ({_describe(block)}) has no audio source the guard can "
         f"use; accepted: {ACCEPTED_CONTENT}"
     )
-
-
-def _audio_from_url(url: str, block: Mapping[str, Any], index: int, files: AudioFiles) -> bytes:
-    """A `data:` URL's bytes or a `file://` URL's file (under `files`' rules); the guard fetches nothing remote."""
-    parsed = urlparse(url)
-    if parsed.scheme == "data":
-        header, sep, data = url[5:].partition(",")
-        if not sep or not header.endswith(";base64"):
-            raise UnsupportedContentError(
-                f"content block {index}: a data: URL must be base64 ('data:audio/wav;base64,...')"
-            )
-        return _b64(data, index)
-    if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
-        # url2pathname decodes the %-escapes (once)
-        return read_audio_file(url2pathname(parsed.path), files, f"content block {index} ({_describe(block)})")
-    raise UnsupportedContentError(
-        f"content block {index} ({_describe(block)}) points at a remote URL; the guard does not fetch audio: "
-        "download it and send base64 data, or a local file as 'file:///abs/path.wav'"
-    )
-
-
-def _b64(data: Any, index: int) -> bytes:
-    if isinstance(data, (bytes, bytearray)):
-        data = bytes(data).decode("ascii", errors="replace")
-    try:
-        return base64.b64decode("".join(str(data).split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise UnsupportedContentError(
-            f"content block {index}: the audio's base64 data does not decode ({exc}); "
-            "send standard base64 (base64.b64encode(wav_bytes).decode())"
-        ) from None

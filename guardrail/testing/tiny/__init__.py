@@ -15,7 +15,7 @@ Usage::
     guard = tiny_guard("qwen2_audio", policy="gated")  # calibrated, with a probe: a ready Guard
 
 Modules: ``constants`` (family names, shapes), ``templates`` (chat templates), ``tokenizer`` (tiny
-tokenizers), ``features`` (feature extractors), ``processors`` (offline processors), ``families`` (one
+tokenizers), ``features`` (feature extractors), ``processors`` (offline processors), ``families`` and ``newer`` (one
 builder per family), ``build`` (``build_tiny`` and the registry), ``audio`` (``tiny_audio``), ``guard``
 (``tiny_guard`` and its stand-in requests), ``save`` (``save_tiny``; ``python -m guardrail.testing.tiny``).
 """
@@ -30,6 +30,7 @@ from guardrail.testing.tiny.guard import stand_in_request, stand_in_set, tiny_gu
 from guardrail.testing.tiny.processors import (
     AudioOnlyPhi4MultimodalProcessor,
     AudioOnlyQwen2_5OmniProcessor,
+    AudioOnlyQwen3OmniMoeProcessor,
     HandBuiltVoxtralProcessor,
 )
 from guardrail.testing.tiny.save import save_tiny
@@ -41,6 +42,7 @@ from guardrail.testing.tiny.templates import (
     QWEN2_5_OMNI_TEMPLATE,
     QWEN2_AUDIO_TEMPLATE,
     QWEN2_TEMPLATE,
+    QWEN3_OMNI_MOE_TEMPLATE,
     VOXTRAL_TEMPLATE,
     qwen2_audio_template,
 )
@@ -58,11 +60,13 @@ __all__ = [
     "QWEN2_5_OMNI_TEMPLATE",
     "QWEN2_AUDIO_TEMPLATE",
     "QWEN2_TEMPLATE",
+    "QWEN3_OMNI_MOE_TEMPLATE",
     "SAMPLING_RATE",
     "TEXT_FAMILIES",
     "VOXTRAL_TEMPLATE",
     "AudioOnlyPhi4MultimodalProcessor",
     "AudioOnlyQwen2_5OmniProcessor",
+    "AudioOnlyQwen3OmniMoeProcessor",
     "HandBuiltVoxtralProcessor",
     "TorchMelGraniteSpeechFeatureExtractor",
     "build_tiny",

@@ -18,6 +18,7 @@ from guardrail.testing.tiny.families import (
     build_qwen2_audio,
     build_voxtral,
 )
+from guardrail.testing.tiny.newer import build_granite_speech_plus, build_musicflamingo, build_qwen3_omni_moe
 from guardrail.testing.tiny.tokenizer import tiny_tokenizer, token_ids
 
 _BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast], tuple[PreTrainedModel, Any]]] = {
@@ -27,6 +28,9 @@ _BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast], tuple[PreTrainedModel, 
     "granite_speech": build_granite_speech,
     "phi4_multimodal": build_phi4_multimodal,
     "audioflamingo3": build_audioflamingo3,
+    "qwen3_omni_moe": build_qwen3_omni_moe,
+    "granite_speech_plus": build_granite_speech_plus,
+    "musicflamingo": build_musicflamingo,
     "qwen2": build_qwen2,
     "llama": build_llama,
 }
@@ -39,6 +43,9 @@ _STOP_TOKENS: dict[str, tuple[str, ...]] = {
     "granite_speech": ("<|end_of_text|>",),
     "phi4_multimodal": ("<|end|>", "<|endoftext|>"),
     "audioflamingo3": ("<|im_end|>", "<|endoftext|>"),
+    "qwen3_omni_moe": ("<|im_end|>", "<|endoftext|>"),
+    "granite_speech_plus": ("<|end_of_text|>",),
+    "musicflamingo": ("<|im_end|>", "<|endoftext|>"),
     "qwen2": ("<|im_end|>", "<|endoftext|>"),
     "llama": ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"),
 }

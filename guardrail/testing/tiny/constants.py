@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-FAMILIES: tuple[str, ...] = (
+AUDIO_FAMILIES: tuple[str, ...] = (
     "qwen2_audio",
     "qwen2_5_omni",
     "voxtral",
     "granite_speech",
     "phi4_multimodal",
     "audioflamingo3",
-    "qwen2",
-    "llama",
+    "qwen3_omni_moe",
+    "granite_speech_plus",
+    "musicflamingo",
 )
-AUDIO_FAMILIES: tuple[str, ...] = FAMILIES[:6]
-TEXT_FAMILIES: tuple[str, ...] = FAMILIES[6:]
+TEXT_FAMILIES: tuple[str, ...] = ("qwen2", "llama")
+FAMILIES: tuple[str, ...] = AUDIO_FAMILIES + TEXT_FAMILIES
 
 SAMPLING_RATE = 16_000
 NUM_LAYERS = 4  # decoder layers of every tiny language model

@@ -58,7 +58,7 @@ _TEXT_CONFIG_COMMON: dict[str, Any] = {
 }
 
 
-def _text_config(tok: PreTrainedTokenizerFast, eos: Sequence[str], **overrides: Any) -> dict[str, Any]:
+def lm_config(tok: PreTrainedTokenizerFast, eos: Sequence[str], **overrides: Any) -> dict[str, Any]:
     """The language model's config keys: the shared shape, `tok`'s vocabulary and special ids, `overrides`."""
     cfg: dict[str, Any] = {
         **_TEXT_CONFIG_COMMON,
@@ -72,7 +72,7 @@ def _text_config(tok: PreTrainedTokenizerFast, eos: Sequence[str], **overrides: 
     return cfg
 
 
-def _whisper_encoder(**names: Any) -> dict[str, Any]:
+def whisper_encoder(**names: Any) -> dict[str, Any]:
     """A 2-layer Whisper-style audio encoder over 128 mel bins, using the config's own key names."""
     return {**names, "num_mel_bins": 128, "max_source_positions": 1500}
 
@@ -80,8 +80,8 @@ def _whisper_encoder(**names: Any) -> dict[str, Any]:
 def build_qwen2_audio(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Qwen2-Audio: Whisper-style encoder, Qwen2 LM, the real ``Qwen2AudioProcessor``."""
     config = Qwen2AudioConfig(
-        audio_config=_whisper_encoder(d_model=HIDDEN, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128),
-        text_config={"model_type": "qwen2", **_text_config(tok, ["<|im_end|>"])},
+        audio_config=whisper_encoder(d_model=HIDDEN, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128),
+        text_config={"model_type": "qwen2", **lm_config(tok, ["<|im_end|>"])},
         audio_token_index=tok.audio_token_id,
     )
     processor = Qwen2AudioProcessor(
@@ -92,7 +92,7 @@ def build_qwen2_audio(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, An
 
 def build_qwen2_5_omni(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Qwen2.5-Omni thinker (audio + an unused 1-layer vision tower); images and videos are refused."""
-    text = _text_config(tok, ["<|im_end|>"], rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    text = lm_config(tok, ["<|im_end|>"], rope_parameters={"rope_type": "default", "rope_theta": 1e6})
     text["rope_parameters"]["mrope_section"] = [2, 3, 3]  # sums to head_dim / 2 = 8
     # the thinker reads config.vision_start/end_token_id, which its config class does not declare (extra
     # keyword arguments become attributes)
@@ -147,7 +147,7 @@ def build_voxtral(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
             "num_mel_bins": 128,
             "max_source_positions": 1500,
         },
-        text_config={"model_type": "llama", **_text_config(tok, ["</s>"], head_dim=HIDDEN // 4, rope_theta=1e6)},
+        text_config={"model_type": "llama", **lm_config(tok, ["</s>"], head_dim=HIDDEN // 4, rope_theta=1e6)},
         audio_token_id=24,
     )
     return VoxtralForConditionalGeneration(config), HandBuiltVoxtralProcessor(whisper_features(), tok)
@@ -156,7 +156,7 @@ def build_voxtral(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
 def build_granite_speech(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Granite Speech: conformer encoder, Q-Former projector, Granite LM, torch-only mel features."""
     config = GraniteSpeechConfig(
-        text_config={"model_type": "granite", **_text_config(tok, ["<|end_of_text|>"])},
+        text_config={"model_type": "granite", **lm_config(tok, ["<|end_of_text|>"])},
         encoder_config={
             "input_dim": 160,  # 80 mel bins, frames stacked in pairs
             "num_layers": 2,
@@ -189,7 +189,7 @@ def build_granite_speech(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel,
 def build_phi4_multimodal(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Phi-4-multimodal: conformer audio encoder, 1-layer vision tower; images are refused."""
     config = Phi4MultimodalConfig(
-        **_text_config(tok, ["<|endoftext|>"]),
+        **lm_config(tok, ["<|endoftext|>"]),
         audio_config={
             "num_blocks": 2,
             "hidden_size": HIDDEN,
@@ -221,10 +221,10 @@ def build_phi4_multimodal(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel
 def build_audioflamingo3(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """Audio Flamingo 3: Whisper-style encoder, Qwen2 LM, the real ``AudioFlamingo3Processor``."""
     config = AudioFlamingo3Config(
-        audio_config=_whisper_encoder(
+        audio_config=whisper_encoder(
             hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128
         ),
-        text_config={"model_type": "qwen2", **_text_config(tok, ["<|im_end|>"])},
+        text_config={"model_type": "qwen2", **lm_config(tok, ["<|im_end|>"])},
         audio_token_id=token_ids(tok, "<sound>")[0],
     )
     processor = AudioFlamingo3Processor(
@@ -235,9 +235,9 @@ def build_audioflamingo3(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel,
 
 def build_qwen2(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """A text-only Qwen2 causal LM; its processor is the tokenizer."""
-    return Qwen2ForCausalLM(Qwen2Config(**_text_config(tok, ["<|im_end|>"]))), tok
+    return Qwen2ForCausalLM(Qwen2Config(**lm_config(tok, ["<|im_end|>"]))), tok
 
 
 def build_llama(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
     """A text-only Llama causal LM; its processor is the tokenizer."""
-    return LlamaForCausalLM(LlamaConfig(**_text_config(tok, ["<|eot_id|>"]))), tok
+    return LlamaForCausalLM(LlamaConfig(**lm_config(tok, ["<|eot_id|>"]))), tok

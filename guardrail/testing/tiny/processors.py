@@ -13,6 +13,7 @@ from transformers import (
     Phi4MultimodalProcessor,
     PreTrainedTokenizerFast,
     Qwen2_5OmniProcessor,
+    Qwen3OmniMoeProcessor,
     WhisperFeatureExtractor,
 )
 from transformers.audio_utils import load_audio
@@ -47,6 +48,10 @@ class SkipVisionSlotCheck:
 
 class AudioOnlyQwen2_5OmniProcessor(SkipVisionSlotCheck, Qwen2_5OmniProcessor):
     """The real ``Qwen2_5OmniProcessor`` with empty image/video slots."""
+
+
+class AudioOnlyQwen3OmniMoeProcessor(SkipVisionSlotCheck, Qwen3OmniMoeProcessor):
+    """The real ``Qwen3OmniMoeProcessor`` with empty image/video slots."""
 
 
 class AudioOnlyPhi4MultimodalProcessor(SkipVisionSlotCheck, Phi4MultimodalProcessor):

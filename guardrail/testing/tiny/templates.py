@@ -64,6 +64,27 @@ QWEN2_5_OMNI_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Qwen3-Omni (Qwen/Qwen3-Omni-30B-A3B-Instruct), reconstructed for audio and text: no default system turn;
+# media blocks in content order, each wrapped in its start/end markers.
+QWEN3_OMNI_MOE_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}"
+    "{%- for content in message['content'] %}"
+    "{%- if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{{- '<|audio_start|><|audio_pad|><|audio_end|>' }}"
+    "{%- elif content['type'] == 'image' or 'image' in content %}{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif content['type'] == 'video' or 'video' in content %}{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in content %}{{- content['text'] }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+
 # Audio Flamingo 3 (Qwen2.5 layout; every ``<sound>`` goes before the user's text).
 AUDIOFLAMINGO3_TEMPLATE = (
     "{%- if messages[0]['role'] != 'system' %}"

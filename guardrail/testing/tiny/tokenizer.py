@@ -97,6 +97,23 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         },
         "chat_template": templates.QWEN2_5_OMNI_TEMPLATE,
     },
+    "qwen3_omni_moe": {
+        "specials": _QWEN_SPECIALS
+        + ("<|audio_start|>", "<|audio_end|>", "<|audio_pad|>", "<|vision_start|>", "<|vision_end|>")
+        + ("<|image_pad|>", "<|video_pad|>"),
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "extra": {
+            "audio_token": "<|audio_pad|>",
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "audio_bos_token": "<|audio_start|>",
+            "audio_eos_token": "<|audio_end|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+        "chat_template": templates.QWEN3_OMNI_MOE_TEMPLATE,
+    },
     "voxtral": {
         "specials": _TEKKEN_SPECIALS,
         "bos": "<s>",
@@ -107,6 +124,14 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         "chat_template": templates.VOXTRAL_TEMPLATE,
     },
     "granite_speech": {
+        "specials": ("<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>", "<|audio|>"),
+        "bos": "<|end_of_text|>",
+        "eos": "<|end_of_text|>",
+        "pad": "<|end_of_text|>",
+        "extra": {"audio_token": "<|audio|>"},
+        "chat_template": templates.GRANITE_SPEECH_TEMPLATE,
+    },
+    "granite_speech_plus": {  # the Granite Speech tokenizer and template (the processor is the same class)
         "specials": ("<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>", "<|audio|>"),
         "bos": "<|end_of_text|>",
         "eos": "<|end_of_text|>",
@@ -125,6 +150,12 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
     },
     "audioflamingo3": {
         "specials": _QWEN_SPECIALS + ("<sound>",),
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+        "chat_template": templates.AUDIOFLAMINGO3_TEMPLATE,
+    },
+    "musicflamingo": {
+        "specials": _QWEN_SPECIALS + ("<sound>", "<|sound_bos|>", "<|sound_eos|>"),
         "eos": "<|im_end|>",
         "pad": "<|endoftext|>",
         "chat_template": templates.AUDIOFLAMINGO3_TEMPLATE,

@@ -1,0 +1,217 @@
+"""The inference worker: one thread owns the model's generation, fed by a bounded asyncio queue.
+
+Non-streaming requests that arrive within `max_wait_ms` of each other (or wait while the worker is busy)
+are coalesced: one `Guard.generate_batch` per deployment and parameter set, up to `max_batch` (and the
+policy's `limits.max_batch`), each request keeping its own gate decision. When a coalesced batch fails on
+one request's input, each request is run alone so only that one gets the error. Streaming requests run one at
+a time through `Guard.stream`. A request whose client left (or whose time ran out) while queued is dropped;
+a stream's generation stops at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria
+
+from guardrail.errors import AudioInputError, RequestError
+from guardrail.results import GuardResult
+from guardrail.serve.config import ServeLimits
+from guardrail.serve.convert import GenParams
+from guardrail.serve.deployments import Deployment
+from guardrail.serve.errors import ApiError, Cancelled
+from guardrail.serve.metrics import ServeMetrics
+
+__all__ = ["Job", "Worker"]
+
+Outcome = GuardResult | BaseException
+
+
+@dataclass(eq=False)
+class Job:
+    """One accepted request. Non-streaming: `future` gets the result. Streaming: `events` gets ("start",
+    None), then ("chunk", text)..., then ("done", result), or ("error", exception) at any point."""
+
+    deployment: Deployment
+    request: dict[str, Any]
+    params: GenParams
+    stream: bool = False
+    enqueued: float = field(default_factory=time.perf_counter)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    future: asyncio.Future[GuardResult] | None = None
+    events: asyncio.Queue[tuple[str, Any]] | None = None
+
+
+class CancelCriterion(StoppingCriteria):
+    """Ends a generation at the next token once its job is cancelled."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Worker:
+    """The queue, the dispatcher coroutine that coalesces it, and the one generation thread."""
+
+    def __init__(self, limits: ServeLimits, metrics: ServeMetrics):
+        self.limits, self.metrics = limits, metrics
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guardrail-worker")
+        self.queue: asyncio.Queue[Job] | None = None
+        self.batches = 0  # generate_batch calls
+        self.largest_batch = 0
+        self._held: Job | None = None  # a stream met while coalescing: runs next
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue(maxsize=self.limits.queue_size)
+        self._task = asyncio.create_task(self._dispatch(), name="guardrail-dispatch")
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; a full queue is 429 (with Retry-After)."""
+        if self.queue is None:
+            raise ApiError(503, "the server is not running yet; retry shortly", code="not_ready")
+        loop = asyncio.get_running_loop()
+        if job.stream:
+            job.events = asyncio.Queue()
+        else:
+            job.future = loop.create_future()
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise ApiError(
+                429,
+                f"the server is busy ({self.limits.queue_size} requests queued); retry after a second",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
+        self.metrics.queue_depth.set(self.queue.qsize())
+
+    def run_in_thread(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run `fn` on the generation thread (warm-up)."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and self._held is None and (self.queue is None or self.queue.empty())
+
+    async def stop(self) -> None:
+        """Finish every accepted job, then stop the dispatcher and the thread."""
+        while not self.idle:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.executor.shutdown(wait=True)
+
+    # -- dispatcher (event loop) ---------------------------------------------------------
+    async def _dispatch(self) -> None:
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            job = self._held or await self.queue.get()
+            self._held, self._busy = None, True
+            try:
+                batch = [job] if job.stream else await self._collect(job)
+                self.metrics.queue_depth.set(self.queue.qsize())
+                for waiting in batch:
+                    self.metrics.queue_wait.observe(time.perf_counter() - waiting.enqueued)
+                if job.stream:
+                    await loop.run_in_executor(self.executor, self._run_stream, job, loop)
+                    continue
+                for each, outcome in await loop.run_in_executor(self.executor, self._run_batch, batch):
+                    _settle(each, outcome)
+            except Exception as exc:  # a bug here must not stop the dispatcher: fail the jobs, keep serving
+                for each in [job] if job.stream else batch:
+                    _settle(each, exc)
+            finally:
+                self._busy = False
+
+    async def _collect(self, first: Job) -> list[Job]:
+        """`first` and the jobs that arrive within max_wait_ms, up to max_batch; a stream stops the collection."""
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        batch, deadline = [first], loop.time() + self.limits.max_wait_ms / 1e3
+        while len(batch) < self.limits.max_batch:
+            try:
+                job = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if job.stream:
+                self._held = job
+                break
+            batch.append(job)
+        return batch
+
+    # -- generation thread ---------------------------------------------------------------
+    def _run_batch(self, batch: list[Job]) -> list[tuple[Job, Outcome]]:
+        outcomes: list[tuple[Job, Outcome]] = [(j, Cancelled()) for j in batch if j.cancelled.is_set()]
+        groups: dict[tuple[str, GenParams], list[Job]] = {}
+        for job in batch:
+            if not job.cancelled.is_set():
+                groups.setdefault((job.deployment.id, job.params), []).append(job)
+        for (_, params), jobs in groups.items():
+            limit = jobs[0].deployment.policy.limits.max_batch
+            for start in range(0, len(jobs), limit):
+                outcomes += self._generate(jobs[start : start + limit], params)
+        return outcomes
+
+    def _generate(self, jobs: list[Job], params: GenParams) -> list[tuple[Job, Outcome]]:
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        self.metrics.batch_size.observe(len(jobs))
+        try:
+            results = jobs[0].deployment.guard.generate_batch([j.request for j in jobs], **params.kwargs())
+            return list(zip(jobs, results))
+        except Exception as exc:
+            if len(jobs) > 1 and isinstance(exc, (RequestError, AudioInputError)):
+                return [outcome for job in jobs for outcome in self._generate([job], params)]
+            return [(job, exc) for job in jobs]
+
+    def _run_stream(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        events = job.events
+        assert events is not None
+
+        def post(kind: str, value: Any) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+        if job.cancelled.is_set():
+            post("error", Cancelled())
+            return
+        kwargs = {**job.request, **job.params.kwargs(), "stopping_criteria": [CancelCriterion(job.cancelled)]}
+        try:
+            stream = job.deployment.guard.stream(**kwargs)
+            post("start", None)
+            with stream:
+                for text in stream:
+                    post("chunk", text)
+            post("done", stream.result)
+        except Exception as exc:
+            post("error", exc)
+
+
+def _settle(job: Job, outcome: Outcome) -> None:
+    """Hand a job its outcome (in the event loop's thread)."""
+    if job.stream and job.events is not None:
+        job.events.put_nowait(("error", outcome) if isinstance(outcome, BaseException) else ("done", outcome))
+    elif job.future is not None and not job.future.done():
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
