@@ -75,5 +75,7 @@ def fit_probe(
         )
     else:
         probe = train_probe(last, labels, layers=layers, target_fpr=target_fpr, folds=folds, seed=seed)
-    probe.training = probe.training.model_copy(update={"queries_sha256": requests_hash(harmful_q, safe_q)})
+    probe.training = probe.training.model_copy(
+        update={"queries_sha256": requests_hash(harmful_q, safe_q, system_prompt=system_prompt)}
+    )
     return probe.bind(model, resolved.name)

@@ -7,6 +7,7 @@ per safe query, batched, every layer captured in each pass; one SVD per layer.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -128,12 +129,17 @@ def _looks_like_audio_path(item: str, adapter: Adapter) -> bool:
     return adapter.takes_audio and item.lower().endswith((".wav", ".flac", ".ogg", ".mp3", ".opus"))
 
 
-def requests_hash(*groups: Sequence[Request]) -> str:
-    """sha256 of groups of requests (text and audio samples, each tagged with its group's index)."""
+def requests_hash(*groups: Sequence[Request], system_prompt: str | None = None) -> str:
+    """sha256 of groups of requests (text and audio samples, each tagged with its group's index; the tools a
+    request shows and the `system_prompt` around them, when there are any: a context changes the prompts)."""
     digest = hashlib.sha256()
+    if system_prompt:
+        digest.update(f"system:{system_prompt}".encode())
     for label, group in enumerate(groups):
         for request in group:
             digest.update(f"{label}:{request.text}".encode())
+            if request.tools:
+                digest.update(json.dumps(request.tools, sort_keys=True).encode())
             if request.audio is not None:
                 digest.update(np.ascontiguousarray(request.audio, dtype=np.float32).tobytes())
     return digest.hexdigest()
