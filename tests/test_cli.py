@@ -547,3 +547,25 @@ def test_the_installed_testbeds_list_offline_from_an_empty_cache(monkeypatch, tm
     rows = json.loads(capsys.readouterr().out)
     assert {"qwen2.5-coder-0.5b-instruct", "qwen2-audio-testbed"} <= {row["name"] for row in rows}
     assert all(row["built"] is False for row in rows)
+
+
+def test_calibrate_fits_the_probe_in_the_deployments_context(model_dir, tmp_path, monkeypatch, capsys):
+    from guardrail.gate import train_on_model
+
+    seen = []
+    real = train_on_model.prompt_activations
+    monkeypatch.setattr(
+        train_on_model,
+        "prompt_activations",
+        lambda *a, **k: seen.append((k["system_prompt"], a[3][0].tools)) or real(*a, **k),
+    )
+    tools = tmp_path / "tools.json"
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    tools.write_text(json.dumps([weather]))
+    args = ["calibrate", "--model", str(model_dir), "--out", str(tmp_path / "a"), "--train-probe"]
+    assert main([*args, "--system-prompt", "Use the tools.", "--tools", str(tools)]) == 0
+    assert seen == [("Use the tools.", ({"type": "function", "function": weather["function"]},))]
+
+    tools.write_text("{not json")
+    assert main([*args, "--tools", str(tools)]) == 2  # read before the model loads
+    assert "--tools" in capsys.readouterr().err

@@ -10,12 +10,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guardrail.cli.options import add_alias, add_placement, load_policy, placement
 from guardrail.defaults import PROBE_SUBDIR, default_probe
 from guardrail.errors import RequestError
 from guardrail.progress import progress  # light: rich is imported only when a bar is drawn
+
+if TYPE_CHECKING:
+    from guardrail.policy.schema import Policy
 
 
 def add_model_commands(sub: Any) -> None:
@@ -59,7 +62,23 @@ def add_calibrate(sub: Any) -> None:
     add_alias(cal, "--probe", "train_probe", action="store_true")
     kinds = "stacked: probe v2 (last position + prompt mean, several layers); logistic: v1 (one layer)"
     cal.add_argument("--probe-kind", choices=["stacked", "logistic"], default="stacked", help=kinds)
+    context = "the probe reads the items in this context, as the deployment will send them"
+    cal.add_argument("--system-prompt", help=f"system prompt around each item ({context}; default: the policy's)")
+    cal.add_argument("--tools", help=f"JSON file: a list of OpenAI tool schemas shown with each item ({context})")
     cal.set_defaults(func=calibrate_command)
+
+
+def probe_context(args: argparse.Namespace, policy: Policy) -> dict[str, Any]:
+    """`fit_probe`'s context: --system-prompt (else the policy's, which the guard sends too) and --tools."""
+    from guardrail.conversation import parse_tools
+
+    tools: Any = []
+    if args.tools:
+        try:
+            tools = json.loads(Path(args.tools).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RequestError(f"--tools {args.tools}: cannot read a JSON list of tool schemas ({exc})") from None
+    return {"system_prompt": args.system_prompt or policy.system_prompt, "tools": list(parse_tools(tools, 0))}
 
 
 def add_run(sub: Any) -> None:
@@ -96,6 +115,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
     policy = load_policy(args.policy)
     harmful, safe = calibration_items(args.harmful, args.safe)
+    context = probe_context(args, policy)  # read before the model loads
     model, processor, adapter = load_model(args.model, adapter=args.adapter, **placement(args, policy))
     with progress(2 * len(harmful) + len(safe), "calibrating") as advance:
         artifact = calibrate(
@@ -126,6 +146,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
             adapter=adapter.name,
             batch_size=args.batch_size,
             max_audio_seconds=policy.limits.max_audio_seconds,
+            **context,
         )
         path = probe.save(Path(args.out) / PROBE_SUBDIR)
         print(f"wrote probe (layers {probe.layers}, threshold {probe.threshold:.3f}) to {path}")
