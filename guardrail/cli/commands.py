@@ -223,8 +223,9 @@ def families_command(args: argparse.Namespace) -> int:
         rows = [{"name": s.name, "modality": s.modality, "description": s.description} for s in specs]
         print(json.dumps(rows, indent=2))
         return 0
+    width = max(len(spec.name) for spec in specs)
     for spec in specs:
-        print(f"{spec.name:18} {spec.modality:5}  {spec.description}")
+        print(f"{spec.name:{width}}  {spec.modality:5}  {spec.description}")
     return 0
 
 

@@ -34,10 +34,13 @@ class GenParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     sampling: tuple[tuple[str, float], ...] = ()  # empty: greedy
+    min_new_tokens: int = 0
 
     def kwargs(self) -> dict[str, Any]:
         sampling = dict(self.sampling)
         extra: dict[str, Any] = {"do_sample": True, **sampling} if sampling else {}
+        if self.min_new_tokens:
+            extra["min_new_tokens"] = self.min_new_tokens
         return {"max_new_tokens": self.max_new_tokens, "stop": list(self.stop) or None, "seed": self.seed, **extra}
 
 
@@ -50,10 +53,12 @@ def gen_params(body: ChatCompletionRequest, policy: Policy) -> GenParams:
         raise RequestError("logprobs are not returned by this server; leave logprobs unset")
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     tokens = check_max_new_tokens(requested, policy.limits.max_new_tokens, policy.name)
+    if body.min_tokens is not None and body.min_tokens > tokens:
+        raise RequestError(f"min_tokens={body.min_tokens} is above the max tokens ({tokens}); lower min_tokens")
     sampling: tuple[tuple[str, float], ...] = ()
     if body.temperature:
         sampling = (("temperature", body.temperature),) + ((("top_p", body.top_p),) if body.top_p else ())
-    return GenParams(tokens, check_stop(body.stop), body.seed, sampling)
+    return GenParams(tokens, check_stop(body.stop), body.seed, sampling, body.min_tokens or 0)
 
 
 def guard_request(body: ChatCompletionRequest, files: AudioFiles) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from guardrail.testing.tiny.constants import AUDIO_FAMILIES, FAMILIES, HIDDEN, N
 from guardrail.testing.tiny.features import TorchMelGraniteSpeechFeatureExtractor
 from guardrail.testing.tiny.guard import stand_in_request, stand_in_set, tiny_guard, tiny_noise
 from guardrail.testing.tiny.processors import (
+    AudioOnlyNemotronHOmniProcessor,
     AudioOnlyPhi4MultimodalProcessor,
     AudioOnlyQwen2_5OmniProcessor,
     AudioOnlyQwen3OmniMoeProcessor,
@@ -36,8 +37,10 @@ from guardrail.testing.tiny.processors import (
 from guardrail.testing.tiny.save import save_tiny
 from guardrail.testing.tiny.templates import (
     AUDIOFLAMINGO3_TEMPLATE,
+    GLMASR_TEMPLATE,
     GRANITE_SPEECH_TEMPLATE,
     LLAMA_TEMPLATE,
+    NEMOTRON_H_OMNI_TEMPLATE,
     PHI4_MULTIMODAL_TEMPLATE,
     QWEN2_5_OMNI_TEMPLATE,
     QWEN2_AUDIO_TEMPLATE,
@@ -52,9 +55,11 @@ __all__ = [
     "AUDIOFLAMINGO3_TEMPLATE",
     "AUDIO_FAMILIES",
     "FAMILIES",
+    "GLMASR_TEMPLATE",
     "GRANITE_SPEECH_TEMPLATE",
     "HIDDEN",
     "LLAMA_TEMPLATE",
+    "NEMOTRON_H_OMNI_TEMPLATE",
     "NUM_LAYERS",
     "PHI4_MULTIMODAL_TEMPLATE",
     "QWEN2_5_OMNI_TEMPLATE",
@@ -64,6 +69,7 @@ __all__ = [
     "SAMPLING_RATE",
     "TEXT_FAMILIES",
     "VOXTRAL_TEMPLATE",
+    "AudioOnlyNemotronHOmniProcessor",
     "AudioOnlyPhi4MultimodalProcessor",
     "AudioOnlyQwen2_5OmniProcessor",
     "AudioOnlyQwen3OmniMoeProcessor",

@@ -18,7 +18,13 @@ from guardrail.testing.tiny.families import (
     build_qwen2_audio,
     build_voxtral,
 )
-from guardrail.testing.tiny.newer import build_granite_speech_plus, build_musicflamingo, build_qwen3_omni_moe
+from guardrail.testing.tiny.newer import (
+    build_glmasr,
+    build_granite_speech_plus,
+    build_musicflamingo,
+    build_nemotron_h_omni,
+    build_qwen3_omni_moe,
+)
 from guardrail.testing.tiny.tokenizer import tiny_tokenizer, token_ids
 
 _BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast], tuple[PreTrainedModel, Any]]] = {
@@ -31,6 +37,8 @@ _BUILDERS: dict[str, Callable[[PreTrainedTokenizerFast], tuple[PreTrainedModel, 
     "qwen3_omni_moe": build_qwen3_omni_moe,
     "granite_speech_plus": build_granite_speech_plus,
     "musicflamingo": build_musicflamingo,
+    "nemotron_h_omni": build_nemotron_h_omni,
+    "glmasr": build_glmasr,
     "qwen2": build_qwen2,
     "llama": build_llama,
 }
@@ -46,6 +54,8 @@ _STOP_TOKENS: dict[str, tuple[str, ...]] = {
     "qwen3_omni_moe": ("<|im_end|>", "<|endoftext|>"),
     "granite_speech_plus": ("<|end_of_text|>",),
     "musicflamingo": ("<|im_end|>", "<|endoftext|>"),
+    "nemotron_h_omni": ("<|im_end|>", "</s>"),
+    "glmasr": ("<|endoftext|>", "<|user|>", "<|observation|>"),
     "qwen2": ("<|im_end|>", "<|endoftext|>"),
     "llama": ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"),
 }

@@ -12,6 +12,8 @@ AUDIO_FAMILIES: tuple[str, ...] = (
     "qwen3_omni_moe",
     "granite_speech_plus",
     "musicflamingo",
+    "nemotron_h_omni",
+    "glmasr",
 )
 TEXT_FAMILIES: tuple[str, ...] = ("qwen2", "llama")
 FAMILIES: tuple[str, ...] = AUDIO_FAMILIES + TEXT_FAMILIES

@@ -6,12 +6,18 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import (
+    GlmAsrConfig,
+    GlmAsrForConditionalGeneration,
+    GlmAsrProcessor,
     GraniteSpeechPlusConfig,
     GraniteSpeechPlusForConditionalGeneration,
     GraniteSpeechProcessor,
     MusicFlamingoConfig,
     MusicFlamingoForConditionalGeneration,
     MusicFlamingoProcessor,
+    NemotronH_Omni_Reasoning_V3,
+    NemotronH_Omni_Reasoning_V3_Config,
+    ParakeetFeatureExtractor,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen3OmniMoeThinkerConfig,
@@ -21,8 +27,18 @@ from transformers import (
 from guardrail.testing.tiny.constants import HIDDEN
 from guardrail.testing.tiny.families import lm_config, whisper_encoder
 from guardrail.testing.tiny.features import TorchMelGraniteSpeechFeatureExtractor, whisper_features
-from guardrail.testing.tiny.processors import AudioOnlyQwen3OmniMoeProcessor, NoVisionSlot
-from guardrail.testing.tiny.templates import AUDIOFLAMINGO3_TEMPLATE, GRANITE_SPEECH_TEMPLATE, QWEN3_OMNI_MOE_TEMPLATE
+from guardrail.testing.tiny.processors import (
+    AudioOnlyNemotronHOmniProcessor,
+    AudioOnlyQwen3OmniMoeProcessor,
+    NoVisionSlot,
+)
+from guardrail.testing.tiny.templates import (
+    AUDIOFLAMINGO3_TEMPLATE,
+    GLMASR_TEMPLATE,
+    GRANITE_SPEECH_TEMPLATE,
+    NEMOTRON_H_OMNI_TEMPLATE,
+    QWEN3_OMNI_MOE_TEMPLATE,
+)
 from guardrail.testing.tiny.tokenizer import token_ids
 
 
@@ -134,3 +150,88 @@ def build_musicflamingo(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, 
         feature_extractor=whisper_features(), tokenizer=tok, chat_template=AUDIOFLAMINGO3_TEMPLATE
     )
     return MusicFlamingoForConditionalGeneration(config), processor
+
+
+# Nemotron 3 Nano's hybrid pattern in miniature: Mamba-2, MoE, attention, MoE ("ME*E").
+NEMOTRON_H_LAYER_TYPES: tuple[str, ...] = ("linear_attention", "moe", "full_attention", "moe")
+
+
+def build_nemotron_h_omni(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
+    """Nemotron 3 Nano Omni: hybrid Mamba-2 / attention / MoE NemotronH LM (one layer of each kind, plus a
+    second MoE), Parakeet conformer audio encoder with an MLP projector, an unused 1-layer RADIO vision tower;
+    the real ``NemotronH_Omni_Reasoning_V3Processor`` with ``ParakeetFeatureExtractor`` and empty image/video
+    slots. The Mamba mixers run transformers' pure-torch path (no mamba-ssm / causal-conv1d kernels)."""
+    text = lm_config(
+        tok,
+        ["<|im_end|>"],
+        model_type="nemotron_h",
+        layers_block_type=list(NEMOTRON_H_LAYER_TYPES),
+        head_dim=HIDDEN // 4,
+        mamba_num_heads=4,
+        mamba_head_dim=16,
+        ssm_state_size=16,
+        n_groups=2,
+        chunk_size=16,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        moe_shared_expert_intermediate_size=32,
+    )
+    text.pop("num_hidden_layers")  # derived from layers_block_type (the key is deprecated)
+    config = NemotronH_Omni_Reasoning_V3_Config(
+        text_config=text,
+        vision_config={
+            "model_type": "radio",
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 64,
+            "max_img_size": 64,
+            "num_cls_tokens": 1,
+            "num_registers": 0,
+            "video_temporal_patch_size": 2,  # must equal the top-level value
+        },
+        # the projector's keys are not declared by ParakeetEncoderConfig (extra keywords become attributes)
+        audio_config={
+            "hidden_size": HIDDEN,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+            "subsampling_conv_channels": 16,
+            "num_mel_bins": 80,
+            "projection_hidden_size": HIDDEN,
+            "projection_bias": False,
+        },
+        vision_hidden_size=32,
+        projector_hidden_size=HIDDEN,
+        image_token_id=tok.image_token_id,
+        audio_token_id=tok.audio_token_id,
+    )
+    processor = AudioOnlyNemotronHOmniProcessor(
+        image_processor=NoVisionSlot(),
+        video_processor=NoVisionSlot(),
+        tokenizer=tok,
+        feature_extractor=ParakeetFeatureExtractor(),
+        chat_template=NEMOTRON_H_OMNI_TEMPLATE,
+    )
+    return NemotronH_Omni_Reasoning_V3(config), processor
+
+
+def build_glmasr(tok: PreTrainedTokenizerFast) -> tuple[PreTrainedModel, Any]:
+    """GLM-ASR (an LLM-based transcription model): Whisper-style encoder with rotary embeddings, a projector that
+    merges 4 frames per token, Llama LM; the real ``GlmAsrProcessor`` (30 s windows, ``<|pad|>`` x n per clip)."""
+    config = GlmAsrConfig(
+        audio_config={
+            "hidden_size": HIDDEN,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_mel_bins": 128,
+        },
+        text_config=lm_config(
+            tok, ["<|endoftext|>"], model_type="llama", rope_parameters={"rope_theta": 1e4, "rope_type": "default"}
+        ),
+        audio_token_id=token_ids(tok, "<|pad|>")[0],
+    )
+    processor = GlmAsrProcessor(feature_extractor=whisper_features(), tokenizer=tok, chat_template=GLMASR_TEMPLATE)
+    return GlmAsrForConditionalGeneration(config), processor

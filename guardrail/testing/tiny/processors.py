@@ -1,5 +1,6 @@
 """Processors of the tiny models that run offline without torchvision or mistral-common: the real
-Qwen2.5-Omni and Phi-4-multimodal processors with empty vision slots, and a stand-in for Voxtral's."""
+Qwen2.5-Omni, Qwen3-Omni, Nemotron-H Omni and Phi-4-multimodal processors with empty vision slots, and a
+stand-in for Voxtral's."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from transformers import (
     BatchFeature,
+    NemotronH_Omni_Reasoning_V3Processor,
     Phi4MultimodalProcessor,
     PreTrainedTokenizerFast,
     Qwen2_5OmniProcessor,
@@ -52,6 +54,10 @@ class AudioOnlyQwen2_5OmniProcessor(SkipVisionSlotCheck, Qwen2_5OmniProcessor):
 
 class AudioOnlyQwen3OmniMoeProcessor(SkipVisionSlotCheck, Qwen3OmniMoeProcessor):
     """The real ``Qwen3OmniMoeProcessor`` with empty image/video slots."""
+
+
+class AudioOnlyNemotronHOmniProcessor(SkipVisionSlotCheck, NemotronH_Omni_Reasoning_V3Processor):
+    """The real ``NemotronH_Omni_Reasoning_V3Processor`` with empty image/video slots."""
 
 
 class AudioOnlyPhi4MultimodalProcessor(SkipVisionSlotCheck, Phi4MultimodalProcessor):

@@ -85,6 +85,57 @@ QWEN3_OMNI_MOE_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
 
+# Nemotron 3 Nano Omni (NemotronH_Omni_Reasoning_V3), reconstructed: ChatML turns, a system turn always (empty
+# unless given), media in content order (audio as ``<so_embedding>``, which the processor expands to
+# ``<so_start>`` + n x ``<so_embedding>`` + ``<so_end>``), and reasoning on unless ``enable_thinking`` is false.
+NEMOTRON_H_OMNI_TEMPLATE = (
+    "{%- set enable_thinking = enable_thinking if enable_thinking is defined else true %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] %}{%- set loop_messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- '<|im_start|>system\n' + system_message + '<|im_end|>\n' }}"
+    "{%- for message in loop_messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}"
+    "{%- for content in message['content'] %}"
+    "{%- if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}{{- '<so_embedding>' }}"
+    "{%- elif content['type'] == 'image' or 'image' in content %}{{- '<image>' }}"
+    "{%- elif 'text' in content %}{{- content['text'] }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{%- if enable_thinking %}{{- '<|im_start|>assistant\n<think>\n' }}"
+    "{%- else %}{{- '<|im_start|>assistant\n<think></think>' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+# GLM-ASR (zai-org/GLM-ASR-Nano-2512), reconstructed in the GLM-4 chat layout: ``[gMASK]<sop>``, then
+# ``<|role|>\n`` + content per turn; each clip is ``<|begin_of_audio|><|pad|><|end_of_audio|>`` before the text
+# (the processor expands ``<|pad|>`` to one token per audio embedding).
+GLMASR_TEMPLATE = (
+    "{{- '[gMASK]<sop>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|' + message['role'] + '|>\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}"
+    "{%- for content in message['content'] %}"
+    "{%- if content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{{- '<|begin_of_audio|><|pad|><|end_of_audio|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- for content in message['content'] %}"
+    "{%- if content['type'] == 'text' %}{{- content['text'] }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}{%- endif %}"
+)
+
 # Audio Flamingo 3 (Qwen2.5 layout; every ``<sound>`` goes before the user's text).
 AUDIOFLAMINGO3_TEMPLATE = (
     "{%- if messages[0]['role'] != 'system' %}"

@@ -160,6 +160,24 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         "pad": "<|endoftext|>",
         "chat_template": templates.AUDIOFLAMINGO3_TEMPLATE,
     },
+    "nemotron_h_omni": {  # Nemotron 3 Nano's first control tokens, then the Omni media markers
+        "specials": ("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+        + ("<so_start>", "<so_end>", "<so_embedding>", "<img>", "</img>", "<image>"),
+        "bos": "<s>",
+        "eos": "<|im_end|>",
+        "pad": "<unk>",
+        "unk": "<unk>",
+        "extra": {"audio_token": "<so_embedding>", "image_token": "<image>"},
+        "chat_template": templates.NEMOTRON_H_OMNI_TEMPLATE,
+    },
+    "glmasr": {  # GLM-4-style control tokens; <|pad|> is the processor's audio token
+        "specials": ("<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>")
+        + ("<|observation|>", "<|begin_of_audio|>", "<|end_of_audio|>", "<|pad|>"),
+        "eos": "<|endoftext|>",
+        "pad": "<|endoftext|>",
+        "extra": {"audio_token": "<|pad|>"},
+        "chat_template": templates.GLMASR_TEMPLATE,
+    },
     "qwen2": {
         "specials": _QWEN_SPECIALS,
         "eos": "<|im_end|>",
