@@ -23,9 +23,9 @@ from guardrail.errors import PolicyError
 from guardrail.gate.decide import GateVerdict, ScoringProbe
 from guardrail.gate.linear import LinearProbe
 from guardrail.models.adapter import Adapter, resolve_adapter
-from guardrail.models.answer import Answer
+from guardrail.models.answer import Answer, markers_for
 from guardrail.models.context import context_length, prompt_lengths
-from guardrail.models.tool_calls import CALL_OPEN, TOOL_MARKERS
+from guardrail.models.tool_calls import CALL_OPEN
 from guardrail.obs.logs import decision_event, decision_logger
 from guardrail.obs.metrics import Metrics
 from guardrail.obs.streaming import GenerationClock, GuardStream, TokenQueue
@@ -237,17 +237,17 @@ class Guard:
         # validate in the caller's thread: bad input raises here, not mid-stream
         parsed = self._parse([request])
         self._model_inputs(parsed, self._check_call(max_new_tokens, generate_kwargs))
-        markers = TOOL_MARKERS if parsed[0].tools else ()
+        markers = markers_for(parsed[0])
         streamer = TokenQueue(
             lambda ids: self.adapter.decode(self.processor, ids, markers),
             self.adapter.eos_token_ids(self.model, self.processor),
             stops=check_stop(stop),
-            holds=(CALL_OPEN,) if markers and parsed[0].tool_choice != "none" else (),
+            holds=(CALL_OPEN,) if markers else (),
         )
         kwargs = dict(generate_kwargs)
         kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), streamer.stop])
-        run = lambda listener: self.generate_batch(
-            [request], max_new_tokens=max_new_tokens, stop=stop, seed=seed, streamer=listener, **kwargs
+        run = lambda listener: self.generate_batch(  # the parsed request: its audio is not decoded again
+            parsed, max_new_tokens=max_new_tokens, stop=stop, seed=seed, streamer=listener, **kwargs
         )[0]
         return GuardStream(run, streamer)
 
@@ -331,8 +331,8 @@ class Guard:
         token_ids, finish_reason = until_eos(answer.ids, self.adapter.eos_token_ids(self.model, self.processor))
         if finish_reason == "length" and clock.cancelled:
             finish_reason = "cancelled"  # a closed stream
-        markers = TOOL_MARKERS if answer.request.tools else ()
-        text, finish_reason, calls = answer.read(self.adapter.decode(self.processor, token_ids, markers), finish_reason)
+        decoded = self.adapter.decode(self.processor, token_ids, markers_for(answer.request))
+        text, finish_reason, calls = answer.read(decoded, finish_reason)
         decision = self._template().record(
             verdict.steer[j],
             verdict.reasons[j],

@@ -71,8 +71,9 @@ def parse_request(
 ) -> Request:
     """Request `index` of a batch checked and its audio decoded at the model's rate: a mapping with
     'audio' and/or 'text', or with 'messages' (a conversation, see `guardrail.conversation`), and optionally
-    'tools' and 'tool_choice'; or a `Request` (whose audio arrays are taken to be at the model's rate).
-    Text over `max_text_chars` (all turns together) is refused before anything else is done with it."""
+    'tools', 'tool_choice' and 'response_format'; or a `Request` (whose audio arrays are taken to be at the
+    model's rate). Text over `max_text_chars` (all turns together) is refused before it is tokenized; a single
+    turn's, before its audio is decoded too (a message list's clips are decoded as its turns are parsed)."""
     if isinstance(raw, Mapping) and raw.get("messages") is not None:
         return _conversation_request(raw, index, adapter, processor, max_audio_seconds, max_text_chars)
     source: AudioSource | None

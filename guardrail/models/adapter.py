@@ -25,7 +25,7 @@ from torch import nn
 from guardrail.audio import require_min_duration
 from guardrail.conversation import Turn
 from guardrail.errors import RequestError, UnsupportedModelError
-from guardrail.models.chat import checked_turns, messages_for, render, require_tool_template
+from guardrail.models.chat import checked_turns, messages_for, render, require_tool_template, shown_tools
 from guardrail.models.user_text import ControlTokens, SpecialTokens
 from guardrail.requests import Request
 from guardrail.resources import data_dir
@@ -161,7 +161,7 @@ class Adapter:
             for audio in request.audios:
                 self.require_audio_support(f"request {i}")
                 require_min_duration(int(np.size(audio)), self.sampling_rate(processor), f"request {i}: audio")
-            if request.tools and request.tool_choice != "none":
+            if shown_tools(request):
                 require_tool_template(self._template_owner(processor), self.name)
             checked.append(checked_turns(request, controls, i, special_tokens))
         return checked
@@ -284,11 +284,6 @@ class Adapter:
             else:
                 run.append(token)
         return "".join(parts)
-
-
-def shown_tools(request: Request) -> tuple[dict[str, Any], ...]:
-    """The tools the prompt shows the model: none with tool_choice "none"."""
-    return () if request.tool_choice == "none" else request.tools
 
 
 def _text_only(turn: Turn) -> str:

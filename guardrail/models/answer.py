@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from guardrail.conversation import ToolCall
-from guardrail.models.tool_calls import split_tool_calls
+from guardrail.models.chat import shown_tools
+from guardrail.models.tool_calls import TOOL_MARKERS, split_tool_calls
 from guardrail.requests import Request
 from guardrail.results import first_stop
 
-__all__ = ["Answer"]
+__all__ = ["Answer", "markers_for"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,14 @@ class Answer:
         cut = first_stop(text, self.stops)
         if cut is not None:
             text, finish_reason = text[:cut], "stop"
-        if not self.request.tools or self.request.tool_choice == "none":
+        shown = shown_tools(self.request)
+        if not shown:
             return text, finish_reason, []
-        text, calls = split_tool_calls(text, [t["function"]["name"] for t in self.request.tools])
+        text, calls = split_tool_calls(text, [t["function"]["name"] for t in shown])
         return text, ("tool_calls" if calls and finish_reason != "cancelled" else finish_reason), calls
+
+
+def markers_for(request: Request) -> tuple[str, ...]:
+    """The tool-call tags to keep when decoding an answer to `request` (some tokenizers count them as special):
+    those of the calls it reads."""
+    return TOOL_MARKERS if shown_tools(request) else ()

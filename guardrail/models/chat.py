@@ -15,7 +15,13 @@ from guardrail.errors import RequestError
 from guardrail.models.user_text import ControlTokens, SpecialTokens
 from guardrail.requests import Request
 
-__all__ = ["checked_turns", "messages_for", "render", "require_tool_template", "template_of"]
+__all__ = ["checked_turns", "messages_for", "render", "require_tool_template", "shown_tools", "template_of"]
+
+
+def shown_tools(request: Request) -> tuple[dict[str, Any], ...]:
+    """The tools the prompt shows the model, and whose calls are read from its answer: none with tool_choice
+    "none"."""
+    return () if request.tool_choice == "none" else request.tools
 
 
 def messages_for(request: Request, system_prompt: str | None, user_content: Callable[[Turn], Any]) -> list[dict]:

@@ -55,7 +55,7 @@ def _bare_calls(text: str, names: Collection[str]) -> tuple[str, list[ToolCall]]
             data, at = decoder.raw_decode(body, at)
         except json.JSONDecodeError:
             return text, []
-        call = _parsed(json.dumps(data))
+        call = _call_from(data)
         if call is None or call.name not in names:
             return text, []
         calls.append(call)
@@ -70,9 +70,13 @@ def _skip_space(text: str, at: int) -> int:
 
 def _parsed(body: str) -> ToolCall | None:
     try:
-        data = json.loads(body)
+        return _call_from(json.loads(body))
     except json.JSONDecodeError:
         return None
+
+
+def _call_from(data: object) -> ToolCall | None:
+    """A call from a decoded JSON value: an object with a string name and object arguments."""
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return None
     arguments = data.get("arguments", data.get("parameters", {}))

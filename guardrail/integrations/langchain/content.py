@@ -83,7 +83,7 @@ def request_from_messages(
             "HumanMessage (history='full' sends the whole conversation)"
         )
     if history == "error" and len(kept) > 1:
-        _refuse_history(kept[:-1], system_prompt)
+        _refuse_history(kept[:-1])
     text, audio = message_content(last, adapter, files)
     if audio is None and not text.strip():
         raise UnsupportedContentError("the HumanMessage has neither text nor audio; pass at least one")
@@ -141,7 +141,7 @@ def check_convertible(messages: Sequence[BaseMessage]) -> None:
                 ) from None
 
 
-def _refuse_history(earlier: list[BaseMessage], system_prompt: str | None) -> None:
+def _refuse_history(earlier: list[BaseMessage]) -> None:
     """Raises for messages before the last turn (history="error")."""
     kinds = ", ".join(type(m).__name__ for m in earlier)
     raise UnsupportedMessageError(

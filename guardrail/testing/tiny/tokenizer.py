@@ -131,14 +131,6 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         "extra": {"audio_token": "<|audio|>"},
         "chat_template": templates.GRANITE_SPEECH_TEMPLATE,
     },
-    "granite_speech_plus": {  # the Granite Speech tokenizer and template (the processor is the same class)
-        "specials": ("<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>", "<|audio|>"),
-        "bos": "<|end_of_text|>",
-        "eos": "<|end_of_text|>",
-        "pad": "<|end_of_text|>",
-        "extra": {"audio_token": "<|audio|>"},
-        "chat_template": templates.GRANITE_SPEECH_TEMPLATE,
-    },
     "phi4_multimodal": {
         "specials": ("<|endoftext|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
         + ("<|tool|>", "<|/tool|>", "<|image|>", "<|audio|>"),
@@ -194,6 +186,8 @@ _TOKENIZER_SPECS: dict[str, dict[str, Any]] = {
         "chat_template": templates.LLAMA_TEMPLATE,
     },
 }
+# Granite Speech Plus: the Granite Speech tokenizer and template (the processor is the same class)
+_TOKENIZER_SPECS["granite_speech_plus"] = _TOKENIZER_SPECS["granite_speech"]
 
 
 def _make_tokenizer(
