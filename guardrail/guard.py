@@ -8,15 +8,16 @@ steering backend (`guardrail.runtime`) -> one result and decision record per req
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from guardrail.audio import AudioSource
 from guardrail.errors import PolicyError
@@ -28,7 +29,7 @@ from guardrail.models.context import context_length, prompt_lengths
 from guardrail.models.tool_calls import CALL_OPEN
 from guardrail.obs.logs import decision_event, decision_logger
 from guardrail.obs.metrics import Metrics
-from guardrail.obs.streaming import GenerationClock, GuardStream, TokenQueue
+from guardrail.obs.streaming import GenerationClock, GuardStream, RowControls, TokenQueue
 from guardrail.policy.schema import Policy
 from guardrail.requests import (
     Request,
@@ -168,17 +169,22 @@ class Guard:
         max_new_tokens: int | None = None,
         stop: str | Sequence[str] | None = None,
         seed: int | None = None,
+        streamers: Sequence[BaseStreamer | None] | None = None,
+        cancel: Sequence[threading.Event | None] | None = None,
         **generate_kwargs: Any,
     ) -> list[GuardResult]:
         """Answer several requests (dicts with 'audio' and/or 'text', or 'messages' and 'tools'; or
-        `guardrail.Request`s) in one batched generate; each gets its own gate and result. `generate_kwargs` go
-        to `model.generate` (a `streamer` there receives the prompt and the new tokens, as with `model.generate`)."""
+        `guardrail.Request`s) in one batched generate; each gets its own gate and result. Per request,
+        `streamers[i]` receives its prompt and new tokens (e.g. `self.streamer(...)`), and setting `cancel[i]`
+        ends its answer at the next token (finish_reason "cancelled"). `generate_kwargs` go to `model.generate`
+        (a `streamer` there receives every row, as with `model.generate`)."""
         started = time.perf_counter()
         limits = self.policy.limits
         check_batch_size(len(requests), limits.max_batch, self.policy.name)
         max_new_tokens = self._check_call(max_new_tokens, generate_kwargs)
         stops = check_stop(stop)
-        batch = self._parse(requests)
+        rows = RowControls.of(len(requests), streamers, cancel, generate_kwargs)
+        batch = self.parse_requests(requests)
         inputs = self._model_inputs(batch, max_new_tokens)
         backend = self.backend_for(**generate_kwargs)
         known = backend.prepass(inputs) if self.gate.needs_prepass else None
@@ -187,7 +193,8 @@ class Guard:
         if keep:
             kept = [batch[i] for i in keep]
             sub_inputs = inputs if len(keep) == len(batch) else self._model_inputs(kept, None)
-            clock = GenerationClock(generate_kwargs.get("streamer"))
+            streamer, row_stops = rows.subset(keep)
+            clock = GenerationClock(streamer)
             kwargs = {
                 "do_sample": False,
                 "max_new_tokens": max_new_tokens,
@@ -196,12 +203,14 @@ class Guard:
                 **generate_kwargs,
                 "streamer": clock,
                 **answer_controls(kept, sub_inputs, stops, self.adapter.tokenizer(self.processor), generate_kwargs),
+                **row_stops.generate_kwargs(generate_kwargs),
             }
             with seeded(seed, sub_inputs["input_ids"].device):
                 generated, verdict = backend.generate(sub_inputs, None if known is None else known.subset(keep), kwargs)
             for j, (i, prompt) in enumerate(zip(keep, prompt_lengths(sub_inputs))):
                 answer = Answer(generated[j], prompt, stops, batch[i])
-                results[i] = self._answered(answer, verdict, j, clock, started)
+                cut = row_stops.cut(j, sub_inputs["input_ids"].shape[1])
+                results[i] = self._answered(answer, verdict, j, clock, started, cut)
         if known is not None:  # the requests not kept: blocked before generating
             results.update((i, self._blocked(known, i, started)) for i in range(len(batch)) if known.block[i])
         answers = [results[i] for i in range(len(batch))]
@@ -235,21 +244,40 @@ class Guard:
             audio, text, messages, tools=tools, tool_choice=tool_choice, response_format=response_format
         )
         # validate in the caller's thread: bad input raises here, not mid-stream
-        parsed = self._parse([request])
+        parsed = self.parse_requests([request])
         self._model_inputs(parsed, self._check_call(max_new_tokens, generate_kwargs))
-        markers = markers_for(parsed[0])
-        streamer = TokenQueue(
+        streamer = self.streamer(parsed[0], stop)
+        run = lambda listener: self.generate_batch(  # the parsed request: its audio is not decoded again
+            parsed,
+            max_new_tokens=max_new_tokens,
+            stop=stop,
+            seed=seed,
+            streamers=[listener],
+            cancel=[streamer.stop],
+            **generate_kwargs,
+        )[0]
+        return GuardStream(run, streamer)
+
+    def streamer(
+        self,
+        request: Request,
+        stop: str | Sequence[str] | None = None,
+        *,
+        sink: Callable[[str], None] | None = None,
+        on_open: Callable[[], None] | None = None,
+    ) -> TokenQueue:
+        """The text streamer of one parsed request (`parse_requests`) for `generate_batch(streamers=...)`: it
+        decodes the answer's tokens and hands each new piece of text to `sink` (default: its `queue`), holding back
+        a stop string and tool-call markup; `on_open` runs when generation starts."""
+        markers = markers_for(request)
+        return TokenQueue(
             lambda ids: self.adapter.decode(self.processor, ids, markers),
             self.adapter.eos_token_ids(self.model, self.processor),
             stops=check_stop(stop),
             holds=(CALL_OPEN,) if markers else (),
+            sink=sink,
+            on_open=on_open,
         )
-        kwargs = dict(generate_kwargs)
-        kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), streamer.stop])
-        run = lambda listener: self.generate_batch(  # the parsed request: its audio is not decoded again
-            parsed, max_new_tokens=max_new_tokens, stop=stop, seed=seed, streamer=listener, **kwargs
-        )[0]
-        return GuardStream(run, streamer)
 
     def first_token_logprobs(self, requests: Sequence[RawRequest]) -> torch.Tensor:
         """Log-probabilities (batch, vocab) of the first answer token, steered as `generate`
@@ -258,7 +286,7 @@ class Guard:
         >>> guard.first_token_logprobs([{"text": "How do I bake bread?"}]).shape  # doctest: +SKIP
         torch.Size([1, 151936])
         """
-        inputs = self._model_inputs(self._parse(requests), 1)
+        inputs = self._model_inputs(self.parse_requests(requests), 1)
         backend = self.backend_for()
         known = backend.prepass(inputs) if self.gate.needs_prepass else None
         return backend.first_token_logits(inputs, known).float().log_softmax(dim=-1).cpu()
@@ -266,7 +294,7 @@ class Guard:
     def prepare_inputs(self, requests: Sequence[RawRequest]) -> dict[str, Any]:
         """Validate requests and build the model's batched inputs (tensors on the model's device) as
         `generate_batch` does with the policy's token budget: what any serving code pays before `model.generate`."""
-        return self._model_inputs(self._parse(requests), self.policy.limits.max_new_tokens)
+        return self._model_inputs(self.parse_requests(requests), self.policy.limits.max_new_tokens)
 
     # -- one call --------------------------------------------------------------------
     def _check_call(self, max_new_tokens: object, generate_kwargs: Mapping[str, Any]) -> int:
@@ -274,7 +302,9 @@ class Guard:
         check_one_row_per_request(generate_kwargs, getattr(self.model, "generation_config", None))
         return check_max_new_tokens(max_new_tokens, self.policy.limits.max_new_tokens, self.policy.name)
 
-    def _parse(self, requests: Sequence[RawRequest]) -> list[Request]:
+    def parse_requests(self, requests: Sequence[RawRequest]) -> list[Request]:
+        """Validate requests against the policy's limits (audio decoded; a `RequestError` or `AudioInputError`
+        names the bad one): what `generate_batch` takes without parsing again."""
         return [
             parse_request(
                 r,
@@ -326,11 +356,13 @@ class Guard:
         )
 
     def _answered(
-        self, answer: Answer, verdict: GateVerdict, j: int, clock: GenerationClock, started: float
+        self, answer: Answer, verdict: GateVerdict, j: int, clock: GenerationClock, started: float, cut: int | None
     ) -> GuardResult:
-        token_ids, finish_reason = until_eos(answer.ids, self.adapter.eos_token_ids(self.model, self.processor))
-        if finish_reason == "length" and clock.cancelled:
-            finish_reason = "cancelled"  # a closed stream
+        """Row `j`'s result; `cut`: the tokens it made before it was cancelled (None: not cancelled)."""
+        ids = answer.ids if cut is None else answer.ids[:cut]  # a cancelled row's padding is not its answer
+        token_ids, finish_reason = until_eos(ids, self.adapter.eos_token_ids(self.model, self.processor))
+        if finish_reason == "length" and cut is not None:
+            finish_reason = "cancelled"  # a closed stream, a client that left
         decoded = self.adapter.decode(self.processor, token_ids, markers_for(answer.request))
         text, finish_reason, calls = answer.read(decoded, finish_reason)
         decision = self._template().record(

@@ -3,8 +3,12 @@ official `openai` client (and httpx for what the client cannot send). Answers eq
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -168,10 +172,59 @@ def test_concurrent_clients_get_their_sequential_answers_and_are_coalesced(clien
     assert answers == [(e.text, e.steered) for e in expected]  # no steering leaks between coalesced requests
     assert {steered for _, steered in answers} == {True, False}
     assert worker.largest_batch > 1  # the worker did coalesce
-    assert worker.batches - batches_before < 8  # 8 non-streamed requests, fewer generate_batch calls
+    assert worker.batches - batches_before < 12  # fewer generate_batch calls than requests
     names = [t.name for t in threading.enumerate()]
     assert sum(n.startswith("guardrail-worker") for n in names) == 1
     assert not any(n == "guardrail-stream" for n in names)
+
+
+def test_streams_share_batches_with_each_other(client, server, guards):
+    texts = [question(i % 2 == 0, i % 4) + " " * i for i in range(6)]
+    expected = [guards["gated"].generate(messages=user(t), max_new_tokens=8).text for t in texts]
+    worker = server.app.state.serving.worker
+    worker.largest_batch = 0
+
+    def ask(text: str) -> str:
+        chunks = client.chat.completions.create(model="gated", messages=user(text), max_tokens=8, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(ask, texts)) == expected
+    assert worker.largest_batch > 1  # only streams were sent: streams were coalesced
+
+
+def cancelled_generations(server) -> float:
+    text = httpx.get(f"{server.base_url.removesuffix('/v1')}/metrics").text
+    lines = [ln for ln in text.splitlines() if ln.startswith('guardrail_cancelled_generations_total{policy="gated"}')]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_a_client_that_leaves_stops_its_row_and_its_batch_mate_finishes(client, server, guards):
+    long = {"max_tokens": 300, "extra_body": {"min_tokens": 300}}
+    texts = [question(True, 2) + " and more", question(False, 3) + " and more"]
+    expected = guards["gated"].generate(messages=user(texts[1]), max_new_tokens=300, min_new_tokens=300).text
+    before = cancelled_generations(server)
+
+    def leave_after_one_chunk() -> None:
+        stream = client.chat.completions.create(model="gated", messages=user(texts[0]), stream=True, **long)
+        next(iter(stream))  # the role chunk: sent once generation has started
+        stream.close()
+
+    def stay() -> str:
+        return client.chat.completions.create(model="gated", messages=user(texts[1]), **long).choices[0].message.content
+
+    slow = guards["gated"].model.register_forward_pre_hook(lambda *_: time.sleep(0.01))  # ~3 s per answer
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            left, stayed = pool.submit(leave_after_one_chunk), pool.submit(stay)
+            left.result()
+            assert stayed.result() == expected
+    finally:
+        slow.remove()
+    deadline = time.monotonic() + 30
+    while cancelled_generations(server) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled_generations(server) == before + 1
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -268,7 +321,12 @@ def test_unknown_routes_answer_in_the_openai_shape(server):
     assert_error(httpx.get(f"{server.url}/v1/nothing"), 404)
 
 
-@pytest.mark.slow
+def rss_mib() -> float:
+    """This process's resident memory (Linux)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def test_a_soak_of_64_clients_and_1000_requests(client, server, guards):
     texts = [question(i % 2 == 0, i % 4) + " " * (i // 4) for i in range(8)]
     expected = {t: guards["gated"].generate(messages=user(t), max_new_tokens=6).text for t in texts}
@@ -283,5 +341,12 @@ def test_a_soak_of_64_clients_and_1000_requests(client, server, guards):
         return reply.choices[0].message.content == expected[text]
 
     with ThreadPoolExecutor(64) as pool:
+        assert all(pool.map(ask, range(200)))  # warm-up: pools, caches and allocator arenas reach their size
+        gc.collect()
+        warm = rss_mib()
         assert all(pool.map(ask, range(1000)))
+    gc.collect()
+    grown = rss_mib() - warm
+    print(f"resident memory over 1,000 requests: {warm:.0f} MiB -> {warm + grown:.0f} MiB")
+    assert grown < 32, f"the server's process grew {grown:.0f} MiB over 1,000 requests"  # a leak of ~33 KB/request
     assert threading.active_count() == threads_before

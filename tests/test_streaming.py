@@ -146,3 +146,54 @@ def test_closing_a_finished_stream_keeps_its_result(guard):
     stream.close()
     assert stream.result.text == text and stream.result.decision.finish_reason in ("stop", "length")
     assert list(stream) == []  # iterating again ends at once
+
+
+# -- per-request streamers and cancel events inside one batch (the server's coalesced streams) ----------------
+class CancelAfter(StoppingCriteria):
+    """Sets `event` once generation has taken `steps` steps (a client that leaves mid-answer)."""
+
+    def __init__(self, event: threading.Event, steps: int):
+        self.event, self.steps, self.calls = event, steps, 0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.calls += 1
+        if self.calls == self.steps:
+            self.event.set()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def test_per_request_streamers_see_their_own_answer_in_a_batch(guard):
+    guard, _ = guard
+    texts = ["please answer the question", "how to steal a car", "how to bake bread today"]
+    alone = [guard.generate(text=t, max_new_tokens=10) for t in texts]
+    parsed = guard.parse_requests([{"text": t} for t in texts])
+    opened: list[int] = []
+    streamers = [guard.streamer(parsed[0], on_open=lambda: opened.append(0)), None, guard.streamer(parsed[2])]
+    results = guard.generate_batch(parsed, max_new_tokens=10, streamers=streamers)
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]  # no leak between rows
+    assert opened == [0]
+    for streamer, result in [(streamers[0], results[0]), (streamers[2], results[2])]:
+        shown = "".join(streamer.queue.queue)
+        assert result.text.startswith(shown) and shown == streamer.sent
+
+
+def test_a_cancelled_row_stops_and_the_others_finish(guard):
+    guard, _ = guard
+    texts = ["please answer the question", "how to bake bread today"]
+    alone = guard.generate(text=texts[1], max_new_tokens=LONG // 4, min_new_tokens=LONG // 4)
+    leave = threading.Event()
+    results = guard.generate_batch(
+        [{"text": t} for t in texts],
+        max_new_tokens=LONG // 4,
+        min_new_tokens=LONG // 4,
+        cancel=[leave, threading.Event()],
+        stopping_criteria=StoppingCriteriaList([CancelAfter(leave, 3)]),
+    )
+    assert results[0].decision.finish_reason == "cancelled" and len(results[0].token_ids) <= 4
+    assert results[1].token_ids == alone.token_ids and results[1].decision.finish_reason == "length"
+
+
+def test_per_request_controls_must_match_the_batch(guard):
+    guard, _ = guard
+    with pytest.raises(RequestError, match="one entry per request"):
+        guard.generate_batch([{"text": "a"}, {"text": "b"}], max_new_tokens=2, cancel=[threading.Event()])

@@ -1,5 +1,6 @@
-"""Token streaming for one guarded request: text chunks as the model produces them; and the
-clock every guarded generation runs with (prefill and decode times).
+"""Token streaming for guarded requests: text chunks as the model produces them (one request's `GuardStream`,
+or per-row streamers and cancel events inside one batched generation: `RowControls`); and the clock every
+guarded generation runs with (prefill and decode times).
 
 Generation runs in a worker thread (the steering state follows it there); the caller iterates
 chunks. The gate decides at prefill exactly as in `Guard.generate`, so streaming never bypasses
@@ -14,49 +15,123 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from guardrail.errors import RequestError
 from guardrail.results import GuardResult, Timings, first_stop
 
 _DONE = object()
 
 
-class StopSignal(StoppingCriteria):
-    """A stopping criterion another thread sets: generation ends at the next token once `set()` ran."""
+class RowStops(StoppingCriteria):
+    """Per-row cancellation of a batched generation: row i ends at its next token once `events[i]` is set
+    (another thread sets it: a stream's consumer that left, a client that disconnected)."""
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.fired = False  # whether it actually ended a generation
-
-    def set(self) -> None:
-        self.event.set()
+    def __init__(self, events: Sequence[threading.Event | None]):
+        self.events = list(events)
+        self.lengths: list[int | None] = [None] * len(self.events)  # the row's length when it was cancelled
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        stop = self.event.is_set()
-        self.fired = self.fired or stop
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        now = [event is not None and event.is_set() for event in self.events]
+        for row, is_set in enumerate(now):
+            if is_set and self.lengths[row] is None:
+                self.lengths[row] = input_ids.shape[1]
+        return torch.tensor(now, dtype=torch.bool, device=input_ids.device)
+
+    def cut(self, row: int, prompt_width: int) -> int | None:
+        """How many new tokens `row` had made when it was cancelled (the rest is padding); None: never cancelled."""
+        length = self.lengths[row]
+        return None if length is None else length - prompt_width
+
+    def generate_kwargs(self, generate_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """`stopping_criteria` with this one after the caller's, when any row can be cancelled."""
+        if not any(self.events):
+            return {}
+        return {"stopping_criteria": StoppingCriteriaList([*(generate_kwargs.get("stopping_criteria") or []), self])}
+
+
+class RowStreams(BaseStreamer):
+    """Hands each row of a batched generation to its own listener (None: a row nobody streams): the prompt
+    (batch, seq) first, then each step's new tokens (batch,)."""
+
+    def __init__(self, listeners: Sequence[BaseStreamer | None]):
+        self.listeners = list(listeners)
+
+    def put(self, value: torch.Tensor) -> None:
+        rows = value if value.dim() > 1 else value.unsqueeze(-1)
+        for listener, row in zip(self.listeners, rows):
+            if listener is not None:
+                listener.put(row.unsqueeze(0))
+
+    def end(self) -> None:
+        for listener in self.listeners:
+            if listener is not None:
+                listener.end()
+
+
+@dataclass
+class RowControls:
+    """A batched call's per-request streamers and cancel events (`Guard.generate_batch`), beside the caller's
+    own generate-wide `streamer`."""
+
+    streamers: list[BaseStreamer | None]
+    cancel: list[threading.Event | None]
+    shared: BaseStreamer | None
+
+    @classmethod
+    def of(
+        cls,
+        size: int,
+        streamers: Sequence[BaseStreamer | None] | None,
+        cancel: Sequence[threading.Event | None] | None,
+        generate_kwargs: Mapping[str, Any],
+    ) -> RowControls:
+        rows = cls(list(streamers or [None] * size), list(cancel or [None] * size), generate_kwargs.get("streamer"))
+        if len(rows.streamers) != size or len(rows.cancel) != size:
+            raise RequestError(f"streamers and cancel need one entry per request ({size}), or none")
+        if rows.shared is not None and any(rows.streamers):
+            raise RequestError("pass per-request streamers or one generate-wide streamer, not both")
+        return rows
+
+    def subset(self, keep: Sequence[int]) -> tuple[BaseStreamer | None, RowStops]:
+        """The streamer and the stopping criterion of the rows that generate (`keep`: their request indices)."""
+        listeners = [self.streamers[i] for i in keep]
+        streamer = RowStreams(listeners) if any(listeners) else self.shared
+        return streamer, RowStops([self.cancel[i] for i in keep])
 
 
 class TokenQueue(BaseStreamer):
-    """Receives generated token ids (batch 1) and queues decoded text increments; `stop` is the stopping
-    criterion that ends the generation when its consumer leaves. Text from the first of the `stops` strings on
-    is never queued, nor is text from one of the `holds` markers on (tool-call markup; with holds, an answer
-    that opens with "{" is held whole too); a tail that could still become one of them waits for the next token."""
+    """Receives generated token ids (batch 1) and queues decoded text increments (or hands them to `sink`);
+    `stop` is the event that ends the generation when its consumer leaves (`Guard.generate_batch(cancel=...)`),
+    `on_open` is called when generation starts (the prompt passed every check). Text from the first of the
+    `stops` strings on is never queued, nor is text from one of the `holds` markers on (tool-call markup; with
+    holds, an answer that opens with "{" is held whole too); a tail that could still become one of them waits
+    for the next token."""
 
     def __init__(
-        self, decode: Callable[[list[int]], str], eos: set[int], stops: Sequence[str] = (), holds: Sequence[str] = ()
+        self,
+        decode: Callable[[list[int]], str],
+        eos: set[int],
+        stops: Sequence[str] = (),
+        holds: Sequence[str] = (),
+        *,
+        sink: Callable[[str], None] | None = None,
+        on_open: Callable[[], None] | None = None,
     ):
         self.decode, self.eos = decode, eos
         self.markers = (*stops, *holds)
         self.hold_json = bool(holds)  # an answer that opens with "{" may be an untagged tool call: held whole
-        self.stop = StopSignal()
+        self.stop = threading.Event()
         self.queue: queue.Queue = queue.Queue()
+        self.sink = sink or self.queue.put
+        self.on_open = on_open
         self._ids: list[int] = []
         self._sent = ""
         self._prompt_seen = False
@@ -67,14 +142,11 @@ class TokenQueue(BaseStreamer):
         """The text queued so far."""
         return self._sent
 
-    @property
-    def cancelled(self) -> bool:
-        """Whether the consumer's leaving ended the generation early."""
-        return self.stop.fired
-
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # generate first hands over the prompt
             self._prompt_seen = True
+            if self.on_open is not None:
+                self.on_open()
             return
         for token in value.reshape(-1).tolist():
             if self._stopped or token in self.eos:
@@ -84,7 +156,7 @@ class TokenQueue(BaseStreamer):
         text = self._shown(self.decode(self._ids))
         # Hold back an incomplete multi-byte character until its last byte arrives.
         if text.startswith(self._sent) and not text.endswith("\ufffd") and len(text) > len(self._sent):
-            self.queue.put(text[len(self._sent) :])
+            self.sink(text[len(self._sent) :])
             self._sent = text
 
     def _shown(self, text: str) -> str:
@@ -123,11 +195,6 @@ class GenerationClock(BaseStreamer):
     def end(self) -> None:
         if self._listener is not None:
             self._listener.end()
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether the listener's consumer ended the generation early (a closed stream)."""
-        return bool(getattr(self._listener, "cancelled", False))
 
     def timings(self, now: float, started: float) -> Timings:
         """Prefill and decode time until `now`, and the total since the call `started` (perf_counter)."""

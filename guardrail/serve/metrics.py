@@ -14,7 +14,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class ServeMetrics:
-    """Counters by policy (requests by outcome, steered, blocked, probe failures), histograms (probe score, queue
+    """Counters by policy (requests by outcome, steered, blocked, probe failures, generations cut short by a client
+    that left), histograms (probe score, queue
     wait, prefill, decode, batch size) and the queue depth gauge."""
 
     def __init__(self) -> None:
@@ -24,6 +25,12 @@ class ServeMetrics:
         )
         self.steered = Counter("guardrail_steered", "requests steered", ["policy"], registry=r)
         self.blocked = Counter("guardrail_blocked", "requests blocked by the gate", ["policy"], registry=r)
+        self.cut_short = Counter(
+            "guardrail_cancelled_generations",
+            "generations stopped before their end because the client left or the request timed out",
+            ["policy"],
+            registry=r,
+        )
         self.probe_failures = Counter("guardrail_probe_failures", "gate probe failures", ["policy"], registry=r)
         self.probe_score = Histogram(
             "guardrail_probe_score", "gate probe scores", ["policy"], buckets=SCORE_BUCKETS, registry=r
@@ -52,6 +59,11 @@ class ServeMetrics:
             self.probe_score.labels(d.policy).observe(d.probe_score)
         self.prefill.observe(d.timings.prefill_ms / 1e3)
         self.decode.observe(d.timings.decode_ms / 1e3)
+
+    def generated(self, result: GuardResult) -> None:
+        """A generation the worker finished: counted when a cancelled client cut it short."""
+        if result.decision.finish_reason == "cancelled":
+            self.cut_short.labels(result.decision.policy).inc()
 
     def failed(self, policy: str, outcome: str) -> None:
         """A request that got no answer: client_error, rejected, timeout, cancelled, server_error..."""

@@ -66,6 +66,7 @@ class StreamReply:
         return event(chunk(self.completion_id, self.model, self.created, delta, finish, **extra))
 
     async def body(self) -> AsyncIterator[str]:
+        sent = ""
         try:
             yield self._chunk({"role": "assistant", "content": ""})
             while True:
@@ -74,6 +75,7 @@ class StreamReply:
                 except ApiError as exc:
                     kind, value = "error", exc
                 if kind == "chunk":
+                    sent += value
                     yield self._chunk({"content": value})
                 elif kind == "done":
                     self.result = value
@@ -83,13 +85,17 @@ class StreamReply:
                     yield event(self.error.body)
                     yield event("[DONE]")
                     return
-            for text in self._closing(value):
+            for text in self._closing(value, sent):
                 yield text
         finally:
             self.job.cancelled.set()  # a client that left stops the generation; harmless once finished
 
-    def _closing(self, result: GuardResult) -> list[str]:
+    def _closing(self, result: GuardResult, sent: str) -> list[str]:
+        """The text held back until the end (an incomplete character, a blocked request's message), the tool
+        calls, the finish reason with the guard's decision, the usage, and [DONE]."""
         out = []
+        if result.text.startswith(sent) and len(result.text) > len(sent):
+            out.append(self._chunk({"content": result.text[len(sent) :]}))
         calls = tool_call_dicts(result)
         if calls:
             out.append(self._chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}))

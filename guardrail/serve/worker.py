@@ -1,11 +1,11 @@
 """The inference worker: one thread owns the model's generation, fed by a bounded asyncio queue.
 
-Non-streaming requests that arrive within `max_wait_ms` of each other (or wait while the worker is busy)
-are coalesced: one `Guard.generate_batch` per deployment and parameter set, up to `max_batch` (and the
-policy's `limits.max_batch`), each request keeping its own gate decision. When a coalesced batch fails on
-one request's input, each request is run alone so only that one gets the error. Streaming requests run one at
-a time through `Guard.stream`. A request whose client left (or whose time ran out) while queued is dropped;
-a stream's generation stops at the next token.
+Requests that arrive within `max_wait_ms` of each other (or wait while the worker is busy) are coalesced,
+streamed or not: one `Guard.generate_batch` per deployment and parameter set, up to `max_batch` (and the
+policy's `limits.max_batch`), each request keeping its own gate decision and, when streamed, its own text
+streamer. A request whose input is bad gets its error alone (parsed one by one first; a batch that still fails
+on one request's input is rerun a request at a time). A request whose client left (or whose time ran out) is
+dropped while queued, and its row stops at the next token while generating.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from transformers import StoppingCriteria
-
 from guardrail.errors import AudioInputError, RequestError
+from guardrail.obs.streaming import TokenQueue
+from guardrail.requests import Request
 from guardrail.results import GuardResult
 from guardrail.serve.config import ServeLimits
 from guardrail.serve.convert import GenParams
@@ -49,16 +48,6 @@ class Job:
     events: asyncio.Queue[tuple[str, Any]] | None = None
 
 
-class CancelCriterion(StoppingCriteria):
-    """Ends a generation at the next token once its job is cancelled."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 class Worker:
     """The queue, the dispatcher coroutine that coalesces it, and the one generation thread."""
 
@@ -68,7 +57,6 @@ class Worker:
         self.queue: asyncio.Queue[Job] | None = None
         self.batches = 0  # generate_batch calls
         self.largest_batch = 0
-        self._held: Job | None = None  # a stream met while coalescing: runs next
         self._busy = False
         self._task: asyncio.Task[None] | None = None
 
@@ -102,7 +90,7 @@ class Worker:
 
     @property
     def idle(self) -> bool:
-        return not self._busy and self._held is None and (self.queue is None or self.queue.empty())
+        return not self._busy and (self.queue is None or self.queue.empty())
 
     async def stop(self) -> None:
         """Finish every accepted job, then stop the dispatcher and the thread."""
@@ -118,26 +106,23 @@ class Worker:
         assert self.queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            job = self._held or await self.queue.get()
-            self._held, self._busy = None, True
+            batch = [await self.queue.get()]
+            self._busy = True
             try:
-                batch = [job] if job.stream else await self._collect(job)
+                batch = await self._collect(batch[0])
                 self.metrics.queue_depth.set(self.queue.qsize())
                 for waiting in batch:
                     self.metrics.queue_wait.observe(time.perf_counter() - waiting.enqueued)
-                if job.stream:
-                    await loop.run_in_executor(self.executor, self._run_stream, job, loop)
-                    continue
-                for each, outcome in await loop.run_in_executor(self.executor, self._run_batch, batch):
+                for each, outcome in await loop.run_in_executor(self.executor, self._run_batch, batch, loop):
                     _settle(each, outcome)
             except Exception as exc:  # a bug here must not stop the dispatcher: fail the jobs, keep serving
-                for each in [job] if job.stream else batch:
+                for each in batch:
                     _settle(each, exc)
             finally:
                 self._busy = False
 
     async def _collect(self, first: Job) -> list[Job]:
-        """`first` and the jobs that arrive within max_wait_ms, up to max_batch; a stream stops the collection."""
+        """`first` and the jobs that arrive within max_wait_ms, up to max_batch."""
         assert self.queue is not None
         loop = asyncio.get_running_loop()
         batch, deadline = [first], loop.time() + self.limits.max_wait_ms / 1e3
@@ -152,14 +137,11 @@ class Worker:
                     job = await asyncio.wait_for(self.queue.get(), remaining)
                 except asyncio.TimeoutError:
                     break
-            if job.stream:
-                self._held = job
-                break
             batch.append(job)
         return batch
 
     # -- generation thread ---------------------------------------------------------------
-    def _run_batch(self, batch: list[Job]) -> list[tuple[Job, Outcome]]:
+    def _run_batch(self, batch: list[Job], loop: asyncio.AbstractEventLoop) -> list[tuple[Job, Outcome]]:
         outcomes: list[tuple[Job, Outcome]] = [(j, Cancelled()) for j in batch if j.cancelled.is_set()]
         groups: dict[tuple[str, GenParams], list[Job]] = {}
         for job in batch:
@@ -168,42 +150,55 @@ class Worker:
         for (_, params), jobs in groups.items():
             limit = jobs[0].deployment.policy.limits.max_batch
             for start in range(0, len(jobs), limit):
-                outcomes += self._generate(jobs[start : start + limit], params)
+                outcomes += self._generate(jobs[start : start + limit], params, loop)
         return outcomes
 
-    def _generate(self, jobs: list[Job], params: GenParams) -> list[tuple[Job, Outcome]]:
+    def _generate(
+        self, jobs: list[Job], params: GenParams, loop: asyncio.AbstractEventLoop
+    ) -> list[tuple[Job, Outcome]]:
+        guard = jobs[0].deployment.guard
+        parsed: list[tuple[Job, Request]] = []
+        failed: list[tuple[Job, Outcome]] = []
+        for job in jobs:  # bad input (a clip that does not decode, text over the limit) fails its request alone
+            try:
+                parsed.append((job, guard.parse_requests([job.request])[0]))
+            except (RequestError, AudioInputError) as exc:
+                failed.append((job, exc))
+        if not parsed:
+            return failed
+        ok = [job for job, _ in parsed]
         self.batches += 1
-        self.largest_batch = max(self.largest_batch, len(jobs))
-        self.metrics.batch_size.observe(len(jobs))
+        self.largest_batch = max(self.largest_batch, len(ok))
+        self.metrics.batch_size.observe(len(ok))
         try:
-            results = jobs[0].deployment.guard.generate_batch([j.request for j in jobs], **params.kwargs())
-            return list(zip(jobs, results))
+            results = guard.generate_batch(
+                [request for _, request in parsed],
+                streamers=[_streamer(job, request, loop) if job.stream else None for job, request in parsed],
+                cancel=[job.cancelled for job in ok],
+                **params.kwargs(),
+            )
+            for result in results:
+                self.metrics.generated(result)
+            return failed + list(zip(ok, results))
         except Exception as exc:
-            if len(jobs) > 1 and isinstance(exc, (RequestError, AudioInputError)):
-                return [outcome for job in jobs for outcome in self._generate([job], params)]
-            return [(job, exc) for job in jobs]
+            if len(ok) > 1 and isinstance(exc, (RequestError, AudioInputError)):  # say, one prompt over the context
+                return failed + [outcome for job in ok for outcome in self._generate([job], params, loop)]
+            return failed + [(job, exc) for job in ok]
 
-    def _run_stream(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
-        events = job.events
-        assert events is not None
 
-        def post(kind: str, value: Any) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+def _streamer(job: Job, request: Request, loop: asyncio.AbstractEventLoop) -> TokenQueue:
+    """A stream job's text streamer: "start" once generation begins (its input passed every check), then its
+    text pieces as "chunk" events, posted from the worker thread to the event loop."""
+    events = job.events
+    assert events is not None
 
-        if job.cancelled.is_set():
-            post("error", Cancelled())
-            return
-        kwargs = {**job.request, **job.params.kwargs(), "stopping_criteria": [CancelCriterion(job.cancelled)]}
-        try:
-            stream = job.deployment.guard.stream(**kwargs)
-            post("start", None)
-            with stream:
-                for text in stream:
-                    post("chunk", text)
-            post("done", stream.result)
-        except Exception as exc:
-            post("error", exc)
+    def post(kind: str, value: Any = None) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+    return job.deployment.guard.streamer(
+        request, list(job.params.stop) or None, sink=lambda text: post("chunk", text), on_open=lambda: post("start")
+    )
 
 
 def _settle(job: Job, outcome: Outcome) -> None:
