@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import soundfile as sf
 
 from guardrail.cli.main import main
 from guardrail.evaluation import (
@@ -17,9 +18,11 @@ from guardrail.evaluation import (
     load_pairs,
     write_report,
 )
+from guardrail.errors import RequestError
 from guardrail.evaluation.data import default_pairs, parse_slice
+from guardrail.evaluation.spoken import recorded_questions
 from guardrail.evaluation.harness import METHODS, sweep, wilson
-from guardrail.testing.tiny import build_tiny
+from guardrail.testing.tiny import build_tiny, tiny_audio
 
 JUDGE = RefusalPhraseJudge()
 
@@ -249,3 +252,47 @@ def test_report_round_trip_and_merge(report, tmp_path):
     paths = merge_reports([tmp_path / "a" / "report.json", tmp_path / "a" / "report.json"], tmp_path / "m")
     merged = json.loads(paths["json"].read_text())
     assert len(merged["results"]) == 2 * len(report.results) and merged["command"] == "run a ; run a"
+
+
+# -- SARSteer-format recorded datasets (guardrail eval --recorded) ------------------------------------------
+def write_recorded(root, name: str, questions: list[str], layout: str, field: str, seed: int):
+    """A SARSteer-format file: JSON items naming their clips, the WAVs in the layout SARSteer uses."""
+    clips = {"question": root / name / "question", "stem": root / name / "items"}[layout]
+    clips.mkdir(parents=True)
+    items = []
+    for k, question in enumerate(questions):
+        sf.write(clips / f"Topic_{k}.wav", tiny_audio(0.4 + 0.05 * k, 16000, seed=seed + k), 16000)
+        items.append({"scenario": f"Topic{k % 2}", field: f"Topic_{k}.wav", "question": question})
+    path = root / name / "items.json"
+    path.write_text(json.dumps(items))
+    return path
+
+
+def test_cli_eval_reads_recorded_sarsteer_datasets(tmp_path, capsys):
+    model, processor = build_tiny("qwen2_audio")
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    pairs = default_pairs()[:6]
+    harmful = write_recorded(tmp_path, "figstep_audio", [p.harmful for p in pairs], "question", "audio_file", 0)
+    safe = write_recorded(tmp_path, "advbench_audio_safe", [p.safe for p in pairs], "stem", "audio_name", 50)
+    args = ["eval", "--model", str(tmp_path / "m"), "--recorded", "--harmful", str(harmful), "--safe", str(safe)]
+    args += ["--calib", "0:4", "--eval", "4:6", "--methods", "none,sarsteer,text_sarsteer", "--alphas", "1.0"]
+    code = main([*args, "--max-new-tokens", "3", "--out", str(tmp_path / "out"), "--json"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert [r["label"].split()[0] for r in report["results"]] == ["none", "sarsteer", "text_sarsteer"]
+    assert all(r["n_harmful"] == r["n_safe"] == 2 for r in report["results"])
+    answers = json.loads((tmp_path / "out" / "report.json").read_text())["results"][0]["answers"]
+    assert pairs[4].harmful in json.dumps(answers)  # reports show the question; the model heard the clip
+
+
+def test_a_recorded_dataset_with_a_missing_clip_says_where_it_looked(tmp_path):
+    harmful = write_recorded(tmp_path, "h", ["q one", "q two"], "question", "audio_file", 0)
+    (harmful.parent / "question" / "Topic_1.wav").unlink()
+    with pytest.raises(RequestError, match="Topic_1.wav is in none of .*question"):
+        recorded_questions(harmful)
+    with pytest.raises(RequestError, match=r"item 0: Topic_0.wav is in none of \S+/elsewhere;"):
+        recorded_questions(harmful, tmp_path / "elsewhere")  # a named folder is the only place looked
+    (tmp_path / "bad.json").write_text(json.dumps([{"question": "no clip"}]))
+    with pytest.raises(RequestError, match="item 0 is not an object with a 'question' and an 'audio_file'"):
+        recorded_questions(tmp_path / "bad.json")

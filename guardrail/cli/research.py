@@ -58,12 +58,21 @@ def add_eval(sub: Any) -> None:
         default=[None],
         help="probe thresholds for gated settings (default: the probe's calibrated one)",
     )
-    ev.add_argument(
+    speech = ev.add_mutually_exclusive_group()
+    speech.add_argument(
         "--spoken",
         action="store_true",
         help="speak every question (espeak-ng, from the testbeds) and evaluate the audio model on speech; "
         "method text_sarsteer then steers with a vector from the typed questions",
     )
+    speech.add_argument(
+        "--recorded",
+        action="store_true",
+        help="the files are SARSteer-format recorded datasets (JSON items with 'question' and 'audio_file' or "
+        "'audio_name'): the audio model hears each item's clip (docs/usage.md)",
+    )
+    ev.add_argument("--harmful-audio-dir", help="with --recorded: the folder of the harmful clips (default: found)")
+    ev.add_argument("--safe-audio-dir", help="with --recorded: the folder of the safe clips (default: found)")
     ev.add_argument("--instruction", help="text after each question (default: the paper's, for audio or text)")
     ev.add_argument("--max-new-tokens", type=int, default=40)
     ev.add_argument("--batch-size", type=int, default=16)
@@ -115,7 +124,12 @@ def eval_command(args: argparse.Namespace) -> int:
     from guardrail.evaluation.harness import sweep
 
     model, processor, name = load_target(args)
-    pairs = load_pairs(args.harmful, args.safe)
+    if args.recorded:
+        from guardrail.evaluation.spoken import recorded_pairs
+
+        pairs = recorded_pairs(args.harmful, args.safe, args.harmful_audio_dir, args.safe_audio_dir)
+    else:
+        pairs = load_pairs(args.harmful, args.safe)
     if args.spoken:  # speech comes from the installed testbeds (espeak-ng); the SDK synthesises none
         from guardrail.evaluation.spoken import spoken_pairs
         from guardrail.models.testbeds import find_provider
