@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 
 from guardrail.cli.main import main
+from guardrail.errors import RequestError
 from guardrail.evaluation import (
     LLMJudge,
     LogOddsJudge,
@@ -18,10 +19,9 @@ from guardrail.evaluation import (
     load_pairs,
     write_report,
 )
-from guardrail.errors import RequestError
 from guardrail.evaluation.data import default_pairs, parse_slice
-from guardrail.evaluation.spoken import recorded_questions
 from guardrail.evaluation.harness import METHODS, sweep, wilson
+from guardrail.evaluation.spoken import recorded_questions
 from guardrail.testing.tiny import build_tiny, tiny_audio
 
 JUDGE = RefusalPhraseJudge()

@@ -4,7 +4,8 @@
 Modules: `config` (the deployment file), `deployments` (one guard per policy over one model), `protocol`
 (OpenAI's wire format), `convert` (a chat request -> a guard request), `errors` (OpenAI error objects),
 `worker` (the generation thread and coalescing queue), `sse` (streamed answers), `auth` (API keys),
-`metrics` (Prometheus), `app` (the routes), `background` (a server in a thread: tests, notebooks).
+`metrics` (Prometheus), `app` (the routes), `background` (a server in a thread: tests, notebooks), `ray_app`
+(replicas on Ray Serve: `guardrail serve --ray`; not imported here, since it imports ray).
 """
 
 from guardrail.serve.app import ServeState, app_from_config, create_app

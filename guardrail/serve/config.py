@@ -9,6 +9,7 @@ deployment id clients name in `model`), API keys, limits and where to listen.
     limits: {max_batch: 8, max_wait_ms: 5, queue_size: 64, request_timeout_s: 120, max_body_bytes: 33554432}
     host: 127.0.0.1
     port: 8000
+    ray: {num_replicas: 2, ray_actor_options: {num_gpus: 1}}  # only for `guardrail serve --ray` (Ray Serve)
 
 A single policy file with a `model:` section is a deployment file too (`guardrail serve --policy FILE`):
 its model and runtime sections say what loads, and the policy is the one deployment id.
@@ -17,7 +18,7 @@ its model and runtime sections say what loads, and the policy is the one deploym
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,7 +27,16 @@ from guardrail.errors import PolicyError
 from guardrail.models.placement import DeviceMap
 from guardrail.policy import Policy
 
-__all__ = ["ApiKeys", "DeploymentEntry", "ModelSection", "ServeConfig", "ServeLimits", "load_config"]
+__all__ = [
+    "ApiKeys",
+    "DeploymentEntry",
+    "ModelSection",
+    "RayActorOptions",
+    "RaySection",
+    "ServeConfig",
+    "ServeLimits",
+    "load_config",
+]
 
 
 class Strict(BaseModel):
@@ -73,6 +83,50 @@ class ServeLimits(Strict):
     request_timeout_s: float = Field(default=300.0, gt=0, description="a request's whole life, queue included")
 
 
+class RayActorOptions(Strict):
+    """What each replica reserves on its Ray node (Ray's `ray_actor_options`)."""
+
+    num_cpus: float | None = Field(default=None, ge=0, description="CPUs per replica (Ray's default: 1)")
+    num_gpus: float | None = Field(default=None, ge=0, description="GPUs per replica; a fraction shares one GPU")
+    resources: dict[str, float] | None = Field(default=None, description="custom Ray resources per replica")
+    memory: int | None = Field(default=None, ge=0, description="bytes of memory reserved per replica")
+
+
+class RaySection(Strict):
+    """Scale-out on Ray Serve (`guardrail serve --ray`): each replica is a whole server (model, policies, worker).
+    `num_replicas` (a count, or "auto": autoscaling with Ray's defaults) or `autoscaling_config` (passed to
+    Ray: min_replicas, max_replicas, target_ongoing_requests, ...); neither: one replica."""
+
+    num_replicas: int | Literal["auto"] | None = Field(default=None, description="replicas, or auto")
+    autoscaling_config: dict[str, Any] | None = Field(default=None, description="Ray Serve autoscaling_config")
+    ray_actor_options: RayActorOptions = Field(default_factory=RayActorOptions)
+    max_ongoing_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="requests a replica holds at once; null = 2 x limits.max_batch, at most queue_size",
+    )
+    health_check_period_s: float | None = Field(default=None, gt=0, description="Ray's replica health check period")
+    health_check_timeout_s: float | None = Field(default=None, gt=0, description="a slower health check fails")
+    graceful_shutdown_timeout_s: float | None = Field(
+        default=None, ge=0, description="how long a stopping replica may drain its requests (Ray's default: 20)"
+    )
+    address: str | None = Field(
+        default=None, description="Ray cluster: null = this machine's (ray start) or a new one; auto, local, ray://..."
+    )
+    route_prefix: str = Field(default="/", pattern="^/", description="HTTP path the app is served under")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> RaySection:
+        if isinstance(self.num_replicas, int) and self.autoscaling_config is not None:
+            raise ValueError(
+                "num_replicas and autoscaling_config are exclusive: set a fixed count, or autoscaling_config "
+                "(with num_replicas absent or auto)"
+            )
+        if isinstance(self.num_replicas, int) and self.num_replicas < 1:
+            raise ValueError("num_replicas must be at least 1 (or auto)")
+        return self
+
+
 class ServeConfig(Strict):
     model: ModelSection
     policies: list[DeploymentEntry] = Field(min_length=1)
@@ -80,6 +134,7 @@ class ServeConfig(Strict):
     limits: ServeLimits = Field(default_factory=ServeLimits)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    ray: RaySection = Field(default_factory=RaySection)
     base_dir: str = Field(default=".", description="where relative paths resolve (set when loading a file)")
 
     @model_validator(mode="after")

@@ -89,6 +89,11 @@ class Worker:
         return asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
     @property
+    def running(self) -> bool:
+        """Whether the dispatcher that feeds the generation thread is alive."""
+        return self._task is not None and not self._task.done()
+
+    @property
     def idle(self) -> bool:
         return not self._busy and (self.queue is None or self.queue.empty())
 
