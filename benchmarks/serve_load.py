@@ -19,6 +19,9 @@ guarded/bs1 (coalesced/bs1); their median, min and max over the repetitions.
     python benchmarks/serve_load.py --tiny --out benchmarks/results/serve_load_tiny_cpu.json
     python benchmarks/serve_load.py --testbed qwen2.5-coder-0.5b-instruct --clients 8 --repetitions 3 \\
         --duration 40 --out benchmarks/results/serve_load_qwen05b_cpu.json
+
+`--waves K` measures guarded/off alone, more tightly: K paired waves, each every client's one request sent at
+once (one batch), the guarded and off arms back to back with the same requests (see run_waves).
 """
 
 from __future__ import annotations
@@ -136,8 +139,11 @@ async def one_request(client: openai.AsyncOpenAI, model: str, messages: list, st
     return record
 
 
-async def drive(base_url: str, model: str, workload: Workload, clients: int, duration: float, requests: int | None):
-    """`clients` concurrent loops, each sending until `duration` has passed (or `requests` each are done)."""
+async def drive(
+    base_url: str, model: str, workload: Workload, clients: int, duration: float, requests: int | None, offset: int = 0
+):
+    """`clients` concurrent loops, each sending until `duration` has passed (or `requests` each are done), the
+    k-th request of a loop being the workload's request `offset + k`."""
     client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
     deadline = time.perf_counter() + duration
     records: list[dict] = []
@@ -145,7 +151,7 @@ async def drive(base_url: str, model: str, workload: Workload, clients: int, dur
     async def loop(c: int) -> None:
         index = 0
         while time.perf_counter() < deadline and (requests is None or index < requests):
-            messages, stream = workload.request(c, index)
+            messages, stream = workload.request(c, offset + index)
             records.append(await one_request(client, model, messages, stream, workload.max_tokens))
             index += 1
 
@@ -222,9 +228,12 @@ def targets(servers: dict[str, BackgroundServer], policy_id: str) -> dict[str, T
     }
 
 
-def run_arm(target: Target, workload: Workload, clients: int, duration: float, requests: int | None) -> dict:
+def run_arm(
+    target: Target, workload: Workload, clients: int, duration: float, requests: int | None, offset: int = 0
+) -> dict:
     before, load = target.batches, os.getloadavg()[0]
-    records, elapsed = asyncio.run(drive(target.server.base_url, target.model, workload, clients, duration, requests))
+    url = target.server.base_url
+    records, elapsed = asyncio.run(drive(url, target.model, workload, clients, duration, requests, offset))
     report = summarize(records, elapsed)
     report["generate_batch_calls"] = target.batches - before
     report["loadavg_1m_before"] = round(load, 2)
@@ -286,6 +295,50 @@ def run_load(
     return {"repetitions": reps, "summary": summary}
 
 
+def run_waves(
+    deployments: Deployments,
+    policy_id: str,
+    workload: Workload,
+    *,
+    clients: int = 8,
+    waves: int = 30,
+    max_wait_ms: float = 5.0,
+    blocks: int = 3,
+) -> dict[str, Any]:
+    """Paired waves, guarded vs off: in each wave every client sends one request at once (one batch of `clients`,
+    the same requests in both arms, new ones each wave), the two arms back to back in alternating order. The
+    ratio of a pair is off's wave time over guarded's (throughput guarded/off); its median over all waves, and
+    over each of `blocks` consecutive blocks of waves (the spread between runs)."""
+    servers = start_servers(deployments, clients, max_wait_ms)
+    try:
+        arms = targets(servers, policy_id)
+        for arm in ("guarded", "off"):  # first-call allocations, unrecorded
+            run_arm(arms[arm], workload, clients, 3600.0, 1)
+        pairs = []
+        for w in range(waves):
+            times = {}
+            for arm in ("guarded", "off") if w % 2 == 0 else ("off", "guarded"):
+                report = run_arm(arms[arm], workload, clients, 3600.0, 1, offset=w)
+                assert report["errors"] == 0, report["error_samples"]
+                times[arm] = report["elapsed_s"]
+            pairs.append({"wave": w, **times, "guarded_over_off": round(times["off"] / times["guarded"], 4)})
+    finally:
+        for server in servers.values():
+            server.stop()
+    ratios = [p["guarded_over_off"] for p in pairs]
+    size = max(1, len(ratios) // blocks)
+    by_block = [round(statistics.median(ratios[i * size : (i + 1) * size]), 3) for i in range(blocks)]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "waves": pairs,
+        "summary": {
+            "guarded_over_off_median": round(statistics.median(ratios), 3),
+            "guarded_over_off_iqr": [round(quartiles[0], 3), round(quartiles[2], 3)],
+            "guarded_over_off_by_block": by_block,
+        },
+    }
+
+
 # -- models ------------------------------------------------------------------------------------------
 def tiny_deployments(family: str, policy: str) -> Deployments:
     guarded = tiny_guard(family, policy)
@@ -322,6 +375,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--stream-every", type=int, default=4, help="every k-th request streamed (0: none)")
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--waves", type=int, default=0, help="paired waves guarded vs off instead of timed arms")
     ap.add_argument("--out", type=Path)
     return ap.parse_args(argv)
 
@@ -350,10 +404,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "max_wait_ms": args.max_wait_ms,
         "load_s": round(time.perf_counter() - loaded, 1),
     }
-    report |= run_load(
-        deployments, args.policy, workload, clients=args.clients, duration=args.duration,
-        repetitions=args.repetitions, max_wait_ms=args.max_wait_ms,
-    )  # fmt: skip
+    if args.waves:
+        report |= run_waves(
+            deployments, args.policy, workload, clients=args.clients, waves=args.waves, max_wait_ms=args.max_wait_ms
+        )
+    else:
+        report |= run_load(
+            deployments, args.policy, workload, clients=args.clients, duration=args.duration,
+            repetitions=args.repetitions, max_wait_ms=args.max_wait_ms,
+        )  # fmt: skip
     report["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),

@@ -163,7 +163,9 @@ def test_readme_policy_section(workspace):
     assert "probe score" in run_block(py_lang, code, folder)
 
 
-@pytest.mark.parametrize("section", ["### Python", "### LangChain", "### Conversations, tools and agents"])
+@pytest.mark.parametrize(
+    "section", ["### Python", "### LangChain", "### Conversations, tools and agents", "### Over HTTP"]
+)
 def test_readme_python_snippets_run_as_written(section, tmp_path):
     ((language, code),) = readme_blocks(section)
     out = run_block(language, code, tmp_path)

@@ -69,3 +69,15 @@ def test_min_tokens_above_max_tokens_is_refused(serve_load):
         gen_params(body, Policy.of("off"))
     body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=4, min_tokens=4)
     assert gen_params(body, Policy.of("off")).kwargs()["min_new_tokens"] == 4
+
+
+def test_paired_waves_send_the_same_requests_to_both_arms(serve_load):
+    deployments = serve_load.tiny_deployments("qwen2", "gated")
+    workload = serve_load.Workload(serve_load.text_prompts(shout=True), max_tokens=4, stream_every=4)
+    report = serve_load.run_waves(deployments, "gated", workload, clients=4, waves=4, blocks=2)
+    assert [w["wave"] for w in report["waves"]] == [0, 1, 2, 3]
+    for wave in report["waves"]:
+        assert wave["guarded_over_off"] == pytest.approx(wave["off"] / wave["guarded"], rel=1e-3)
+    summary = report["summary"]
+    assert len(summary["guarded_over_off_by_block"]) == 2 and summary["guarded_over_off_median"] > 0
+    assert workload.request(0, 1) != workload.request(0, 0)  # each wave sends new requests
