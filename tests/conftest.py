@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -99,3 +103,28 @@ def is_testbed_built(name: str) -> bool:
     except ImportError:
         return False
     return build.is_built(name)
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, seconds: float) -> None:
+    """Poll `url`/ready until it answers 200, the server process exits, or `seconds` pass."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+
+
+def save_served_model(root: Path) -> Path:
+    """A tiny qwen2 under ROOT/model and its artifact under ROOT/artifact, as a deployment file names them."""
+    from guardrail.models.loading import load_model
+    from guardrail.testing.tiny import save_tiny, stand_in_set
+
+    save_tiny("qwen2", root / "model")
+    model, processor, _ = load_model(str(root / "model"))
+    calibrate(model, processor, *stand_in_set("qwen2"), batch_size=8).save(root / "artifact")
+    return root

@@ -18,30 +18,24 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
+from conftest import save_served_model, wait_until_ready
 
 from guardrail.cli import serve as serve_cli
 from guardrail.cli.main import main
 from guardrail.errors import PolicyError
-from guardrail.models.loading import load_model
 from guardrail.serve import BackgroundServer, KeyCheck, ServeLimits, app_from_config, load_config
 from guardrail.serve.config import ApiKeys
 from guardrail.serve.convert import GenParams
 from guardrail.serve.errors import ApiError
 from guardrail.serve.metrics import ServeMetrics
 from guardrail.serve.worker import Job, Worker
-from guardrail.steering.calibrate import calibrate
-from guardrail.testing.tiny import save_tiny, stand_in_set
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("served")
-    save_tiny("qwen2", root / "model")
-    model, processor, _ = load_model(str(root / "model"))
-    calibrate(model, processor, *stand_in_set("qwen2"), batch_size=8).save(root / "artifact")
-    return root
+    return save_served_model(tmp_path_factory.mktemp("served"))
 
 
 def write(path: Path, data: dict) -> Path:
@@ -135,13 +129,7 @@ def test_the_command_serves_a_policy_file_and_drains_on_sigterm(model_dir, tmp_p
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_until_ready(url, process, 120)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         stream = client.chat.completions.create(
             model="cli", messages=[{"role": "user", "content": "Hi"}], max_tokens=300, stream=True

@@ -18,9 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
+from conftest import save_served_model, wait_until_ready
 from fastapi.testclient import TestClient
 
 from guardrail import Guard
@@ -30,8 +30,6 @@ from guardrail.errors import GuardrailError, PolicyError
 from guardrail.models.loading import load_model
 from guardrail.serve import Deployment, Deployments, KeyCheck, create_app, load_config
 from guardrail.steering.artifact import SteeringArtifact
-from guardrail.steering.calibrate import calibrate
-from guardrail.testing.tiny import save_tiny, stand_in_set
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'lalm-guardrail[ray]'")
 serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed: pip install 'lalm-guardrail[ray]'")
@@ -57,11 +55,7 @@ def write(path: Path, data: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ray-served")
-    save_tiny("qwen2", root / "model")
-    model, processor, _ = load_model(str(root / "model"))
-    calibrate(model, processor, *stand_in_set("qwen2"), batch_size=8).save(root / "artifact")
-    return root
+    return save_served_model(tmp_path_factory.mktemp("ray-served"))
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +124,7 @@ def test_the_command_runs_on_its_own_ray_and_stops_on_sigterm(model_dir):
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_ready(url, process, 180)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
             model="off", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
