@@ -59,11 +59,16 @@ def read_questions(path: str | Path) -> list[str]:
     return [question for question, _ in _read(Path(path))]
 
 
-def _read(path: Path) -> list[tuple[str, str]]:
+def read_items_text(path: Path) -> str:
+    """A file of items as text; a file that cannot be read is a `RequestError` naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RequestError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _read(path: Path) -> list[tuple[str, str]]:
+    text = read_items_text(path)
     if path.suffix == ".json" or text.lstrip().startswith("["):
         try:
             items = json.loads(text)

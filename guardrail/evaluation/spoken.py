@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.errors import RequestError
-from guardrail.evaluation.data import Pair
+from guardrail.evaluation.data import Pair, read_items_text
 from guardrail.models.testbeds import SpokenText
 
 
@@ -105,9 +105,7 @@ def recorded_pairs(
 
 def _json_items(path: Path) -> list[Any]:
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RequestError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        items = json.loads(read_items_text(path))
     except ValueError as exc:
         raise RequestError(f"{path} is not JSON ({exc})") from None
     if not isinstance(items, list):

@@ -30,6 +30,12 @@ from guardrail.results import GuardResult, Timings, first_stop
 _DONE = object()
 
 
+def unsent_tail(final: str, sent: str) -> str:
+    """The end of an answer's `final` text that its stream has not shown after `sent`: text held back until the
+    end (an incomplete character, a possible marker), or a blocked request's message; "" when nothing is left."""
+    return final[len(sent) :] if final.startswith(sent) else ""
+
+
 class RowStops(StoppingCriteria):
     """Per-row cancellation of a batched generation: row i ends at its next token once `events[i]` is set
     (another thread sets it: a stream's consumer that left, a client that disconnected)."""
@@ -40,6 +46,8 @@ class RowStops(StoppingCriteria):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         now = [event is not None and event.is_set() for event in self.events]
+        if not any(now):  # the usual step: no list copied to the device
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for row, is_set in enumerate(now):
             if is_set and self.lengths[row] is None:
                 self.lengths[row] = input_ids.shape[1]
@@ -271,7 +279,6 @@ class GuardStream:
         self._thread.join()
         if self._work.error is not None:
             raise self._work.error
-        final = self.result.text if self.result is not None else ""
-        sent = self._streamer.sent
-        if final.startswith(sent) and len(final) > len(sent):
-            yield final[len(sent) :]  # a held-back tail, or a blocked request's message
+        tail = unsent_tail(self.result.text if self.result is not None else "", self._streamer.sent)
+        if tail:
+            yield tail

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from guardrail.obs.streaming import unsent_tail
 from guardrail.results import GuardResult
 from guardrail.serve.errors import ApiError, from_exception
 from guardrail.serve.protocol import chunk, finish_reason, guardrail_field, tool_call_dicts, usage
@@ -94,8 +95,9 @@ class StreamReply:
         """The text held back until the end (an incomplete character, a blocked request's message), the tool
         calls, the finish reason with the guard's decision, the usage, and [DONE]."""
         out = []
-        if result.text.startswith(sent) and len(result.text) > len(sent):
-            out.append(self._chunk({"content": result.text[len(sent) :]}))
+        tail = unsent_tail(result.text, sent)
+        if tail:
+            out.append(self._chunk({"content": tail}))
         calls = tool_call_dicts(result)
         if calls:
             out.append(self._chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}))

@@ -169,26 +169,31 @@ class Worker:
                 parsed.append((job, guard.parse_requests([job.request])[0]))
             except (RequestError, AudioInputError) as exc:
                 failed.append((job, exc))
-        if not parsed:
-            return failed
+        return failed + self._run_parsed(parsed, params, loop) if parsed else failed
+
+    def _run_parsed(
+        self, parsed: list[tuple[Job, Request]], params: GenParams, loop: asyncio.AbstractEventLoop
+    ) -> list[tuple[Job, Outcome]]:
+        """One generate_batch over parsed requests; one that fails on a request's input is rerun a request at a
+        time, so only that request gets the error."""
         ok = [job for job, _ in parsed]
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(ok))
         self.metrics.batch_size.observe(len(ok))
         try:
-            results = guard.generate_batch(
+            results = ok[0].deployment.guard.generate_batch(
                 [request for _, request in parsed],
                 streamers=[_streamer(job, request, loop) if job.stream else None for job, request in parsed],
                 cancel=[job.cancelled for job in ok],
                 **params.kwargs(),
             )
-            for result in results:
-                self.metrics.generated(result)
-            return failed + list(zip(ok, results))
         except Exception as exc:
             if len(ok) > 1 and isinstance(exc, (RequestError, AudioInputError)):  # say, one prompt over the context
-                return failed + [outcome for job in ok for outcome in self._generate([job], params, loop)]
-            return failed + [(job, exc) for job in ok]
+                return [outcome for pair in parsed for outcome in self._run_parsed([pair], params, loop)]
+            return [(job, exc) for job in ok]
+        for result in results:
+            self.metrics.generated(result)
+        return list(zip(ok, results))
 
 
 def _streamer(job: Job, request: Request, loop: asyncio.AbstractEventLoop) -> TokenQueue:
