@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from guardrail_testbeds import build, lalm, lora, speech, train_questions
+from guardrail_testbeds import build, lalm, lora, speech, stage1, train_questions
 from guardrail_testbeds.train_questions import INSTRUCTIONS, TRANSCRIBE
 
 ANSWER_TOKENS = 16
@@ -217,16 +217,11 @@ def ridge_init(model: Any, processor: Any, clips: Sequence[Clip], ridge: float =
     emb = model.get_input_embeddings().weight
     xs, ys = [], []
     for c in clips:
-        ids = _ids(tok, c.question)
-        n = c.encoded.shape[0]
-        idx = torch.tensor([min(len(ids) - 1, j * len(ids) // n) for j in range(n)])
         xs.append(c.encoded.float())
-        ys.append(emb[torch.tensor(ids)[idx]].float())
+        ys.append(emb[stage1.spread(c.encoded.shape[0], torch.tensor(_ids(tok, c.question)))].float())
     x, y = torch.cat(xs), torch.cat(ys)
     x1 = torch.cat([x, torch.ones(len(x), 1)], dim=1)
-    a = x1.T @ x1 + ridge * torch.eye(x1.shape[1])
-    w = torch.linalg.solve(a, x1.T @ y)  # [385, 896]
-    return {"weight": w[:-1].T.contiguous(), "bias": w[-1].contiguous()}
+    return stage1.ridge_state(x1.T @ x1, x1.T @ y, ridge)  # weight [896, 384]
 
 
 # --------------------------------------------------------------------------- training

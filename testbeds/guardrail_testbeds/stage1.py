@@ -257,7 +257,13 @@ def ridge(pool: ClipPool, emb: torch.Tensor, ridge: float = 1.0, limit: int = 50
         x = torch.cat([f.float(), torch.ones(len(f), 1)], dim=1).double()
         xtx += x.T @ x
         xty += x.T @ emb[spread(len(f), t.long()).to(emb.device)].double().cpu()
-    w = torch.linalg.solve(xtx + ridge * torch.eye(d_in + 1, dtype=torch.float64), xty).float()
+    return ridge_state(xtx, xty, ridge)
+
+
+def ridge_state(xtx: torch.Tensor, xty: torch.Tensor, ridge: float) -> dict[str, torch.Tensor]:
+    """The Linear projector's state (weight, bias) that solves (X^T X + ridge I) W = X^T Y, for frames X with a
+    ones column last (the bias) and target embedding rows Y."""
+    w = torch.linalg.solve(xtx + ridge * torch.eye(len(xtx), dtype=xtx.dtype), xty).float()
     return {"weight": w[:-1].T.contiguous(), "bias": w[-1].contiguous()}
 
 
