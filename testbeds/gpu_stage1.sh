@@ -41,8 +41,8 @@ BUILD=(python3 -m guardrail_testbeds.corpus_build --out "$WORK/corpus" --device 
 "${BUILD[@]}" train --n "$CLIPS" 2>&1 | tee "$OUT/build.log" | tail -n 3
 echo "corpus built in $(( $(date +%s) - t0 )) s"
 
-# 3. stage 1: CTC with a sampled softmax over the packed embedding rows, bf16 autocast
-python3 -m guardrail_testbeds.stage1_train --device "$DEVICE" --bf16 --batch "$BATCH" --steps "$STEPS" --lr 3e-3 \
+# 3. stage 1: CTC with cosine logits and a sampled softmax over the packed embedding rows, bf16 autocast
+python3 -m guardrail_testbeds.stage1_train --device "$DEVICE" --bf16 --cosine --batch "$BATCH" --steps "$STEPS" --lr 3e-3 \
     --negatives 4096 --eval-every 250 --eval-limit 300 --threads 8 --corpus "$WORK/corpus" \
     --embeddings "$CARRY/embed-int8.safetensors" --work "$WORK/work" \
     --curve "$OUT/stage1_ctc_gpu.json" --export "$OUT/projector.safetensors" 2>&1 | tee "$OUT/train.log"

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from guardrail_testbeds import build, lalm, lora, speech, stage1, train_questions
+from guardrail_testbeds import build, lalm, lora, speech, speech_corpus, stage1, train_questions
 from guardrail_testbeds.train_questions import INSTRUCTIONS, TRANSCRIBE
 
 ANSWER_TOKENS = 16
@@ -203,6 +203,21 @@ def load_clips(work_dir: Path, split: str) -> list[Clip]:
     ]
 
 
+def corpus_clips(folder: Path, limit: int | None = None) -> list[Clip]:
+    """Transcription clips from stage 1's generated corpus (its ``train`` shards; no teacher answers): a
+    vocabulary far wider than the training questions', never the evaluation questions."""
+    clips: list[Clip] = []
+    for path in speech_corpus.shard_paths(folder, "train"):
+        shard = speech_corpus.read_shard(path)
+        for i, text in enumerate(shard.texts[: (limit - len(clips)) if limit else None]):
+            clips.append(Clip(text, "", speech.Voice(), None, shard.clip(i)[0], []))
+        if limit and len(clips) >= limit:
+            break
+    if not clips:
+        raise ValueError(f"no stage-1 train shards in {folder}: python -m guardrail_testbeds.corpus_build train")
+    return clips
+
+
 # --------------------------------------------------------------------------- initialisation
 
 
@@ -311,10 +326,15 @@ def transcribe_share(step: int, total: int) -> float:
 def train(
     work_dir: Path, steps: int = 3000, batch: int = 8, lr: float = 2e-3, seed: int = 0,
     save_every: int = 25, threads: int | None = None, lora_rank: int = 0, init: Path | None = None,
+    corpus: Path | None = None, corpus_share: float = 0.5, corpus_limit: int | None = 20_000,
+    projector_lr: float | None = None,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """Train (or resume) the projector, and with ``lora_rank`` a LoRA adapter on the LM's
     attention; checkpoints to ``work_dir/ckpt.pt``. ``init``: start from this projector file
-    instead of the ridge regression."""
+    instead of the ridge regression (stage 2 of issue 19: stage 1's projector). ``corpus``: stage 1's
+    generated corpus; ``corpus_share`` of the transcription clips are drawn from it. ``projector_lr``: the
+    projector's own peak rate (default ``lr``): a stage-1 projector rescaled to the embeddings' length has
+    weights ~100x smaller than a fresh one, and Adam's steps are absolute."""
     if threads:
         torch.set_num_threads(threads)
     model, processor = lalm.build_lalm()
@@ -325,6 +345,8 @@ def train(
         lora.add_lora(lm, lora_rank)
     clips = load_clips(work_dir, "train")
     words = load_clips(work_dir, "words") if (work_dir / "words.pt").exists() else []
+    words += corpus_clips(corpus, corpus_limit) if corpus else []
+    share_words = corpus_share if corpus else 0.5
     ckpt_path = work_dir / "ckpt.pt"
     step, rng = 0, random.Random(seed)
     ck = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
@@ -346,19 +368,21 @@ def train(
         proj.load_state_dict(ridge_init(model, processor, clips))
     proj.requires_grad_(True)
     params = [*proj.parameters(), *lora.adapter_parameters(lm)]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    groups = [{"params": list(proj.parameters()), "peak": projector_lr or lr}]
+    groups += [{"params": lora.adapter_parameters(lm), "peak": lr}] if lora_rank else []
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
     log = (work_dir / "log.jsonl").open("a")
     t0 = time.perf_counter()
     while step < steps:
         for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr, warmup=50)
+            g["lr"] = _lr(step, steps, g["peak"], warmup=50)
         share = transcribe_share(step, steps)
         tasks = ["transcribe" if rng.random() < share else "answer" for _ in range(batch)]
-        # half the transcription clips come from the generated sentences, when there are any
+        # a share of the transcription clips (half, or ``corpus_share``) come from generated sentences
         picked = [
-            rng.choice(words) if t == "transcribe" and words and rng.random() < 0.5 else rng.choice(clips)
+            rng.choice(words) if t == "transcribe" and words and rng.random() < share_words else rng.choice(clips)
             for t in tasks
         ]
         losses = loss_on_batch(model, processor, picked, tasks)
@@ -459,6 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--lora-rank", type=int, default=0, help="train a LoRA adapter of this rank on the LM too")
     p.add_argument("--init", type=Path, help="start from this projector file (default: ridge regression)")
+    p.add_argument("--corpus", type=Path, help="stage 1's corpus: transcription clips from its train shards")
+    p.add_argument("--projector-lr", type=float, default=None, help="the projector's peak rate (default --lr)")
+    p.add_argument("--corpus-share", type=float, default=0.5, help="share of transcription clips from --corpus")
     p.add_argument("--limit", type=int, default=None, help="questions per split (smoke runs)")
     p.add_argument("--offset", type=int, default=0, help="skip this many --questions (e.g. 50: held-out pairs)")
     p.add_argument("--split", default="held", help="held (held-out subjects) or train")
@@ -480,7 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif a.command == "prepare-words":
         print(prepare_words(work, n=a.limit or 2500))
     elif a.command == "train":
-        train(work, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads, lora_rank=a.lora_rank, init=a.init)
+        train(work, steps=a.steps, batch=a.batch, lr=a.lr, threads=a.threads, lora_rank=a.lora_rank, init=a.init,
+              corpus=a.corpus, corpus_share=a.corpus_share, projector_lr=a.projector_lr)  # fmt: skip
     elif a.command in ("evaluate", "export"):
         model, processor = lalm.load_testbed() if a.projector == "testbed" else lalm.build_lalm()
         proj = model.model.multi_modal_projector.linear

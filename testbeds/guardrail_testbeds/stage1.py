@@ -83,10 +83,11 @@ class Head(nn.Module):
     Linear exports. Flat inputs ([frames, d], as decoding passes a shard) are read as one sequence, so the
     ``context`` frames at each clip's edges (silence) see their neighbour clip."""
 
-    def __init__(self, d_in: int, d_out: int, seed: int = 0, context: int = 0, hidden: int = 1024) -> None:
+    def __init__(self, d_in: int, d_out: int, seed: int = 0, context: int = 0, hidden: int = 1024,
+                 cosine: bool = False) -> None:  # fmt: skip
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.context = context
+        self.context, self.cosine = context, cosine
         width = d_in * (2 * context + 1)
         self.mix = nn.Sequential(nn.Linear(width, hidden), nn.GELU()) if context else nn.Identity()
         self.proj = nn.Linear(hidden if context else d_in, d_out)
@@ -95,8 +96,10 @@ class Head(nn.Module):
                 bound = 1 / math.sqrt(lin.in_features)
                 lin.weight.uniform_(-bound, bound, generator=g)
                 lin.bias.uniform_(-bound, bound, generator=g)
-        self.blank = nn.Parameter(torch.zeros(d_out))
+        # cosine logits need a blank with a direction; dot-product runs keep their original zero start
+        self.blank = nn.Parameter(torch.randn(d_out, generator=g) / math.sqrt(d_out) if cosine else torch.zeros(d_out))
         self.blank_bias = nn.Parameter(torch.zeros(()))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)), requires_grad=cosine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.context:
@@ -108,10 +111,27 @@ class Head(nn.Module):
             x = x[0] if flat else x
         return self.proj(x)
 
-    def projector_state(self) -> dict[str, torch.Tensor]:
+    def scores(self, h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Frame-by-row logits: dot products, or (``cosine``) cosines times a learned scale."""
+        if self.cosine:
+            return self.log_scale.exp() * (F.normalize(h, dim=-1) @ F.normalize(rows, dim=-1).T)
+        return h @ rows.T
+
+    def blank_logit(self, h: torch.Tensor) -> torch.Tensor:
+        return self.scores(h, self.blank[None].to(h.dtype))[..., 0] + self.blank_bias
+
+    def projector_state(self, scale: float = 1.0) -> dict[str, torch.Tensor]:
         if self.context:
             raise TypeError("only the plain Linear projector fits Qwen2-Audio's class; this head reads context")
-        return {k: v.detach().float().cpu().contiguous() for k, v in self.proj.state_dict().items()}
+        return {k: (v.detach().float() * scale).cpu().contiguous() for k, v in self.proj.state_dict().items()}
+
+
+def norm_ratio(head: Head, frames: torch.Tensor, emb: torch.Tensor) -> float:
+    """Median embedding-row norm over the median norm of the projector's outputs on ``frames``: the factor that
+    puts a cosine head's outputs (whose length training never fixed) at the length the LM's inputs have."""
+    with torch.no_grad():
+        out = head.proj(frames.to(head.proj.weight.device).float())
+    return float(emb.float().norm(dim=-1).median() / out.norm(dim=-1).median())
 
 
 @dataclass
@@ -140,12 +160,12 @@ def ctc_loss(head: Head, emb: torch.Tensor, batch: Batch, negatives: int, g: tor
     h = head(batch.frames)  # [B, T, D]
     dev = h.device
     w = emb[torch.cat([pos, neg]).to(emb.device)].to(dev, h.dtype)
-    logits = h @ w.T
+    logits = head.scores(h, w)
     if len(neg):
         shift = torch.zeros(w.shape[0], device=dev, dtype=h.dtype)
         shift[len(pos) :] = math.log(emb.shape[0] / negatives)
         logits = logits + shift
-    blank = (h @ head.blank.to(h.dtype) + head.blank_bias).unsqueeze(-1)
+    blank = head.blank_logit(h).unsqueeze(-1)
     logp = F.log_softmax(torch.cat([blank, logits], dim=-1).float(), dim=-1).transpose(0, 1)  # [T, B, C]
     targets = torch.cat([torch.searchsorted(pos, t) + 1 for t in batch.tokens])
     target_lengths = torch.tensor([len(t) for t in batch.tokens])
@@ -177,12 +197,12 @@ def frame_ids(head: Head, emb: torch.Tensor, frames: torch.Tensor, objective: st
         sq = (emb.float() ** 2).sum(-1) / 2 if objective == "regress" else None
         for i in range(0, len(frames), chunk):
             h = head(frames[i : i + chunk].to(dev).float())
-            scores = (h.to(emb.dtype) @ emb.T).float()
+            scores = head.scores(h.to(emb.dtype), emb).float()
             if sq is not None:
                 scores = scores - sq
             best, idx = scores.max(-1)
             if objective == "ctc":
-                blank = h @ head.blank + head.blank_bias
+                blank = head.blank_logit(h)
                 idx = torch.where(blank > best, -1, idx)
             out.append(idx.cpu() + 1)
     return torch.cat(out)

@@ -36,6 +36,7 @@ from guardrail_testbeds.stage1 import (
     load_packed_embeddings,
     lr_at,
     make_batch,
+    norm_ratio,
     regress_loss,
     remap,
     ridge,
@@ -98,7 +99,7 @@ def _checkpoint(work: Path | None, head: Head, opt: Any, step: int) -> None:
 
 def _model(a: argparse.Namespace, pool: ClipPool, emb: torch.Tensor) -> tuple[Head, Any, int]:
     """The head (fresh, ridge, a projector file, or the checkpoint in ``a.work``), its optimiser, the step."""
-    head = Head(a.d_in, emb.shape[1], seed=a.seed, context=a.context, hidden=a.hidden).to(a.device)
+    head = Head(a.d_in, emb.shape[1], seed=a.seed, context=a.context, hidden=a.hidden, cosine=a.cosine).to(a.device)
     if a.init == "ridge":
         head.proj.load_state_dict(ridge(pool, emb))
     elif a.init:
@@ -176,6 +177,15 @@ def train(a: argparse.Namespace, tokenizer: Any) -> tuple[dict[str, Any], Head]:
         cpu, wall = cpu + time.process_time() - c0, wall + time.perf_counter() - w0
 
 
+def export_scale(a: argparse.Namespace, head: Head) -> float:
+    """A cosine head's export factor (``stage1.norm_ratio``), measured on the held-out clips' frames."""
+    held = speech_corpus.shard_paths(a.corpus, "held") or speech_corpus.shard_paths(a.corpus, "train")
+    frames = speech_corpus.read_shard(held[0]).frames[:20_000]
+    packed = a.embeddings is not None and a.embeddings.name.endswith("int8.safetensors")
+    emb = load_packed_embeddings(a.embeddings)[0] if packed else load_embeddings(a.embeddings)
+    return norm_ratio(head, frames, emb)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m guardrail_testbeds.stage1_train")
     p.add_argument("--objective", choices=["ctc", "regress"], default="ctc")
@@ -199,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--d-in", type=int, default=384)
     p.add_argument("--context", type=int, default=0, help="diagnostic head: frames read either side (not exportable)")
     p.add_argument("--hidden", type=int, default=1024, help="the diagnostic head's hidden width")
+    p.add_argument("--cosine", action="store_true", help="cosine logits with a learned scale (else dot products)")
     p.add_argument("--free-output", action="store_true", help="diagnostic: learned output rows (not resumable)")
     p.add_argument("--tokenizer-dir", type=Path, default=None, help="the LM's folder (tokenizer.json, config.json)")
     return p
@@ -218,9 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("not exported: a head with --context does not fit Qwen2-Audio's projector")
     elif a.export:
         final = curve["records"][-1]
-        meta = {"stage": "1", "objective": a.objective, "command": a.command,
+        scale = export_scale(a, head) if a.cosine else 1.0
+        meta = {"stage": "1", "objective": a.objective, "command": a.command, "scale": str(scale),
                 "wer_figstep": str(final.get("wer_figstep")), "wer_held": str(final.get("wer_held"))}  # fmt: skip
-        print(save_projector(head.projector_state(), a.export, meta))
+        print(save_projector(head.projector_state(scale), a.export, meta))
     return 0
 
 

@@ -153,3 +153,19 @@ def test_lora_errors_name_the_problem(tmp_path):
     }
     with pytest.raises(KeyError, match="nowhere"):
         lora.merge_lora(other.model, bad)
+
+
+def test_stage1_corpus_gives_transcription_clips_and_an_empty_one_is_refused(tmp_path):
+    import pytest
+
+    from guardrail_testbeds import speech_corpus
+
+    frames = [torch.randn(5, 384), torch.randn(3, 384), torch.randn(4, 384)]
+    speech_corpus.write_shard(tmp_path / "train-00000.safetensors", frames[:2], [[1, 2], [3]], ["a b", "c"], ["v", "w"])
+    speech_corpus.write_shard(tmp_path / "train-00001.safetensors", frames[2:], [[4]], ["d"], ["x"])
+    got = pt.corpus_clips(tmp_path)
+    assert [c.question for c in got] == ["a b", "c", "d"] and all(c.answer == [] for c in got)
+    assert torch.allclose(got[2].encoded.float(), frames[2].half().float())
+    assert [c.question for c in pt.corpus_clips(tmp_path, limit=2)] == ["a b", "c"]
+    with pytest.raises(ValueError, match="corpus_build train"):
+        pt.corpus_clips(tmp_path / "none")

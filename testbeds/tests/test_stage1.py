@@ -129,6 +129,40 @@ def test_ctc_with_sampled_softmax_learns_a_toy_and_decodes_it():
     assert right >= 20  # greedy decoding over the WHOLE matrix, not just the sampled columns
 
 
+def test_cosine_ctc_learns_the_toy_and_its_export_has_the_rows_length():
+    torch.manual_seed(0)
+    emb = 0.05 * torch.randn(40, 64)  # rows as short as the LM's (median norm ~0.5 there, ~0.4 here)
+    head = stage1.Head(48, 64, seed=0, cosine=True)
+    assert head.log_scale.requires_grad and float(head.blank.detach().norm()) > 0  # a blank with a direction
+    opt = torch.optim.Adam(head.parameters(), lr=2e-2)
+    data, g = toy(24), torch.Generator().manual_seed(0)
+    for _ in range(150):
+        loss = stage1.ctc_loss(head, emb, stage1.make_batch(data), negatives=8, g=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    right = sum(stage1.collapse(stage1.frame_ids(head, emb, f, "ctc").tolist()) == t.tolist() for f, t in data)
+    assert right >= 20
+    frames = torch.cat([f for f, _ in data])
+    scale = stage1.norm_ratio(head, frames, emb)
+    exported = torch.nn.Linear(48, 64)
+    exported.load_state_dict(head.projector_state(scale))
+    with torch.no_grad():
+        lengths = exported(frames).norm(dim=-1)
+    assert abs(float(lengths.median() / emb.norm(dim=-1).median()) - 1) < 1e-3
+    # scaling changes no cosine, so the exported projector decodes exactly as the trained head
+    head.proj.load_state_dict(exported.state_dict())
+    again = sum(stage1.collapse(stage1.frame_ids(head, emb, f, "ctc").tolist()) == t.tolist() for f, t in data)
+    assert again == right
+
+
+def test_dot_product_head_keeps_its_fixed_scale_and_zero_blank():
+    head = stage1.Head(8, 16, seed=0)
+    assert not head.log_scale.requires_grad and float(head.blank.detach().abs().sum()) == 0
+    h, rows = torch.randn(3, 16), torch.randn(5, 16)
+    assert torch.allclose(head.scores(h, rows), h @ rows.T)
+
+
 def test_regression_objective_lowers_its_loss():
     emb = torch.randn(40, 64)
     head = stage1.Head(48, 64, seed=1)
