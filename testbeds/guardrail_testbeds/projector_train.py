@@ -367,9 +367,9 @@ def train(
     else:
         proj.load_state_dict(ridge_init(model, processor, clips))
     proj.requires_grad_(True)
-    params = [*proj.parameters(), *lora.adapter_parameters(lm)]
     groups = [{"params": list(proj.parameters()), "peak": projector_lr or lr}]
     groups += [{"params": lora.adapter_parameters(lm), "peak": lr}] if lora_rank else []
+    params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])

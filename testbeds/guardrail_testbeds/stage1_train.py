@@ -130,8 +130,9 @@ def _curve(a: argparse.Namespace, step: int) -> tuple[dict[str, Any], float, flo
     return curve, *((old[-1]["cpu_s"], old[-1]["wall_s"]) if old else (0.0, 0.0))
 
 
-def train(a: argparse.Namespace, tokenizer: Any) -> tuple[dict[str, Any], Head]:
-    """The loop: returns the curve (also written to ``a.curve`` after each evaluation) and the head."""
+def train(a: argparse.Namespace, tokenizer: Any) -> tuple[dict[str, Any], Head, torch.Tensor]:
+    """The loop: returns the curve (also written to ``a.curve`` after each evaluation), the head and the output
+    rows it was trained against."""
     packed = a.embeddings is not None and a.embeddings.name.endswith("int8.safetensors")
     emb, ids = load_packed_embeddings(a.embeddings) if packed else (load_embeddings(a.embeddings), None)
     emb = emb.to(a.device)
@@ -159,7 +160,7 @@ def train(a: argparse.Namespace, tokenizer: Any) -> tuple[dict[str, Any], Head]:
             _checkpoint(a.work, head, opt, step)
             pool = _load_new(pool, a.corpus, seen, a.max_clips, ids)
             if step >= a.steps:
-                return curve, head
+                return curve, head, emb
         c0, w0 = time.process_time(), time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, a.steps, a.lr)
@@ -177,13 +178,11 @@ def train(a: argparse.Namespace, tokenizer: Any) -> tuple[dict[str, Any], Head]:
         cpu, wall = cpu + time.process_time() - c0, wall + time.perf_counter() - w0
 
 
-def export_scale(a: argparse.Namespace, head: Head) -> float:
-    """A cosine head's export factor (``stage1.norm_ratio``), measured on the held-out clips' frames."""
+def export_scale(a: argparse.Namespace, head: Head, emb: torch.Tensor) -> float:
+    """A cosine head's export factor (``stage1.norm_ratio`` against the rows it trained on), measured on the
+    held-out clips' frames."""
     held = speech_corpus.shard_paths(a.corpus, "held") or speech_corpus.shard_paths(a.corpus, "train")
-    frames = speech_corpus.read_shard(held[0]).frames[:20_000]
-    packed = a.embeddings is not None and a.embeddings.name.endswith("int8.safetensors")
-    emb = load_packed_embeddings(a.embeddings)[0] if packed else load_embeddings(a.embeddings)
-    return norm_ratio(head, frames, emb)
+    return norm_ratio(head, speech_corpus.read_shard(held[0]).frames[:20_000], emb)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -224,12 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from guardrail_testbeds.lalm import build_tokenizer, save_projector
 
     tokenizer = build_tokenizer(a.tokenizer_dir)
-    curve, head = train(a, tokenizer)
+    curve, head, emb = train(a, tokenizer)
     if a.export and (a.context or a.free_output):
         print("not exported: a head with --context does not fit Qwen2-Audio's projector")
     elif a.export:
         final = curve["records"][-1]
-        scale = export_scale(a, head) if a.cosine else 1.0
+        scale = export_scale(a, head, emb) if a.cosine else 1.0
         meta = {"stage": "1", "objective": a.objective, "command": a.command, "scale": str(scale),
                 "wer_figstep": str(final.get("wer_figstep")), "wer_held": str(final.get("wer_held"))}  # fmt: skip
         print(save_projector(head.projector_state(scale), a.export, meta))

@@ -104,6 +104,24 @@ def toy(
     return clips
 
 
+def fit_ctc(head: stage1.Head, emb: torch.Tensor, data: list, steps: int = 150) -> list[float]:
+    """Adam on the sampled-softmax CTC loss over the whole toy set; the loss at each step."""
+    opt = torch.optim.Adam(head.parameters(), lr=2e-2)
+    g, losses = torch.Generator().manual_seed(0), []
+    for _ in range(steps):
+        loss = stage1.ctc_loss(head, emb, stage1.make_batch(data), negatives=8, g=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def decoded_right(head: stage1.Head, emb: torch.Tensor, data: list) -> int:
+    """Toy clips whose greedy decoding over the whole matrix gives back exactly their tokens."""
+    return sum(stage1.collapse(stage1.frame_ids(head, emb, f, "ctc").tolist()) == t.tolist() for f, t in data)
+
+
 def test_candidates_hold_every_positive_once_and_disjoint_negatives():
     g = torch.Generator().manual_seed(0)
     pos, neg = stage1.candidates([torch.tensor([5, 3, 5]), torch.tensor([9])], 30, 40, g)
@@ -114,18 +132,10 @@ def test_candidates_hold_every_positive_once_and_disjoint_negatives():
 def test_ctc_with_sampled_softmax_learns_a_toy_and_decodes_it():
     torch.manual_seed(0)
     emb = torch.randn(40, 64)  # full row rank: the linear projector can give every token its own direction
-    head = stage1.Head(48, 64, seed=0)
-    opt = torch.optim.Adam(head.parameters(), lr=2e-2)
-    data, g = toy(24), torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(150):
-        loss = stage1.ctc_loss(head, emb, stage1.make_batch(data), negatives=8, g=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    head, data = stage1.Head(48, 64, seed=0), toy(24)
+    losses = fit_ctc(head, emb, data)
     assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10
-    right = sum(stage1.collapse(stage1.frame_ids(head, emb, f, "ctc").tolist()) == t.tolist() for f, t in data)
+    right = decoded_right(head, emb, data)
     assert right >= 20  # greedy decoding over the WHOLE matrix, not just the sampled columns
 
 
@@ -134,14 +144,9 @@ def test_cosine_ctc_learns_the_toy_and_its_export_has_the_rows_length():
     emb = 0.05 * torch.randn(40, 64)  # rows as short as the LM's (median norm ~0.5 there, ~0.4 here)
     head = stage1.Head(48, 64, seed=0, cosine=True)
     assert head.log_scale.requires_grad and float(head.blank.detach().norm()) > 0  # a blank with a direction
-    opt = torch.optim.Adam(head.parameters(), lr=2e-2)
-    data, g = toy(24), torch.Generator().manual_seed(0)
-    for _ in range(150):
-        loss = stage1.ctc_loss(head, emb, stage1.make_batch(data), negatives=8, g=g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    right = sum(stage1.collapse(stage1.frame_ids(head, emb, f, "ctc").tolist()) == t.tolist() for f, t in data)
+    data = toy(24)
+    fit_ctc(head, emb, data)
+    right = decoded_right(head, emb, data)
     assert right >= 20
     frames = torch.cat([f for f, _ in data])
     scale = stage1.norm_ratio(head, frames, emb)
@@ -152,7 +157,7 @@ def test_cosine_ctc_learns_the_toy_and_its_export_has_the_rows_length():
     assert abs(float(lengths.median() / emb.norm(dim=-1).median()) - 1) < 1e-3
     # scaling changes no cosine, so the exported projector decodes exactly as the trained head
     head.proj.load_state_dict(exported.state_dict())
-    again = sum(stage1.collapse(stage1.frame_ids(head, emb, f, "ctc").tolist()) == t.tolist() for f, t in data)
+    again = decoded_right(head, emb, data)
     assert again == right
 
 
